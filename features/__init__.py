@@ -1,0 +1,1 @@
+"""Raw redemption events -> identity keys -> features (batch, Feast and real-time velocity)."""

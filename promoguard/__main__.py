@@ -1,0 +1,5 @@
+"""Run the promoguard command line with ``python -m promoguard``."""
+
+from promoguard.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""A checkout request -> a risk score, band, decision and the signals behind it."""

@@ -1,0 +1,44 @@
+"""Shared test configuration: telemetry off, and the rule for tests that need Redis or PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def service_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when a TCP connection to host:port succeeds within timeout."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (or fail under PROMOGUARD_REQUIRE_SERVICES=1) when a backing service does not answer."""
+    if service_answers(host, port):
+        return
+    message = f"{name} does not answer on {host}:{port}"
+    if os.environ.get("PROMOGUARD_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message} and PROMOGUARD_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_available() -> None:
+    """Require the Redis at 127.0.0.1:6379."""
+    require_service("Redis", "127.0.0.1", 6379)
+
+
+@pytest.fixture
+def postgres_available() -> None:
+    """Require the PostgreSQL at 127.0.0.1:5432."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)

@@ -1,0 +1,1 @@
+"""Features and labels -> a calibrated, explained, registered abuse model."""
