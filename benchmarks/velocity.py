@@ -1,0 +1,138 @@
+"""Latency of the velocity hot path: one record() with 12 updates and one read() with 12 queries.
+
+Prints one table: p50 and p99 in milliseconds per call, SQLite (WAL, one file in a temporary folder)
+vs Redis (the server at PROMOGUARD_REDIS_URL, default 127.0.0.1:6379, under a throwaway key prefix).
+A request touches about a dozen counters, so this is the velocity share of one /score call.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis
+
+from features.velocity import (
+    RedisVelocity,
+    SqliteVelocity,
+    VelocityStore,
+    VelocityUnavailable,
+    redis_client,
+)
+
+CALLS = 2000
+WARMUP = 200
+COUNTERS = 12
+DEVICES = 500
+CODES = 20
+
+
+def _percentiles(samples_s: list[float]) -> tuple[float, float]:
+    ms = sorted(s * 1000 for s in samples_s)
+    return statistics.median(ms), ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+
+
+def _time(fn: Callable[[int], object], n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _updates(rng: random.Random, request_id: str) -> list[tuple[str, str]]:
+    device, code = f"d{rng.randrange(DEVICES)}", f"C{rng.randrange(CODES)}"
+    household, payment, network = (
+        f"h{rng.randrange(DEVICES)}",
+        f"p{rng.randrange(DEVICES)}",
+        f"n{rng.randrange(50)}",
+    )
+    account = f"a{rng.randrange(5 * DEVICES)}"
+    return [
+        (f"device_code:{device}:{code}", request_id),
+        (f"household_code:{household}:{code}", request_id),
+        (f"payment_code:{payment}:{code}", request_id),
+        (f"network_code:{network}:{code}", request_id),
+        (f"code:{code}", request_id),
+        (f"device:{device}", request_id),
+        (f"household:{household}", request_id),
+        (f"payment:{payment}", request_id),
+        (f"network:{network}", request_id),
+        (f"device_invalid:{device}", request_id),
+        (f"device_accounts:{device}", account),
+        (f"code_devices:{code}", device),
+    ][:COUNTERS]
+
+
+def _bench(store: VelocityStore) -> dict[str, tuple[float, float]]:
+    rng = random.Random(7)
+    base = time.time() - CALLS
+
+    def record(i: int) -> None:
+        rid = uuid.uuid4().hex
+        store.record(rid, base + i, _updates(rng, rid))
+
+    def read(i: int) -> None:
+        now = base + CALLS
+        store.read(
+            [(c, now - 3600 if k % 2 else now - 86_400) for k, (c, _) in enumerate(_updates(rng, "x"))]
+        )
+
+    _time(record, WARMUP)
+    rec = _time(record, CALLS)
+    _time(read, WARMUP)
+    rd = _time(read, CALLS)
+    return {"record (12 updates)": _percentiles(rec), "read (12 queries)": _percentiles(rd)}
+
+
+def main() -> None:
+    """Run both backends and print the table."""
+    rows: list[tuple[str, str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite_store = SqliteVelocity(Path(tmp) / "velocity.sqlite")
+        for op, (p50, p99) in _bench(sqlite_store).items():
+            rows.append(("sqlite", op, f"{p50:.3f}", f"{p99:.3f}"))
+        sqlite_store.close()
+
+    url = os.environ.get("PROMOGUARD_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis_client(url, socket_timeout_s=1.0)
+    prefix = f"pgbench:{uuid.uuid4().hex}:"
+    try:
+        client.ping()
+        for op, (p50, p99) in _bench(RedisVelocity(client, prefix=prefix)).items():
+            rows.append(("redis", op, f"{p50:.3f}", f"{p99:.3f}"))
+    except (redis.RedisError, OSError, VelocityUnavailable) as exc:
+        rows.append(("redis", f"unavailable ({type(exc).__name__})", "-", "-"))
+    finally:
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=5000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+        except (redis.RedisError, OSError):
+            pass
+        client.close()
+
+    header = ("backend", "operation", "p50 ms", "p99 ms")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    print(f"velocity: {CALLS} calls per operation after {WARMUP} warm-up, {COUNTERS} counters per call")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print(
+            "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,719 @@
+"""Real-time velocity counters and redemption caps, fresh to the second.
+
+Every scored promo attempt and every honored redemption updates state that the very next request
+reads. Two primitives cover it:
+
+* **Windowed sets.** A counter is a set of members, each kept with the latest time it was seen.
+  ``cardinality(counter, since_ts)`` counts members seen at or after ``since_ts``. Attempt counts are
+  windowed sets of request ids; distinct counts are windowed sets of identity keys. Which counters
+  exist is decided by the feature catalog; this module only stores and counts them.
+* **Caps.** A capped promotion (single use, or a per-customer limit) reserves one use per hard
+  identity at scoring time, atomically with the check, and the reservation is later confirmed (the
+  redemption happened) or released (abandoned). Unconfirmed reservations expire by themselves.
+
+Two backends implement :class:`VelocityStore`: :class:`SqliteVelocity` (WAL mode, one connection per
+thread, ``BEGIN IMMEDIATE`` so check-and-reserve is atomic across threads and processes) for a single
+host, and :class:`RedisVelocity` (sorted sets and Lua scripts, one atomic round trip per call) for
+replicas. Every backend failure surfaces as :class:`VelocityUnavailable`, which serving turns into the
+rules fallback. Counter names, members and identities are opaque strings built from hashed identity
+keys; raw identity never reaches this module.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+DEFAULT_RETENTION_S = 31 * 86_400
+DEFAULT_PREFIX = "pg:"
+#: The identity list of a single-use code: one global use, whoever redeems it.
+GLOBAL_IDENTITY = "*"
+
+ReservationStatus = Literal["reserved", "exhausted"]
+
+# A confirmed use never expires; holds expire at their own time. Storing both as one "expires at"
+# number makes "held + confirmed" a single range count in both backends.
+_CONFIRMED = math.inf
+
+
+class VelocityUnavailable(RuntimeError):
+    """The velocity backend did not answer in time or failed; callers fall back to rules."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The answer to one :meth:`VelocityStore.reserve` call.
+
+    ``blocked_by`` names the identity that was at its limit (``None`` when reserved); ``duplicate`` is
+    true when the same ``request_id`` had already been answered and this is that stored answer.
+    """
+
+    request_id: str
+    status: ReservationStatus
+    blocked_by: str | None = None
+    expires_at: float | None = None
+    duplicate: bool = False
+
+    @property
+    def reserved(self) -> bool:
+        """True when the use was reserved for this request."""
+        return self.status == "reserved"
+
+    @property
+    def blocked_kind(self) -> str | None:
+        """The kind of identity that hit the limit (e.g. ``device``), ``*`` for a single-use code."""
+        return None if self.blocked_by is None else identity_kind(self.blocked_by)
+
+
+class VelocityStore(Protocol):
+    """Windowed distinct counters and redemption caps; the interface serving codes against."""
+
+    def add(self, counter: str, member: str, ts: float) -> None:
+        """Keep ``member`` in ``counter`` with the latest of its timestamps."""
+        ...
+
+    def cardinality(self, counter: str, since_ts: float) -> int:
+        """Number of distinct members of ``counter`` last seen at or after ``since_ts``."""
+        ...
+
+    def record(self, request_id: str, ts: float, updates: Sequence[tuple[str, str]]) -> bool:
+        """Apply all ``(counter, member)`` adds at ``ts`` atomically, once per ``request_id``."""
+        ...
+
+    def read(self, queries: Sequence[tuple[str, float]]) -> list[int]:
+        """Answer many ``(counter, since_ts)`` cardinality queries in one round trip."""
+        ...
+
+    def reserve(
+        self,
+        request_id: str,
+        scope: str,
+        identities: Sequence[str],
+        limit: int,
+        ttl_s: float,
+        now: float,
+    ) -> Reservation:
+        """Reserve one use of ``scope`` for every identity unless any is at ``limit``."""
+        ...
+
+    def confirm(self, request_id: str) -> bool:
+        """Turn a held reservation into a use; False when there was nothing to confirm."""
+        ...
+
+    def release(self, request_id: str) -> bool:
+        """Free a held reservation; False when there was nothing held."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def identity_kind(identity: str) -> str:
+    """The kind part of a ``kind:key`` cap identity (``*`` stays ``*``)."""
+    return identity.split(":", 1)[0]
+
+
+def cap_identities(keys: Mapping[str, str | None], kinds: Iterable[str]) -> list[str]:
+    """Cap identities ``kind:key`` for the present ``{kind}_key`` values of ``kinds``.
+
+    ``keys`` holds identity-layer columns (``device_key`` ...); missing kinds are skipped, so a request
+    without a device is capped by the hard identities it does carry.
+    """
+    out: list[str] = []
+    for kind in kinds:
+        value = keys.get(f"{kind}_key")
+        if value:
+            out.append(f"{kind}:{value}")
+    return out
+
+
+# --- input checks (shared by both backends) ---------------------------------------------------------
+
+
+def _check_text(field: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string, got {type(value).__name__}")
+    return value
+
+
+def _check_ts(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number of epoch seconds")
+    return float(value)
+
+
+def _check_updates(updates: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    checked = []
+    for i, pair in enumerate(updates):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"updates[{i}] must be a (counter, member) pair")
+        checked.append(
+            (_check_text(f"updates[{i}].counter", pair[0]), _check_text(f"updates[{i}].member", pair[1]))
+        )
+    return checked
+
+
+def _check_queries(queries: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    checked = []
+    for i, pair in enumerate(queries):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"queries[{i}] must be a (counter, since_ts) pair")
+        checked.append(
+            (_check_text(f"queries[{i}].counter", pair[0]), _check_ts(f"queries[{i}].since_ts", pair[1]))
+        )
+    return checked
+
+
+def _check_reserve(
+    request_id: str, scope: str, identities: Sequence[str], limit: int, ttl_s: float, now: float
+) -> list[str]:
+    _check_text("request_id", request_id)
+    _check_text("scope", scope)
+    if isinstance(identities, str):
+        raise ValueError("identities must be a sequence of strings, not one string")
+    idents = [_check_text(f"identities[{i}]", v) for i, v in enumerate(identities)]
+    if not idents:
+        raise ValueError("identities must not be empty (use ['*'] for a single-use code)")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+    if _check_ts("ttl_s", ttl_s) <= 0:
+        raise ValueError(f"ttl_s must be > 0, got {ttl_s!r}")
+    _check_ts("now", now)
+    # Order-preserving de-duplication: the same identity twice must not hold two uses.
+    return list(dict.fromkeys(idents))
+
+
+# --- SQLite -----------------------------------------------------------------------------------------
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vset (
+    counter TEXT NOT NULL, member TEXT NOT NULL, ts REAL NOT NULL,
+    PRIMARY KEY (counter, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vset_by_time ON vset (counter, ts);
+CREATE TABLE IF NOT EXISTS recorded (request_id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservation (
+    request_id TEXT PRIMARY KEY, scope TEXT NOT NULL, identities TEXT NOT NULL,
+    state TEXT NOT NULL, blocked_by TEXT, expires_at REAL, created_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cap_use (
+    scope TEXT NOT NULL, identity TEXT NOT NULL, request_id TEXT NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (scope, identity, request_id)
+) WITHOUT ROWID;
+"""
+
+# Identities are hashed keys or '*': they never contain a newline, so it is a safe separator.
+_SEP = "\n"
+
+
+class SqliteVelocity:
+    """Velocity and caps in one SQLite file in WAL mode; safe across threads and processes.
+
+    Each thread gets its own connection (SQLite connections must not be used concurrently). Writes run
+    in ``BEGIN IMMEDIATE`` transactions, which take the write lock up front, so a check followed by a
+    reserve cannot interleave with another writer. A short busy timeout keeps a stuck writer from
+    stalling a request: the caller gets :class:`VelocityUnavailable` and falls back to rules.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        busy_timeout_ms: int = 50,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        """Open (and create if needed) the store at ``path``."""
+        if busy_timeout_ms < 0:
+            raise ValueError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")
+        if retention_s <= 0:
+            raise ValueError(f"retention_s must be > 0, got {retention_s}")
+        self.path = str(path)
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self.retention_s = float(retention_s)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        with self._tx(immediate=True) as conn:
+            # executescript() would commit the open transaction first; run statements one by one.
+            for statement in _SQLITE_SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            # A forked child must not reuse the parent's connections.
+            self._local = threading.local()
+            self._all = []
+            self._lock = threading.Lock()
+            self._pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                # check_same_thread=False only so close() can close every thread's connection;
+                # each connection is otherwise used by the thread that opened it.
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout_ms / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL is durable across application crashes in WAL mode; only power loss can drop
+                # the last transactions, an acceptable loss for counters.
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise VelocityUnavailable(f"velocity store {self.path!r} cannot be opened: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self, immediate: bool) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        except sqlite3.Error as exc:
+            raise VelocityUnavailable(f"velocity store busy or failing: {exc}") from exc
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise VelocityUnavailable(f"velocity store failed: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise VelocityUnavailable(f"velocity store commit failed: {exc}") from exc
+
+    @staticmethod
+    def _add(conn: sqlite3.Connection, counter: str, member: str, ts: float, cutoff: float) -> None:
+        conn.execute(
+            "INSERT INTO vset (counter, member, ts) VALUES (?, ?, ?) "
+            "ON CONFLICT (counter, member) DO UPDATE SET ts = max(ts, excluded.ts)",
+            (counter, member, ts),
+        )
+        # Pruning the touched counter keeps storage bounded without a background job.
+        conn.execute("DELETE FROM vset WHERE counter = ? AND ts < ?", (counter, cutoff))
+
+    def add(self, counter: str, member: str, ts: float) -> None:
+        """Keep ``member`` in ``counter`` with the latest of its timestamps."""
+        counter, member = _check_text("counter", counter), _check_text("member", member)
+        ts = _check_ts("ts", ts)
+        with self._tx(immediate=True) as conn:
+            self._add(conn, counter, member, ts, ts - self.retention_s)
+
+    def cardinality(self, counter: str, since_ts: float) -> int:
+        """Number of distinct members of ``counter`` last seen at or after ``since_ts``."""
+        return self.read([(counter, since_ts)])[0]
+
+    def record(self, request_id: str, ts: float, updates: Sequence[tuple[str, str]]) -> bool:
+        """Apply all adds atomically; False (and no change) when ``request_id`` was already recorded."""
+        _check_text("request_id", request_id)
+        ts = _check_ts("ts", ts)
+        pairs = _check_updates(updates)
+        cutoff = ts - self.retention_s
+        with self._tx(immediate=True) as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO recorded (request_id, ts) VALUES (?, ?)", (request_id, ts)
+            )
+            if cur.rowcount == 0:
+                return False
+            for counter, member in pairs:
+                self._add(conn, counter, member, ts, cutoff)
+            if _one_in(64):
+                conn.execute("DELETE FROM recorded WHERE ts < ?", (cutoff,))
+        return True
+
+    def read(self, queries: Sequence[tuple[str, float]]) -> list[int]:
+        """Answer many cardinality queries from one consistent snapshot."""
+        checked = _check_queries(queries)
+        if not checked:
+            return []
+        with self._tx(immediate=False) as conn:
+            return [
+                int(conn.execute("SELECT count(*) FROM vset WHERE counter = ? AND ts >= ?", q).fetchone()[0])
+                for q in checked
+            ]
+
+    def reserve(
+        self,
+        request_id: str,
+        scope: str,
+        identities: Sequence[str],
+        limit: int,
+        ttl_s: float,
+        now: float,
+    ) -> Reservation:
+        """Reserve one use of ``scope`` per identity unless any identity is at ``limit``.
+
+        Held (unexpired) plus confirmed uses count toward the limit. Idempotent on ``request_id``: a
+        retry gets the stored answer with ``duplicate=True``.
+        """
+        idents = _check_reserve(request_id, scope, identities, limit, ttl_s, now)
+        expires_at = float(now) + float(ttl_s)
+        with self._tx(immediate=True) as conn:
+            row = conn.execute(
+                "SELECT state, blocked_by, expires_at FROM reservation WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is not None:
+                return _stored_answer(request_id, row[0], row[1], row[2])
+            blocked = None
+            for ident in idents:
+                conn.execute(
+                    "DELETE FROM cap_use WHERE scope = ? AND identity = ? AND expires_at <= ?",
+                    (scope, ident, now),
+                )
+                (used,) = conn.execute(
+                    "SELECT count(*) FROM cap_use WHERE scope = ? AND identity = ?", (scope, ident)
+                ).fetchone()
+                if used >= limit:
+                    blocked = ident
+                    break
+            state = "exhausted" if blocked else "held"
+            conn.execute(
+                "INSERT INTO reservation (request_id, scope, identities, state, blocked_by, expires_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (request_id, scope, _SEP.join(idents), state, blocked, None if blocked else expires_at, now),
+            )
+            if blocked is None:
+                conn.executemany(
+                    "INSERT INTO cap_use (scope, identity, request_id, expires_at) VALUES (?, ?, ?, ?)",
+                    [(scope, ident, request_id, expires_at) for ident in idents],
+                )
+            if _one_in(64):
+                conn.execute(
+                    "DELETE FROM reservation WHERE state != 'confirmed' AND created_at < ?",
+                    (now - self.retention_s,),
+                )
+        if blocked:
+            return Reservation(request_id, "exhausted", blocked_by=blocked)
+        return Reservation(request_id, "reserved", expires_at=expires_at)
+
+    def confirm(self, request_id: str) -> bool:
+        """Turn a held reservation into a permanent use.
+
+        A hold that already expired is still confirmed: the redemption happened and must count.
+        """
+        _check_text("request_id", request_id)
+        with self._tx(immediate=True) as conn:
+            row = conn.execute(
+                "SELECT scope, identities FROM reservation WHERE request_id = ? AND state = 'held'",
+                (request_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            scope, idents = row[0], row[1].split(_SEP)
+            conn.executemany(
+                "INSERT OR REPLACE INTO cap_use (scope, identity, request_id, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(scope, ident, request_id, _CONFIRMED) for ident in idents],
+            )
+            conn.execute("UPDATE reservation SET state = 'confirmed' WHERE request_id = ?", (request_id,))
+        return True
+
+    def release(self, request_id: str) -> bool:
+        """Free a held reservation so another request can use it."""
+        _check_text("request_id", request_id)
+        with self._tx(immediate=True) as conn:
+            row = conn.execute(
+                "SELECT scope, identities FROM reservation WHERE request_id = ? AND state = 'held'",
+                (request_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            scope, idents = row[0], row[1].split(_SEP)
+            conn.executemany(
+                "DELETE FROM cap_use WHERE scope = ? AND identity = ? AND request_id = ?",
+                [(scope, ident, request_id) for ident in idents],
+            )
+            conn.execute("UPDATE reservation SET state = 'released' WHERE request_id = ?", (request_id,))
+        return True
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+_counter_lock = threading.Lock()
+_counter = 0
+
+
+def _one_in(n: int) -> bool:
+    """True once every ``n`` calls: cheap housekeeping that needs no background thread."""
+    global _counter
+    with _counter_lock:
+        _counter += 1
+        return _counter % n == 0
+
+
+def _stored_answer(
+    request_id: str, state: str, blocked_by: str | None, expires_at: float | None
+) -> Reservation:
+    if state == "exhausted":
+        return Reservation(request_id, "exhausted", blocked_by=blocked_by, duplicate=True)
+    return Reservation(request_id, "reserved", expires_at=expires_at, duplicate=True)
+
+
+# --- Redis ------------------------------------------------------------------------------------------
+
+# KEYS[1] = request marker, KEYS[2..] = counter keys; ARGV = ts, cutoff, retention_s, members...
+_RECORD_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], 'GT', ARGV[1], ARGV[i + 2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[2])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+return 1
+"""
+
+# KEYS[1] = reservation hash, KEYS[2..] = one sorted set per (scope, identity) whose members are
+# request ids scored by expiry ('+inf' once confirmed).
+# ARGV = now, limit, expires_at, retention_s, hold_ttl_ms, request_id, scope, identities joined,
+# then the identities in KEYS order (KEYS[i] <-> ARGV[i + 7]).
+# Returns {state, blocked_by, expires_at, duplicate}.
+_RESERVE_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then
+  local v = redis.call('HMGET', KEYS[1], 'blocked_by', 'expires_at')
+  return {state, v[1] or '', v[2] or '', 1}
+end
+local limit = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
+  if redis.call('ZCARD', KEYS[i]) >= limit then
+    local who = ARGV[i + 7]
+    redis.call('HSET', KEYS[1], 'state', 'exhausted', 'blocked_by', who,
+               'scope', ARGV[7], 'identities', ARGV[8])
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    return {'exhausted', who, '', 0}
+  end
+end
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[6])
+  if redis.call('ZCOUNT', KEYS[i], '+inf', '+inf') == 0 then
+    -- Keys holding only expiring holds expire themselves, so abandoned codes leave nothing behind.
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+  end
+end
+redis.call('HSET', KEYS[1], 'state', 'held', 'expires_at', ARGV[3], 'scope', ARGV[7], 'identities', ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {'held', '', ARGV[3], 0}
+"""
+
+# KEYS[1] = reservation hash, KEYS[2..] = cap sets; ARGV[1] = request id, ARGV[2] = new state.
+_SETTLE_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'held' then return 0 end
+for i = 2, #KEYS do
+  if ARGV[2] == 'confirmed' then
+    redis.call('ZADD', KEYS[i], '+inf', ARGV[1])
+    redis.call('PERSIST', KEYS[i])
+  else
+    redis.call('ZREM', KEYS[i], ARGV[1])
+  end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+return 1
+"""
+
+
+def redis_client(url: str, socket_timeout_s: float = 0.05) -> redis.Redis:
+    """A Redis client that fails fast instead of hanging on a frozen or unreachable server.
+
+    The library defaults retry with backoff and wait without a socket timeout, which turns one frozen
+    server into tens of seconds per request; here every command either answers within
+    ``socket_timeout_s`` or raises, and serving falls back to rules.
+    """
+    if socket_timeout_s <= 0:
+        raise ValueError(f"socket_timeout_s must be > 0, got {socket_timeout_s}")
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+        health_check_interval=0,
+    )
+
+
+class RedisVelocity:
+    """Velocity and caps in Redis: sorted sets for windows, Lua for atomic record and reserve.
+
+    Each public call is one round trip. Keys start with ``prefix`` so several deployments (or tests)
+    can share a server and clean up after themselves. Scripts touch only keys passed in ``KEYS``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        """Wrap ``client`` (build it with :func:`redis_client`) and register the scripts once."""
+        if retention_s <= 0:
+            raise ValueError(f"retention_s must be > 0, got {retention_s}")
+        self.client = client
+        self.prefix = prefix
+        self.retention_s = float(retention_s)
+        self._retention_arg = str(max(1, math.ceil(retention_s)))
+        self._record = client.register_script(_RECORD_LUA)
+        self._reserve = client.register_script(_RESERVE_LUA)
+        self._settle = client.register_script(_SETTLE_LUA)
+
+    def _vkey(self, counter: str) -> str:
+        return f"{self.prefix}v:{counter}"
+
+    def _rkey(self, request_id: str) -> str:
+        return f"{self.prefix}rq:{request_id}"
+
+    def _reskey(self, request_id: str) -> str:
+        return f"{self.prefix}res:{request_id}"
+
+    def _capkey(self, scope: str, identity: str) -> str:
+        return f"{self.prefix}cap:{scope}:{identity}"
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            # Includes ConnectionError and TimeoutError: the server is down, frozen or overloaded.
+            raise VelocityUnavailable(f"velocity redis failed: {type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise VelocityUnavailable(f"velocity redis unreachable: {exc}") from exc
+
+    def add(self, counter: str, member: str, ts: float) -> None:
+        """Keep ``member`` in ``counter`` with the latest of its timestamps."""
+        counter, member = _check_text("counter", counter), _check_text("member", member)
+        ts = _check_ts("ts", ts)
+        key = self._vkey(counter)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(key, {member: ts}, gt=True)
+        pipe.zremrangebyscore(key, "-inf", f"({ts - self.retention_s!r}")
+        pipe.expire(key, int(self._retention_arg))
+        self._call(pipe.execute)
+
+    def cardinality(self, counter: str, since_ts: float) -> int:
+        """Number of distinct members of ``counter`` last seen at or after ``since_ts``."""
+        return self.read([(counter, since_ts)])[0]
+
+    def record(self, request_id: str, ts: float, updates: Sequence[tuple[str, str]]) -> bool:
+        """Apply all adds atomically in one script; False when ``request_id`` was already recorded."""
+        _check_text("request_id", request_id)
+        ts = _check_ts("ts", ts)
+        pairs = _check_updates(updates)
+        keys = [self._rkey(request_id)] + [self._vkey(c) for c, _ in pairs]
+        args = [repr(ts), repr(ts - self.retention_s), self._retention_arg] + [m for _, m in pairs]
+        return bool(self._call(self._record, keys=keys, args=args))
+
+    def read(self, queries: Sequence[tuple[str, float]]) -> list[int]:
+        """Answer many cardinality queries in one pipelined round trip."""
+        checked = _check_queries(queries)
+        if not checked:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for counter, since in checked:
+            pipe.zcount(self._vkey(counter), repr(since), "+inf")
+        return [int(n) for n in self._call(pipe.execute)]
+
+    def reserve(
+        self,
+        request_id: str,
+        scope: str,
+        identities: Sequence[str],
+        limit: int,
+        ttl_s: float,
+        now: float,
+    ) -> Reservation:
+        """Reserve one use of ``scope`` per identity unless any identity is at ``limit`` (one script)."""
+        idents = _check_reserve(request_id, scope, identities, limit, ttl_s, now)
+        expires_at = float(now) + float(ttl_s)
+        keys = [self._reskey(request_id)] + [self._capkey(scope, i) for i in idents]
+        hold_ttl_ms = str(math.ceil(ttl_s * 1000) + 1000)
+        args = [
+            repr(now),
+            str(limit),
+            repr(expires_at),
+            self._retention_arg,
+            hold_ttl_ms,
+            request_id,
+            scope,
+            _SEP.join(idents),
+            *idents,
+        ]
+        raw = self._call(self._reserve, keys=keys, args=args)
+        state, blocked, exp = _text(raw[0]), _text(raw[1]), _text(raw[2])
+        duplicate = bool(int(raw[3]))
+        if state == "exhausted":
+            return Reservation(request_id, "exhausted", blocked_by=blocked or None, duplicate=duplicate)
+        return Reservation(
+            request_id, "reserved", expires_at=float(exp) if exp else None, duplicate=duplicate
+        )
+
+    def _settle_state(self, request_id: str, new_state: str) -> bool:
+        _check_text("request_id", request_id)
+        rkey = self._reskey(request_id)
+        scope_idents = self._call(self.client.hmget, rkey, ["scope", "identities"])
+        if scope_idents[0] is None:
+            return False
+        scope, idents = _text(scope_idents[0]), _text(scope_idents[1]).split(_SEP)
+        keys = [rkey] + [self._capkey(scope, i) for i in idents]
+        return bool(self._call(self._settle, keys=keys, args=[request_id, new_state]))
+
+    def confirm(self, request_id: str) -> bool:
+        """Turn a held reservation into a permanent use (also after its hold expired)."""
+        return self._settle_state(request_id, "confirmed")
+
+    def release(self, request_id: str) -> bool:
+        """Free a held reservation so another request can use it."""
+        return self._settle_state(request_id, "released")
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def velocity_store(
+    backend: Literal["sqlite", "redis"],
+    sqlite_path: str | Path,
+    redis_url: str,
+    redis_timeout_s: float = 0.05,
+    prefix: str = DEFAULT_PREFIX,
+) -> VelocityStore:
+    """Build the configured backend (the edge where settings become a store)."""
+    if backend == "sqlite":
+        Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteVelocity(sqlite_path)
+    if backend == "redis":
+        return RedisVelocity(redis_client(redis_url, redis_timeout_s), prefix=prefix)
+    raise ValueError(f"backend must be 'sqlite' or 'redis', got {backend!r}")

@@ -1,0 +1,450 @@
+"""Velocity counters and redemption caps: freshness, windows, idempotency, caps and their atomicity.
+
+Behaviour tests run against both backends. The Redis ones use the real server on 127.0.0.1:6379 under
+a unique key prefix and skip (visibly) when it does not answer, unless PROMOGUARD_REQUIRE_SERVICES=1.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from features.velocity import (
+    GLOBAL_IDENTITY,
+    RedisVelocity,
+    Reservation,
+    SqliteVelocity,
+    VelocityStore,
+    VelocityUnavailable,
+    cap_identities,
+    redis_client,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+NOW = 1_700_000_000.0
+
+
+# --- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def require_redis() -> Iterator[redis.Redis]:
+    """A client for the local Redis; skips with the reason when absent (fails when services are required)."""
+    client = redis_client(REDIS_URL, socket_timeout_s=0.5)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        client.close()
+        reason = f"Redis not answering at {REDIS_URL}: {type(exc).__name__}: {exc}"
+        if os.environ.get("PROMOGUARD_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield client
+    client.close()
+
+
+def _unique_prefix() -> str:
+    return f"pgtest:{uuid.uuid4().hex}:"
+
+
+def _delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_prefix(require_redis: redis.Redis) -> Iterator[str]:
+    """A key prefix no other test uses; every key under it is deleted afterwards."""
+    prefix = _unique_prefix()
+    yield prefix
+    _delete_prefix(require_redis, prefix)
+
+
+def _make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path, **kwargs: Any) -> VelocityStore:
+    if kind == "sqlite":
+        return SqliteVelocity(tmp_path / "velocity.sqlite", **kwargs)
+    client = request.getfixturevalue("require_redis")
+    prefix = request.getfixturevalue("redis_prefix")
+    return RedisVelocity(client, prefix=prefix, **kwargs)
+
+
+BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.services)]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VelocityStore]:
+    """Each behaviour test runs once per backend."""
+    made = _make_store(request.param, request, tmp_path)
+    yield made
+    if request.param == "sqlite":
+        made.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def short_retention_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VelocityStore]:
+    """A store that keeps members for 100 seconds only."""
+    made = _make_store(request.param, request, tmp_path, retention_s=100)
+    yield made
+    if request.param == "sqlite":
+        made.close()
+
+
+# --- windowed sets ----------------------------------------------------------------------------------
+
+
+def test_record_then_read_in_the_same_second_sees_the_attempt(store: VelocityStore) -> None:
+    ts = NOW + 0.25
+    assert store.read([("device_code:d1:WELCOME", NOW)]) == [0]
+    assert store.record("req-1", ts, [("device_code:d1:WELCOME", "req-1"), ("code:WELCOME", "req-1")])
+    assert store.read([("device_code:d1:WELCOME", NOW), ("code:WELCOME", NOW)]) == [1, 1]
+
+
+def test_members_older_than_since_are_not_counted(store: VelocityStore) -> None:
+    for i, age_s in enumerate([7200, 1800, 60, 0]):
+        store.record(f"req-{i}", NOW - age_s, [("device_attempts:d1", f"req-{i}")])
+    hour_ago, day_ago = NOW - 3600, NOW - 86_400
+    assert store.read([("device_attempts:d1", hour_ago), ("device_attempts:d1", day_ago)]) == [3, 4]
+    # since is inclusive: a member seen exactly at the window start counts.
+    assert store.cardinality("device_attempts:d1", NOW - 1800) == 3
+
+
+def test_a_retried_request_counts_once_and_changes_nothing(store: VelocityStore) -> None:
+    updates = [("code:SPRING", "req-1"), ("device_accounts:d1", "acct-a")]
+    assert store.record("req-1", NOW, updates) is True
+    # The retry carries a different member: if it were applied, the distinct count would move.
+    assert (
+        store.record("req-1", NOW + 1, [("code:SPRING", "req-1b"), ("device_accounts:d1", "acct-b")]) is False
+    )
+    assert store.read([("code:SPRING", NOW - 10), ("device_accounts:d1", NOW - 10)]) == [1, 1]
+
+
+def test_distinct_counts_each_member_once_with_its_latest_time(store: VelocityStore) -> None:
+    store.record("r1", NOW - 5000, [("device_accounts:d1", "acct-a")])
+    store.record("r2", NOW - 10, [("device_accounts:d1", "acct-b")])
+    store.record("r3", NOW - 5, [("device_accounts:d1", "acct-a")])
+    # acct-a was seen again recently, so it is inside the last hour despite its first sighting.
+    assert store.cardinality("device_accounts:d1", NOW - 3600) == 2
+    # An out-of-order older sighting must not move a member's time backwards.
+    store.add("device_accounts:d1", "acct-b", NOW - 9000)
+    assert store.cardinality("device_accounts:d1", NOW - 3600) == 2
+    assert store.cardinality("device_accounts:d1", NOW - 7) == 1
+
+
+def test_counters_are_independent_and_read_answers_in_query_order(store: VelocityStore) -> None:
+    store.record("r1", NOW, [("network_invalid:n1", "r1"), ("device_invalid:d1", "r1")])
+    store.record("r2", NOW, [("network_invalid:n1", "r2")])
+    queries = [("device_invalid:d1", NOW), ("never_written", NOW), ("network_invalid:n1", NOW)]
+    assert store.read(queries) == [1, 0, 2]
+    assert store.read([]) == []
+
+
+def test_members_past_retention_are_pruned_when_the_counter_is_written(
+    short_retention_store: VelocityStore,
+) -> None:
+    s = short_retention_store
+    s.record("old", NOW - 1000, [("code:X", "old")])
+    s.record("new", NOW, [("code:X", "new")])
+    # Asking for everything ever seen shows only what retention keeps.
+    assert s.cardinality("code:X", 0.0) == 1
+
+
+def test_bad_input_gets_an_error_naming_the_field(store: VelocityStore) -> None:
+    with pytest.raises(ValueError, match="request_id"):
+        store.record("", NOW, [("c", "m")])
+    with pytest.raises(ValueError, match=r"updates\[1\]\.member"):
+        store.record("r", NOW, [("c", "m"), ("c", "")])
+    with pytest.raises(ValueError, match="ts"):
+        store.record("r", float("nan"), [("c", "m")])
+    with pytest.raises(ValueError, match=r"queries\[0\]\.since_ts"):
+        store.read([("c", "yesterday")])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="limit"):
+        store.reserve("r", "CODE", ["device:d1"], 0, 60, NOW)
+    with pytest.raises(ValueError, match="identities"):
+        store.reserve("r", "CODE", [], 1, 60, NOW)
+    with pytest.raises(ValueError, match="ttl_s"):
+        store.reserve("r", "CODE", ["device:d1"], 1, 0, NOW)
+    # Nothing was recorded by the rejected calls.
+    assert store.record("r", NOW, [("c", "m")]) is True
+
+
+# --- caps -------------------------------------------------------------------------------------------
+
+
+def test_single_use_code_reserves_once_and_names_the_global_limit(store: VelocityStore) -> None:
+    first = store.reserve("r1", "LEAKED50", [GLOBAL_IDENTITY], 1, 600, NOW)
+    second = store.reserve("r2", "LEAKED50", [GLOBAL_IDENTITY], 1, 600, NOW + 1)
+    assert first.reserved and first.expires_at == NOW + 600
+    assert second.status == "exhausted" and second.blocked_kind == GLOBAL_IDENTITY
+    assert not second.reserved
+
+
+def test_a_retried_reservation_gets_the_same_answer_flagged_duplicate(store: VelocityStore) -> None:
+    first = store.reserve("r1", "LEAKED50", ["*"], 1, 600, NOW)
+    blocked = store.reserve("r2", "LEAKED50", ["*"], 1, 600, NOW)
+    again_first = store.reserve("r1", "LEAKED50", ["*"], 1, 600, NOW + 5)
+    again_blocked = store.reserve("r2", "LEAKED50", ["*"], 1, 600, NOW + 5)
+    assert (again_first.status, again_first.expires_at, again_first.duplicate) == (
+        first.status,
+        first.expires_at,
+        True,
+    )
+    assert (again_blocked.status, again_blocked.blocked_by, again_blocked.duplicate) == (
+        "exhausted",
+        "*",
+        True,
+    )
+    assert not first.duplicate and not blocked.duplicate
+
+
+def test_confirmed_use_outlives_the_hold_ttl(store: VelocityStore) -> None:
+    assert store.reserve("r1", "ONCE", ["*"], 1, 60, NOW).reserved
+    assert store.confirm("r1") is True
+    assert store.confirm("r1") is False  # a second confirm changes nothing
+    later = store.reserve("r2", "ONCE", ["*"], 1, 60, NOW + 86_400)
+    assert later.status == "exhausted"
+    assert store.release("r1") is False  # a confirmed use is not freed by an abandon
+
+
+def test_released_reservation_frees_the_use(store: VelocityStore) -> None:
+    assert store.reserve("r1", "ONCE", ["*"], 1, 600, NOW).reserved
+    assert store.release("r1") is True
+    assert store.release("r1") is False
+    assert store.confirm("r1") is False  # released holds cannot be confirmed afterwards
+    assert store.reserve("r2", "ONCE", ["*"], 1, 600, NOW + 1).reserved
+
+
+def test_expired_hold_frees_itself(store: VelocityStore) -> None:
+    assert store.reserve("r1", "ONCE", ["*"], 1, 60, NOW).reserved
+    assert store.reserve("r2", "ONCE", ["*"], 1, 60, NOW + 59).status == "exhausted"
+    assert store.reserve("r3", "ONCE", ["*"], 1, 60, NOW + 60).reserved
+
+
+def test_confirm_after_the_hold_expired_still_counts_the_redemption(store: VelocityStore) -> None:
+    assert store.reserve("r1", "ONCE", ["*"], 1, 60, NOW).reserved
+    assert store.confirm("r1") is True
+    assert store.reserve("r2", "ONCE", ["*"], 1, 60, NOW + 3600).status == "exhausted"
+
+
+def test_unknown_request_ids_confirm_and_release_nothing(store: VelocityStore) -> None:
+    assert store.confirm("never-seen") is False
+    assert store.release("never-seen") is False
+
+
+def test_per_customer_limit_two_allows_two_per_identity(store: VelocityStore) -> None:
+    ids = ["device:d1", "payment:p1"]
+    assert store.reserve("r1", "SAMPLE", ids, 2, 600, NOW).reserved
+    assert store.reserve("r2", "SAMPLE", ids, 2, 600, NOW).reserved
+    third = store.reserve("r3", "SAMPLE", ids, 2, 600, NOW)
+    assert third.status == "exhausted" and third.blocked_kind == "device"
+
+
+def test_different_identities_and_codes_are_independent(store: VelocityStore) -> None:
+    assert store.reserve("r1", "SAMPLE", ["device:d1"], 1, 600, NOW).reserved
+    assert store.reserve("r2", "SAMPLE", ["device:d2"], 1, 600, NOW).reserved
+    assert store.reserve("r3", "OTHER", ["device:d1"], 1, 600, NOW).reserved
+    assert store.reserve("r4", "SAMPLE", ["device:d1"], 1, 600, NOW).status == "exhausted"
+
+
+def test_limit_hit_on_any_one_hard_identity_blocks_and_holds_nothing(store: VelocityStore) -> None:
+    assert store.reserve("r1", "WELCOME", ["device:d1", "household:h1", "payment:p1"], 1, 600, NOW).reserved
+    # New device and new household, same card: the card alone blocks.
+    blocked = store.reserve("r2", "WELCOME", ["device:d2", "household:h2", "payment:p1"], 1, 600, NOW)
+    assert blocked.status == "exhausted"
+    assert blocked.blocked_by == "payment:p1" and blocked.blocked_kind == "payment"
+    # The blocked attempt did not consume d2 or h2.
+    assert store.reserve("r3", "WELCOME", ["device:d2", "household:h2"], 1, 600, NOW).reserved
+
+
+def test_the_same_identity_listed_twice_holds_one_use(store: VelocityStore) -> None:
+    assert store.reserve("r1", "SAMPLE", ["device:d1", "device:d1"], 2, 600, NOW).reserved
+    assert store.reserve("r2", "SAMPLE", ["device:d1"], 2, 600, NOW).reserved
+
+
+def test_cap_identities_keeps_present_hard_keys_with_their_kind() -> None:
+    keys = {"device_key": "aa", "household_key": None, "payment_key": "bb", "email_key": "cc"}
+    assert cap_identities(keys, ["device", "household", "payment", "phone"]) == ["device:aa", "payment:bb"]
+    assert Reservation("r", "exhausted", blocked_by="payment:bb").blocked_kind == "payment"
+
+
+# --- concurrency ------------------------------------------------------------------------------------
+
+
+class NaiveSqliteCaps:
+    """A deliberately racy cap: count in one transaction, write in another, with a gap between.
+
+    Used only to show that the concurrency test detects a check-then-act race.
+    """
+
+    def __init__(self, path: Path, gap_s: float = 0.05) -> None:
+        self.path, self.gap_s = str(path), gap_s
+        with sqlite3.connect(self.path, timeout=30) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS naive_use (scope TEXT, identity TEXT, request_id TEXT)")
+
+    def reserve(
+        self, request_id: str, scope: str, identities: Sequence[str], limit: int, ttl_s: float, now: float
+    ) -> Reservation:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            for ident in identities:
+                with conn:
+                    (used,) = conn.execute(
+                        "SELECT count(*) FROM naive_use WHERE scope = ? AND identity = ?", (scope, ident)
+                    ).fetchone()
+                if used >= limit:
+                    return Reservation(request_id, "exhausted", blocked_by=ident)
+            time.sleep(self.gap_s)
+            with conn:
+                conn.executemany(
+                    "INSERT INTO naive_use VALUES (?, ?, ?)", [(scope, i, request_id) for i in identities]
+                )
+            return Reservation(request_id, "reserved", expires_at=now + ttl_s)
+        finally:
+            conn.close()
+
+
+WORKERS = 10
+ATTEMPTS_PER_WORKER = 10
+
+
+def _attempt_worker(kind: str, target: str, worker: int, barrier: Any, results: Any) -> None:
+    """One process: build its own store, wait for all the others, then try the code repeatedly."""
+    made: Any
+    if kind == "sqlite":
+        # A long busy timeout so every attempt gets an answer: this test is about atomicity; failing
+        # fast under contention is covered separately.
+        made = SqliteVelocity(target, busy_timeout_ms=10_000)
+    elif kind == "naive":
+        made = NaiveSqliteCaps(Path(target))
+    else:
+        made = RedisVelocity(redis_client(REDIS_URL, socket_timeout_s=5.0), prefix=target)
+    statuses = []
+    barrier.wait(timeout=60)
+    for j in range(ATTEMPTS_PER_WORKER):
+        statuses.append(made.reserve(f"w{worker}-a{j}", "LEAKED-VIP", ["*"], 1, 600, NOW).status)
+    results.put(statuses)
+
+
+def _race(kind: str, target: str) -> list[str]:
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
+    procs = [
+        ctx.Process(target=_attempt_worker, args=(kind, target, w, barrier, results)) for w in range(WORKERS)
+    ]
+    for p in procs:
+        p.start()
+    statuses: list[str] = []
+    try:
+        for _ in procs:
+            statuses.extend(results.get(timeout=120))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    assert all(p.exitcode == 0 for p in procs)
+    return statuses
+
+
+def test_concurrent_processes_reserve_a_single_use_code_exactly_once_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "velocity.sqlite"
+    SqliteVelocity(path).close()
+    statuses = _race("sqlite", str(path))
+    assert len(statuses) == WORKERS * ATTEMPTS_PER_WORKER
+    assert statuses.count("reserved") == 1
+    assert statuses.count("exhausted") == len(statuses) - 1
+
+
+@pytest.mark.services
+def test_concurrent_processes_reserve_a_single_use_code_exactly_once_redis(redis_prefix: str) -> None:
+    statuses = _race("redis", redis_prefix)
+    assert len(statuses) == WORKERS * ATTEMPTS_PER_WORKER
+    assert statuses.count("reserved") == 1
+
+
+def test_the_race_check_detects_a_naive_check_then_write_cap(tmp_path: Path) -> None:
+    statuses = _race("naive", str(tmp_path / "naive.sqlite"))
+    assert statuses.count("reserved") > 1
+
+
+def test_threads_sharing_one_sqlite_store_lose_no_updates(tmp_path: Path) -> None:
+    shared = SqliteVelocity(tmp_path / "velocity.sqlite", busy_timeout_ms=10_000)
+
+    def work(t: int) -> None:
+        for j in range(25):
+            shared.record(f"t{t}-{j}", NOW, [("code:X", f"t{t}-{j}"), ("device_accounts:d1", f"acct-{j}")])
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shared.read([("code:X", NOW), ("device_accounts:d1", NOW)]) == [100, 25]
+    shared.close()
+
+
+# --- failing backends -------------------------------------------------------------------------------
+
+
+def test_sqlite_held_write_lock_surfaces_as_unavailable_not_a_hang(tmp_path: Path) -> None:
+    path = tmp_path / "velocity.sqlite"
+    s = SqliteVelocity(path, busy_timeout_ms=50)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(VelocityUnavailable):
+            s.record("r1", NOW, [("code:X", "r1")])
+        with pytest.raises(VelocityUnavailable):
+            s.reserve("r1", "ONCE", ["*"], 1, 60, NOW)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    # Once the lock is gone the store works again, and the failed calls left nothing behind.
+    assert s.record("r1", NOW, [("code:X", "r1")]) is True
+    s.close()
+
+
+@pytest.fixture
+def frozen_server() -> Iterator[int]:
+    """A TCP port that accepts connections (via the kernel backlog) and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_frozen_redis_surfaces_as_unavailable_quickly(frozen_server: int) -> None:
+    store = RedisVelocity(redis_client(f"redis://127.0.0.1:{frozen_server}/0"), prefix=_unique_prefix())
+    calls = [
+        lambda: store.read([("code:X", NOW)] * 12),
+        lambda: store.record("r1", NOW, [("code:X", "r1")]),
+        lambda: store.reserve("r1", "ONCE", ["*"], 1, 60, NOW),
+        lambda: store.confirm("r1"),
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(VelocityUnavailable):
+            call()
+        # Generous bound: the point is that no retry/backoff turns a frozen server into a hang.
+        assert time.monotonic() - started < 2.0
+
+
+def test_unreachable_redis_surfaces_as_unavailable() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens on this port now
+    store = RedisVelocity(redis_client(f"redis://127.0.0.1:{port}/0"), prefix=_unique_prefix())
+    with pytest.raises(VelocityUnavailable):
+        store.read([("code:X", NOW)])
