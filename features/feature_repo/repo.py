@@ -1,0 +1,77 @@
+"""Feast definitions of the promoguard feature catalog: entities, parquet sources, views, the service.
+
+Everything is generated from ``features.definitions`` so the catalog is listed in one place. Feast (or
+``features.store``, parsing this folder the way ``feast apply`` does) loads this file; no module
+imports it.
+
+The parquet folder comes from ``PROMOGUARD_FEATURES_DIR`` because the project root is only known at
+run time; the fallback is ``data/features`` of the checkout this file lives in.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64
+
+from features.definitions import FEATURE_SERVICE, feature_views
+
+FEATURES_DIR_ENV = "PROMOGUARD_FEATURES_DIR"
+
+# A row is the state of an entity just before one of its events: an old state is still the state,
+# so the online value must not expire for as long as the data is kept.
+VIEW_TTL = timedelta(days=3650)
+
+_DTYPES = {"int64": Int64, "float64": Float64}
+
+
+def _features_dir() -> Path:
+    configured = os.environ.get(FEATURES_DIR_ENV)
+    if configured:
+        return Path(configured).resolve()
+    return (Path(__file__).resolve().parent.parent.parent / "data" / "features").resolve()
+
+
+_DIR = _features_dir()
+
+#: One entity per join key; Feast names them after the key so the entity and join key never diverge.
+ENTITIES: dict[str, Entity] = {}
+for _view in feature_views():
+    for _key in _view.join_keys:
+        if _key not in ENTITIES:
+            ENTITIES[_key] = Entity(
+                name=_key,
+                join_keys=[_key],
+                value_type=ValueType.STRING,
+                description=f"hashed identity {_key}" if _key != "promo_code" else "promotion code",
+            )
+
+#: Feature views by name, each reading ``{features_dir}/{view}.parquet``.
+VIEWS: dict[str, FeatureView] = {}
+for _view in feature_views():
+    VIEWS[_view.name] = FeatureView(
+        name=_view.name,
+        entities=[ENTITIES[k] for k in _view.join_keys],
+        ttl=VIEW_TTL,
+        schema=[Field(name=f.name, dtype=_DTYPES[f.dtype]) for f in _view.features],
+        source=FileSource(
+            name=f"{_view.name}_source",
+            path=str(_DIR / f"{_view.name}.parquet"),
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created_timestamp",
+        ),
+        online=True,
+    )
+
+# Feast collects module-level objects only, so the generated ones are exposed as module attributes.
+globals().update({f"entity_{k}": e for k, e in ENTITIES.items()})
+globals().update({f"view_{k}": v for k, v in VIEWS.items()})
+
+promo_abuse_service = FeatureService(
+    name=FEATURE_SERVICE,
+    features=[VIEWS[v.name] for v in feature_views()],
+    description="Every feature of the promo abuse model, version 1",
+)
