@@ -6,8 +6,9 @@ feature service name and serving assembles the same vector online. Nothing else 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 FEATURE_SERVICE = "promo_abuse_v1"
 
@@ -137,3 +138,100 @@ def view(name: str) -> FeatureView:
         if v.name == name:
             return v
     raise KeyError(f"unknown feature view {name!r}")
+
+
+# ------------------------------------------------------------------ real-time mirror (features.velocity)
+#
+# Serving keeps the 1h/24h windowed features (and the identity x code attempts) in windowed sets: a
+# counter is a set of members, each with the latest time it was added; reading a counter since ``s``
+# counts members whose latest time is >= s. Counter names are ``{view}|{key values}|{suffix}``:
+#
+# * ``attempts`` (member = request_id): every scored attempt, valid code or not;
+# * ``invalid`` (member = request_id): attempts whose code the store rejected as invalid;
+# * ``redeemed`` (member = request_id): written by :func:`redemption_updates` when the outcome arrives
+#   (``POST /outcome``), because nobody knows at scoring time whether the shopper will complete;
+# * ``{target plural}`` (member = the target's key), e.g. ``accounts``: distinct counts.
+#
+# A distinct count is therefore exactly "targets seen in [now - w, now)", like the batch pipeline.
+
+REALTIME_WINDOWS: tuple[str, ...] = ("1h", "24h")
+
+
+def _counter_prefix(v: FeatureView, row: Mapping[str, Any]) -> str | None:
+    values = [row.get(k) for k in v.join_keys]
+    if any(value is None or (isinstance(value, float) and value != value) for value in values):
+        return None
+    return "|".join([v.name, *(str(value) for value in values)])
+
+
+def _member(row: Mapping[str, Any], column: str) -> str | None:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return str(value)
+
+
+def _realtime(f: Feature, v: FeatureView) -> bool:
+    return f.window in REALTIME_WINDOWS and f.kind in ("count", "distinct") and f.only != "redeemed"
+
+
+def velocity_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``(counter, member)`` adds one scored attempt makes, for every view whose keys it has.
+
+    ``row`` holds the request's identity keys (contract names), ``promo_code``, ``request_id`` and
+    ``promo_valid``. Redemptions are not known yet at scoring time: see :func:`redemption_updates`.
+    """
+    request_id = _member(row, "request_id")
+    if request_id is None:
+        raise ValueError("request_id: required to record velocity updates")
+    updates: list[tuple[str, str]] = []
+    for v in feature_views():
+        prefix = _counter_prefix(v, row)
+        if prefix is None:
+            continue
+        updates.append((f"{prefix}|attempts", request_id))
+        realtime = [f for f in v.features if _realtime(f, v)]
+        if not row.get("promo_valid", True) and any(f.only == "invalid" for f in realtime):
+            updates.append((f"{prefix}|invalid", request_id))
+        targets = dict.fromkeys(f.target for f in realtime if f.kind == "distinct" and f.target)
+        for target in targets:
+            member = _member(row, f"{target}_key")
+            if member is not None:
+                updates.append((f"{prefix}|{DISTINCT_TARGETS[target]}", member))
+    return updates
+
+
+def redemption_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``(counter, member)`` adds recorded when an attempt's outcome turns out ``redeemed``."""
+    request_id = _member(row, "request_id")
+    if request_id is None:
+        raise ValueError("request_id: required to record a redemption")
+    return [
+        (f"{prefix}|redeemed", request_id)
+        for v in feature_views()
+        if (prefix := _counter_prefix(v, row)) is not None
+    ]
+
+
+def velocity_queries(row: Mapping[str, Any], now: float) -> list[tuple[str, str, float]]:
+    """``(qualified feature, counter, since_ts)`` for every real-time feature this request has keys for.
+
+    ``now`` is epoch seconds; a feature with window ``w`` reads its counter since ``now - w``, which
+    matches the batch pipeline's ``[ts - w, ts)`` when read before the attempt is recorded.
+    """
+    queries: list[tuple[str, str, float]] = []
+    for v in feature_views():
+        prefix = _counter_prefix(v, row)
+        if prefix is None:
+            continue
+        for f in v.features:
+            if not _realtime(f, v):
+                continue
+            assert f.window is not None
+            if f.kind == "distinct":
+                assert f.target is not None
+                suffix = DISTINCT_TARGETS[f.target]
+            else:
+                suffix = "invalid" if f.only == "invalid" else "attempts"
+            queries.append((f"{v.name}__{f.name}", f"{prefix}|{suffix}", now - WINDOWS[f.window]))
+    return queries

@@ -1,0 +1,174 @@
+"""The service's own records: idempotency, the append-only scoring log, outcomes and feedback.
+
+One SQLite file in WAL mode (readers never block the writer; a busy timeout keeps a stuck writer
+from stalling requests). Rows hold hashed identity keys and feature values only: the raw email,
+phone, address and IP of a request never reach this file. The ``feedback`` table follows the label
+contract (``request_id, label, label_source, label_ts``) so training can read it as labels.
+
+Idempotency rides on the log's primary key: a retry with the same ``request_id`` and the same body
+(its canonical sha256) gets the first stored response back; a different body under the same id is an
+:class:`IdempotencyConflict`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS scores (
+        request_id TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, ts TEXT NOT NULL,
+        promo_code TEXT NOT NULL, promo_type TEXT NOT NULL, score INTEGER NOT NULL, band TEXT NOT NULL,
+        decision TEXT NOT NULL, fallback TEXT, degraded INTEGER NOT NULL, model_version TEXT,
+        latency_ms REAL NOT NULL, signals_json TEXT NOT NULL, features_json TEXT NOT NULL,
+        keys_json TEXT NOT NULL, rules_version TEXT, response_json TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS feedback (
+        request_id TEXT NOT NULL, label TEXT NOT NULL, label_source TEXT NOT NULL, label_ts TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id)",
+    """CREATE TABLE IF NOT EXISTS outcomes (
+        request_id TEXT NOT NULL, outcome TEXT NOT NULL, reservation TEXT NOT NULL, ts TEXT NOT NULL)""",
+    # Append-only: the audit trail of decisions cannot be rewritten through this database.
+    """CREATE TRIGGER IF NOT EXISTS scores_no_update BEFORE UPDATE ON scores
+        BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS scores_no_delete BEFORE DELETE ON scores
+        BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END""",
+)
+
+
+class IdempotencyConflict(ValueError):
+    """The request_id was already used with a different body."""
+
+    def __init__(self, request_id: str) -> None:
+        """Name the reused request_id in the message."""
+        super().__init__(
+            f"request_id {request_id!r} was already scored with a different body; "
+            "use a new request_id for a new attempt"
+        )
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """One row of the scoring log; ``keys`` are hashed identity keys, never raw identity."""
+
+    request_id: str
+    body_sha256: str
+    ts: datetime
+    promo_code: str
+    promo_type: str
+    score: int
+    band: str
+    decision: str
+    fallback: str | None
+    degraded: bool
+    model_version: str | None
+    latency_ms: float
+    signals: list[dict[str, Any]]
+    features: Mapping[str, float | None]
+    keys: Mapping[str, Any]
+    rules_version: str | None
+    response: Mapping[str, Any]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+
+
+def _clean_features(features: Mapping[str, float | None]) -> dict[str, float | None]:
+    # JSON has no NaN; a missing feature is stored as null.
+    return {k: (None if v is None or v != v else float(v)) for k, v in features.items()}
+
+
+class Records:
+    """SQLite-backed scoring log, outcomes and feedback; safe to share across threads."""
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 2000) -> None:
+        """Open (and create) the database at ``path``."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        for statement in _SCHEMA:
+            self._conn.execute(statement)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def lookup(self, request_id: str, body_sha256: str) -> dict[str, Any] | None:
+        """The stored response for a retry, None when new; IdempotencyConflict for a changed body."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT body_sha256, response_json FROM scores WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        if row[0] != body_sha256:
+            raise IdempotencyConflict(request_id)
+        stored: dict[str, Any] = json.loads(row[1])
+        return stored
+
+    def append(self, rec: ScoreRecord) -> dict[str, Any]:
+        """Append one attempt; when a concurrent twin got there first, return what it stored."""
+        values = (
+            rec.request_id, rec.body_sha256, rec.ts.astimezone(UTC).isoformat(), rec.promo_code,
+            rec.promo_type, int(rec.score), rec.band, rec.decision, rec.fallback, int(rec.degraded),
+            rec.model_version, float(rec.latency_ms), _json(rec.signals),
+            _json(_clean_features(rec.features)), _json(dict(rec.keys)), rec.rules_version,
+            _json(dict(rec.response)),
+        )
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "INSERT INTO scores (request_id, body_sha256, ts, promo_code, promo_type, score, band, "
+                    "decision, fallback, degraded, model_version, latency_ms, signals_json, features_json, "
+                    "keys_json, rules_version, response_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    values,
+                )
+        except sqlite3.IntegrityError:
+            stored = self.lookup(rec.request_id, rec.body_sha256)
+            if stored is None:
+                raise
+            return stored
+        return dict(rec.response)
+
+    def scored(self, request_id: str) -> dict[str, Any] | None:
+        """The logged row of a scored attempt (decision, promo fields, keys), or None."""
+        with self._lock:
+            cur = self._conn.execute("SELECT * FROM scores WHERE request_id = ?", (request_id,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        return None if row is None else dict(zip(names, row, strict=True))
+
+    def add_outcome(self, request_id: str, outcome: str, reservation: str, ts: datetime) -> None:
+        """Log what checkout did with an attempt."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO outcomes (request_id, outcome, reservation, ts) VALUES (?,?,?,?)",
+                (request_id, outcome, reservation, ts.astimezone(UTC).isoformat()),
+            )
+
+    def add_feedback(self, request_id: str, label: str, source: str, ts: datetime) -> None:
+        """Store a label in the label contract's shape."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO feedback (request_id, label, label_source, label_ts) VALUES (?,?,?,?)",
+                (request_id, label, source, ts.astimezone(UTC).isoformat()),
+            )
+
+    def count(self, table: str) -> int:
+        """Rows in one of the service's tables (scores, outcomes, feedback)."""
+        if table not in ("scores", "outcomes", "feedback"):
+            raise ValueError(f"table: expected scores, outcomes or feedback, got {table!r}")
+        with self._lock:
+            return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

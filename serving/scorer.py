@@ -1,0 +1,474 @@
+"""One /score request, in the architecture's order, with every dependency injected.
+
+validate (done by the schema) -> identity keys -> request-time signals -> online features and
+velocity counts under a deadline -> booster + calibrator -> TreeSHAP signals -> hard rules (and the
+rules score when the model path is unavailable) -> decision and the atomic reservation of capped
+promotions -> velocity counters and the hashed scoring log -> response.
+
+A dependency that fails or runs past its deadline never becomes an error for checkout: the answer
+comes from the rules with ``degraded: true, fallback: "rules"``. Only a reused ``request_id`` with a
+different body is an error (:class:`serving.records.IdempotencyConflict`).
+
+Design choices worth knowing:
+
+* Velocity counters are the catalog's (``features.definitions.velocity_queries``/``velocity_updates``);
+  a redemption reported to ``/outcome`` is recorded with ``redemption_updates``.
+* Velocity counts and Feast values for the same feature are merged with ``max``: Feast is exact up to
+  its last materialization and velocity exact since the counters started, so the larger one is the
+  better lower bound of the true count (a freshly started service does not read zeros).
+* Referral self-redemption: every attempt by an account records ``xref:{account_key}:{kind}:{key}``
+  for each hard identity it carried (30-day window). A referral checks the referrer's counters against
+  the redeemer's hard keys, so "the referrer was seen on this device/household/card/phone/LAN" is one
+  velocity read, and a referrer who is the redeemer's own account is caught directly.
+* Velocity time is the server's clock, not the request's ``timestamp``: a caller cannot move itself
+  out of a window.
+* When the reservation of a capped promotion cannot be made (velocity down) the service fails open to
+  the rules decision and says so (degraded): checkout keeps working while Redis is away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from features.definitions import HARD_IDENTITIES, redemption_updates, velocity_queries, velocity_updates
+from serving.artifact import DEFAULT_BANDS, DEFAULT_THRESHOLDS, LoadedModel, band_for
+from serving.records import Records, ScoreRecord
+from serving.rules import RulesOutcome, RulesTable, evaluate_rules
+from serving.schemas import OutcomeRequest, OutcomeResponse, ScoreRequest, ScoreResponse, to_event_record
+from serving.signals import merge_signals, model_signals, rule_signals
+
+logger = logging.getLogger(__name__)
+
+_DECISION_ORDER = {"allow": 0, "watch": 1, "verify": 2, "refuse": 3}
+_XREF_WINDOW_S = 30 * 86_400
+#: The single-use identity of features.velocity: one global use, whoever redeems it.
+GLOBAL_IDENTITY = "*"
+
+
+# --- what the scorer needs from the features package ------------------------------------------------
+
+
+class KeysLike(Protocol):
+    """Identity keys with the contract's column names."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Keys and flags by contract name."""
+        ...
+
+
+class IdentityResolverLike(Protocol):
+    """features.identity.IdentityResolver."""
+
+    def resolve(self, record: Mapping[str, Any]) -> KeysLike:
+        """Keys and flags of one raw record (event column names)."""
+        ...
+
+
+class OnlineFeaturesLike(Protocol):
+    """features.store.OnlineFeatures."""
+
+    def read(self, entity_rows: Mapping[str, str | None]) -> dict[str, float]:
+        """Qualified feature -> value for one request's join keys."""
+        ...
+
+
+class ReservationLike(Protocol):
+    """features.velocity.Reservation."""
+
+    @property
+    def status(self) -> str:
+        """``reserved`` or ``exhausted``."""
+        ...
+
+    @property
+    def blocked_by(self) -> str | None:
+        """The ``kind:key`` identity at its limit."""
+        ...
+
+
+class VelocityLike(Protocol):
+    """features.velocity.VelocityStore (the part serving uses)."""
+
+    def record(self, request_id: str, ts: float, updates: Sequence[tuple[str, str]]) -> bool:
+        """Apply ``(counter, member)`` adds once per request."""
+        ...
+
+    def read(self, queries: Sequence[tuple[str, float]]) -> list[int]:
+        """Cardinalities of ``(counter, since_ts)``."""
+        ...
+
+    def reserve(
+        self, request_id: str, scope: str, identities: Sequence[str], limit: int, ttl_s: float, now: float
+    ) -> ReservationLike:
+        """Atomically reserve one use per identity unless any is at ``limit``."""
+        ...
+
+    def confirm(self, request_id: str) -> bool:
+        """Turn a hold into a use."""
+        ...
+
+    def release(self, request_id: str) -> bool:
+        """Free a hold."""
+        ...
+
+
+# --- velocity counters: which ones a request reads and writes ---------------------------------------
+
+
+def referral_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(counter, member)`` adds that remember which hard identities an account was seen with."""
+    account = row.get("account_key")
+    if not account:
+        return []
+    return [
+        (f"xref:{account}:{kind}:{row[f'{kind}_key']}", "seen")
+        for kind in HARD_IDENTITIES
+        if row.get(f"{kind}_key")
+    ]
+
+
+def referral_queries(keys: Mapping[str, Any], now: float) -> list[tuple[str, str, float]]:
+    """``(hard kind, counter, since)`` asking whether the referrer was seen with each hard key."""
+    referrer = keys.get("referrer_key")
+    if not referrer:
+        return []
+    since = now - _XREF_WINDOW_S
+    return [
+        (kind, f"xref:{referrer}:{kind}:{keys[f'{kind}_key']}", since)
+        for kind in HARD_IDENTITIES
+        if keys.get(f"{kind}_key")
+    ]
+
+
+# --- configuration and pure functions --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Deadlines and policy of the scorer (the service builds it from its settings)."""
+
+    feature_deadline_ms: float = 50.0
+    request_deadline_ms: float = 200.0
+    reservation_ttl_s: float = 1800.0
+    bands: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_BANDS))
+    thresholds: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    top_k_signals: int = 6
+    pool_workers: int = 8
+
+
+def body_sha256(req: ScoreRequest) -> str:
+    """Canonical hash of a request body (field order and whitespace do not matter)."""
+    return hashlib.sha256(req.model_dump_json(exclude_none=True).encode()).hexdigest()
+
+
+def decide(score: int, promo_type: str, thresholds: Mapping[str, Mapping[str, int]]) -> str:
+    """Decision for a score from the per-promotion-type thresholds (``default`` when absent)."""
+    table = thresholds.get(promo_type) or thresholds.get("default") or DEFAULT_THRESHOLDS["default"]
+    for decision in ("refuse", "verify", "watch"):
+        limit = table.get(decision)
+        if limit is not None and score >= limit:
+            return decision
+    return "allow"
+
+
+def stricter(a: str, b: str | None) -> str:
+    """The stricter of two decisions."""
+    if b is None:
+        return a
+    return a if _DECISION_ORDER[a] >= _DECISION_ORDER[b] else b
+
+
+def rule_inputs(
+    req: ScoreRequest, keys: Mapping[str, Any], features: Mapping[str, float], shared_kind: str | None
+) -> dict[str, Any]:
+    """Every named input the rules table may use, from the request, its keys and its features."""
+    promo = req.promotion
+    account = req.account
+    is_guest = account is None or account.is_guest or not account.account_id
+    segment = None if account is None else account.segment
+    inputs: dict[str, Any] = dict(features)
+    inputs.update({k: v for k, v in keys.items() if not k.endswith("_key")})
+    inputs.update({f"has_{k}": bool(v) for k, v in keys.items() if k.endswith("_key")})
+    redeemed_before = features.get("code_stats__redeemed_total")
+    inputs.update(
+        promo_type=promo.type,
+        promo_valid=promo.valid,
+        promo_single_use=promo.single_use,
+        promo_per_customer_limit=promo.per_customer_limit,
+        promo_limited=promo.single_use or promo.per_customer_limit is not None,
+        promo_eligible_segment=promo.eligible_segment,
+        account_segment=("guest" if is_guest else segment) or "none",
+        account_is_guest=is_guest,
+        segment_mismatch=promo.eligible_segment is not None
+        and (is_guest or segment != promo.eligible_segment),
+        referral_shares_hard_identity=shared_kind is not None,
+        referral_shared_kind=shared_kind,
+        single_use_spent=promo.single_use
+        and redeemed_before is not None
+        and not math.isnan(redeemed_before)
+        and redeemed_before >= 1,
+        customer_cap_reached=False,
+        cap_blocked_kind=None,
+    )
+    return inputs
+
+
+def feature_row(names: Sequence[str], features: Mapping[str, float], keys: Mapping[str, Any]) -> np.ndarray:
+    """The float64 model row in manifest order: features by qualified name, request flags by name."""
+    row = np.full(len(names), np.nan, dtype=np.float64)
+    for i, name in enumerate(names):
+        value = features.get(name)
+        if value is None and name in keys and not name.endswith("_key"):
+            flag = keys[name]
+            value = None if flag is None or isinstance(flag, str) else float(flag)
+        if value is not None:
+            row[i] = float(value)
+    return row
+
+
+@dataclass
+class _Reads:
+    features: dict[str, float]
+    shared_kind: str | None
+    failed: list[str]
+
+
+class Scorer:
+    """Scores one request; thread-safe; dependencies are injected and may each be missing or failing."""
+
+    def __init__(
+        self,
+        resolver: IdentityResolverLike,
+        online: OnlineFeaturesLike | None,
+        velocity: VelocityLike | None,
+        model: LoadedModel | None,
+        rules: RulesTable,
+        records: Records,
+        config: ScorerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Keep the dependencies and start the small pool that runs reads under a deadline."""
+        self.resolver = resolver
+        self.online = online
+        self.velocity = velocity
+        self.model = model
+        self.rules = rules
+        self.records = records
+        self.config = config or ScorerConfig()
+        self.clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=self.config.pool_workers, thread_name_prefix="pg-read")
+
+    def close(self) -> None:
+        """Stop the read pool without waiting for stuck reads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- step 4 ---------------------------------------------------------------------------------------
+
+    def _read_velocity(self, row: Mapping[str, Any], now: float) -> tuple[dict[str, float], str | None]:
+        assert self.velocity is not None
+        queries = velocity_queries(row, now)
+        xref = referral_queries(row, now)
+        counts = self.velocity.read([(c, s) for _, c, s in queries] + [(c, s) for _, c, s in xref])
+        values: dict[str, float] = {}
+        for (name, _, _), count in zip(queries, counts, strict=False):
+            values[name] = float(count)
+        shared = next((kind for (kind, _, _), n in zip(xref, counts[len(queries):], strict=False) if n), None)
+        return values, shared
+
+    def _read_all(self, row: Mapping[str, Any], now: float, deadline: float) -> _Reads:
+        failed: list[str] = []
+        entity_rows = {k: v for k, v in row.items() if isinstance(v, str) or v is None}
+        jobs: dict[str, Future[Any]] = {}
+        if self.online is not None:
+            jobs["features"] = self._pool.submit(self.online.read, entity_rows)
+        else:
+            failed.append("features")
+        if self.velocity is not None:
+            jobs["velocity"] = self._pool.submit(self._read_velocity, row, now)
+        else:
+            failed.append("velocity")
+        feast: dict[str, float] = {}
+        live: dict[str, float] = {}
+        shared: str | None = None
+        for name, job in jobs.items():
+            try:
+                result = job.result(timeout=max(0.0, deadline - time.perf_counter()))
+            except FutureTimeout:
+                job.cancel()
+                failed.append(name)
+                logger.warning("%s read ran past the %.0f ms deadline", name, self.config.feature_deadline_ms)
+                continue
+            except Exception as exc:
+                failed.append(name)
+                logger.warning("%s read failed: %s", name, type(exc).__name__)
+                continue
+            if name == "features":
+                feast = dict(result)
+            else:
+                live, shared = result
+        merged = dict(feast)
+        for name, value in live.items():
+            old = merged.get(name)
+            merged[name] = value if old is None or math.isnan(old) else max(old, value)
+        # A referrer that is the redeemer's own account shares every identity.
+        if row.get("referrer_key") and row.get("referrer_key") == row.get("account_key"):
+            shared = "account"
+        return _Reads(merged, shared, failed)
+
+    # -- the request ----------------------------------------------------------------------------------
+
+    def score(self, req: ScoreRequest) -> ScoreResponse:
+        """Score one request (idempotent on ``request_id``); never raises for a dependency failure."""
+        started = time.perf_counter()
+        digest = body_sha256(req)
+        stored = self.records.lookup(req.request_id, digest)
+        if stored is not None:
+            return ScoreResponse.model_validate(stored)
+        now = self.clock()
+        try:
+            keys: dict[str, Any] = dict(self.resolver.resolve(to_event_record(req)).as_dict())
+            identity_ok = True
+        except Exception as exc:
+            logger.warning("identity resolution failed: %s", type(exc).__name__)
+            keys, identity_ok = {}, False
+        row: dict[str, Any] = {k: v for k, v in keys.items() if k.endswith("_key")}
+        row.update(request_id=req.request_id, promo_code=req.promotion.code, promo_valid=req.promotion.valid)
+
+        reads = self._read_all(row, now, started + self.config.feature_deadline_ms / 1000.0)
+        inputs = rule_inputs(req, keys, reads.features, reads.shared_kind)
+        degraded = bool(reads.failed) or not identity_ok
+
+        model = self.model
+        model_answer: tuple[int, list[Any]] | None = None
+        if model is not None and not degraded:
+            try:
+                x = feature_row(model.feature_names, reads.features, keys)
+                _, _, _, model_score = model.predict(x)
+                contrib = model.contributions(x)
+                baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
+                sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
+                                     model.signal_specs, self.config.top_k_signals)
+                model_answer = (model_score, sigs)
+            except Exception as exc:
+                logger.warning("model prediction failed: %s", type(exc).__name__)
+                degraded = True
+            if (time.perf_counter() - started) * 1000.0 > self.config.request_deadline_ms:
+                logger.warning("model path ran past the %.0f ms deadline", self.config.request_deadline_ms)
+                model_answer, degraded = None, True
+
+        outcome = evaluate_rules(inputs, self.rules)
+        bands = model.bands if model is not None else dict(self.config.bands)
+        thresholds = model.thresholds if model is not None else dict(self.config.thresholds)
+
+        def assemble(rules_outcome: RulesOutcome) -> tuple[int, str, list[Any]]:
+            if model_answer is not None:
+                score, sigs = model_answer
+                signals = merge_signals(sigs, rule_signals(rules_outcome.signals, priced=False))
+            else:
+                score = rules_outcome.score
+                signals = merge_signals(rule_signals(rules_outcome.signals, priced=True))
+            decision = stricter(decide(score, req.promotion.type, thresholds), rules_outcome.hard_decision)
+            return score, decision, signals
+
+        score, decision, signals = assemble(outcome)
+        # Step 8: capped promotions take their use atomically, only when the attempt will be honored.
+        if decision in ("allow", "watch") and req.promotion.valid and inputs["promo_limited"]:
+            blocked = self._reserve(req, row, now)
+            if blocked == "unavailable":
+                degraded = True
+            elif blocked is not None:
+                if req.promotion.single_use:
+                    inputs["single_use_spent"] = True
+                else:
+                    inputs["customer_cap_reached"] = True
+                    inputs["cap_blocked_kind"] = blocked
+                outcome = evaluate_rules(inputs, self.rules)
+                score, decision, signals = assemble(outcome)
+
+        if self.velocity is not None:
+            try:
+                self.velocity.record(req.request_id, now, velocity_updates(row) + referral_updates(row))
+            except Exception as exc:
+                degraded = True
+                logger.warning("velocity record failed: %s", type(exc).__name__)
+
+        fallback: Literal["rules"] | None = None if model_answer is not None else "rules"
+        response = ScoreResponse(
+            request_id=req.request_id,
+            score=score,
+            band=band_for(score, bands),  # type: ignore[arg-type]
+            decision=decision,  # type: ignore[arg-type]
+            signals=signals,
+            model_version=model.version if model_answer is not None and model is not None else None,
+            degraded=degraded or model_answer is None,
+            fallback=fallback,
+            latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+        )
+        stored_now = self.records.append(
+            ScoreRecord(
+                request_id=req.request_id, body_sha256=digest, ts=datetime.fromtimestamp(now, UTC),
+                promo_code=req.promotion.code, promo_type=req.promotion.type, score=score,
+                band=response.band, decision=decision, fallback=fallback, degraded=response.degraded,
+                model_version=response.model_version, latency_ms=response.latency_ms,
+                signals=[s.model_dump() for s in signals], features=reads.features,
+                keys={k: v for k, v in keys.items()}, rules_version=self.rules.version,
+                response=response.model_dump(mode="json"),
+            )
+        )
+        return ScoreResponse.model_validate(stored_now)
+
+    def _reserve(self, req: ScoreRequest, row: Mapping[str, Any], now: float) -> str | None:
+        """None when reserved (or nothing to reserve), the blocked kind, or ``unavailable``."""
+        if self.velocity is None:
+            return "unavailable"
+        promo = req.promotion
+        if promo.single_use:
+            identities, limit = [GLOBAL_IDENTITY], 1
+        else:
+            kinds = [k for k in HARD_IDENTITIES if row.get(f"{k}_key")]
+            # Without any hard identity the cheap ones are the only handle left.
+            kinds = kinds or [k for k in ("account", "email") if row.get(f"{k}_key")]
+            identities = [f"{k}:{row[f'{k}_key']}" for k in kinds]
+            limit = int(promo.per_customer_limit or 1)
+        if not identities:
+            return None
+        try:
+            res = self.velocity.reserve(
+                req.request_id, f"promo:{promo.code}", identities, limit, self.config.reservation_ttl_s, now
+            )
+        except Exception as exc:
+            logger.warning("reservation failed: %s", type(exc).__name__)
+            return "unavailable"
+        if res.status == "reserved":
+            return None
+        return (res.blocked_by or "identity").split(":", 1)[0]
+
+    def outcome(self, req: OutcomeRequest) -> OutcomeResponse:
+        """Confirm (redeemed) or release (abandoned, reversed) the reservation of a scored attempt."""
+        state = "none"
+        if self.velocity is not None:
+            if req.outcome == "redeemed":
+                state = "confirmed" if self.velocity.confirm(req.request_id) else "none"
+                scored = self.records.scored(req.request_id)
+                if scored is not None:
+                    # The redemption is its own velocity event (a request id may be recorded once).
+                    row = {k: v for k, v in json.loads(scored["keys_json"]).items() if k.endswith("_key")}
+                    row.update(request_id=req.request_id, promo_code=scored["promo_code"])
+                    self.velocity.record(f"{req.request_id}#redeemed", self.clock(), redemption_updates(row))
+            else:
+                state = "released" if self.velocity.release(req.request_id) else "none"
+        when = datetime.fromtimestamp(self.clock(), UTC)
+        self.records.add_outcome(req.request_id, req.outcome, state, when)
+        return OutcomeResponse(request_id=req.request_id, outcome=req.outcome, reservation=state)  # type: ignore[arg-type]

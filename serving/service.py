@@ -1,0 +1,395 @@
+"""The promoguard scoring service: one BentoML class with /score, /outcome and /feedback.
+
+Start it with ``bentoml serve serving.service:PromoGuard``. Settings are read once, at start, from the
+``PROMOGUARD_*`` environment (:class:`ServiceSettings`; the same names as the command line's settings).
+The service starts and answers from the rules when there is no model yet, no Feast store, or no Redis:
+``/readyz`` means "a model or the rules are loaded", never "every backend answers", because checkout
+must get an answer either way.
+
+Request bodies are flat JSON validated by the pydantic models of :mod:`serving.schemas` (unknown
+fields are a 400 naming the field). In front of the endpoints an ASGI guard checks the body size,
+the ``X-API-Key`` header (constant-time compare, on unless ``PROMOGUARD_REQUIRE_API_KEY=false``) and a
+per-key token bucket. Logs carry request ids, decisions and error kinds, never raw identity.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from serving.artifact import ArtifactError, LoadedModel, fetch_champion
+from serving.records import IdempotencyConflict, Records
+from serving.rules import default_rules, load_rules
+from serving.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    OutcomeRequest,
+    OutcomeResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from serving.scorer import Scorer, ScorerConfig, VelocityLike
+
+logger = logging.getLogger("promoguard.serving")
+
+DEV_PEPPER = "promoguard-dev-pepper-do-not-use-in-production"
+PROTECTED_PATHS = frozenset({"/score", "/outcome", "/feedback"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the service reads from the environment, built explicitly once at start."""
+
+    root: Path
+    pepper: str = DEV_PEPPER
+    default_phone_region: str = "US"
+    online_store: str = "sqlite"
+    velocity_backend: str = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_socket_timeout_s: float = 0.05
+    mlflow_tracking_uri: str = ""
+    model_name: str = "promo-abuse"
+    model_dir: Path | None = None
+    rules_path: Path | None = None
+    tor_exit_list: str | None = None
+    proxy_list: str | None = None
+    api_keys: tuple[str, ...] = ()
+    require_api_key: bool = True
+    rate_limit_per_minute: int = 6000
+    max_body_bytes: int = 64 * 1024
+    feature_deadline_ms: float = 50.0
+    request_deadline_ms: float = 200.0
+
+    @property
+    def serving_dir(self) -> Path:
+        """Velocity counters, scoring log and the local model cache."""
+        return self.root / "data" / "serving"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        """Build from ``PROMOGUARD_*`` variables; raise ValueError naming a bad variable."""
+        env = dict(os.environ if environ is None else environ)
+        root = Path(env.get("PROMOGUARD_ROOT", ".") or ".").resolve()
+        online = env.get("PROMOGUARD_ONLINE_STORE", "sqlite")
+        velocity = env.get("PROMOGUARD_VELOCITY", online)
+        for name, value in (("PROMOGUARD_ONLINE_STORE", online), ("PROMOGUARD_VELOCITY", velocity)):
+            if value not in ("sqlite", "redis"):
+                raise ValueError(f"{name}={value!r}: expected one of sqlite, redis")
+
+        def number(name: str, default: str) -> float:
+            raw = env.get(name, default) or default
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r}: expected a number") from None
+
+        model_dir = env.get("PROMOGUARD_MODEL_DIR")
+        rules_path = env.get("PROMOGUARD_RULES")
+        tracking = env.get("PROMOGUARD_MLFLOW_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+        return cls(
+            root=root,
+            pepper=env.get("PROMOGUARD_PEPPER") or DEV_PEPPER,
+            default_phone_region=env.get("PROMOGUARD_PHONE_REGION", "US"),
+            online_store=online,
+            velocity_backend=velocity,
+            redis_url=env.get("PROMOGUARD_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_socket_timeout_s=number("PROMOGUARD_REDIS_TIMEOUT_S", "0.05"),
+            mlflow_tracking_uri=tracking,
+            model_name=env.get("PROMOGUARD_MODEL_NAME", "promo-abuse"),
+            model_dir=Path(model_dir) if model_dir else None,
+            rules_path=Path(rules_path) if rules_path else None,
+            tor_exit_list=env.get("PROMOGUARD_TOR_EXIT_LIST") or None,
+            proxy_list=env.get("PROMOGUARD_PROXY_LIST") or None,
+            api_keys=tuple(k.strip() for k in env.get("PROMOGUARD_API_KEYS", "").split(",") if k.strip()),
+            require_api_key=_bool(env.get("PROMOGUARD_REQUIRE_API_KEY"), True),
+            rate_limit_per_minute=int(number("PROMOGUARD_RATE_LIMIT_PER_MINUTE", "6000")),
+            max_body_bytes=int(number("PROMOGUARD_MAX_BODY_BYTES", str(64 * 1024))),
+            feature_deadline_ms=number("PROMOGUARD_FEATURE_DEADLINE_MS", "50"),
+            request_deadline_ms=number("PROMOGUARD_REQUEST_DEADLINE_MS", "200"),
+        )
+
+
+# --- the guard in front of the endpoints -----------------------------------------------------------
+
+
+class TokenBucket:
+    """Per-caller token buckets: ``rate_per_minute`` sustained, the same number as burst."""
+
+    def __init__(self, rate_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """Start every caller with a full bucket."""
+        self.capacity = float(max(1, rate_per_minute))
+        self.refill_per_s = self.capacity / 60.0
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> float:
+        """0 when allowed, else the seconds until the next token."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(caller, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.refill_per_s)
+            if tokens >= 1.0:
+                self._buckets[caller] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[caller] = (tokens, now)
+            return (1.0 - tokens) / self.refill_per_s
+
+
+def key_matches(presented: str, keys: tuple[str, ...]) -> str | None:
+    """The configured key equal to ``presented`` (constant-time, every key compared), else None."""
+    found = None
+    for key in keys:
+        if hmac.compare_digest(presented.encode(), key.encode()):
+            found = key
+    return found
+
+
+class RequestGuard:
+    """ASGI middleware: body size limit, API key and per-key rate limit on the scoring endpoints."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Read the guard's settings from the environment once."""
+        self.app = app
+        self.settings = ServiceSettings.from_env()
+        self.bucket = TokenBucket(self.settings.rate_limit_per_minute)
+        if self.settings.require_api_key and not self.settings.api_keys:
+            logger.error("PROMOGUARD_API_KEYS is empty while keys are required: every call gets 401")
+
+    @staticmethod
+    async def _reject(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps({"error": message}).encode()
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check a protected request, then hand it on."""
+        if scope.get("type") != "http" or scope.get("path") not in PROTECTED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        caller = "anonymous"
+        if self.settings.require_api_key:
+            key = key_matches(headers.get("x-api-key", ""), self.settings.api_keys)
+            if key is None:
+                await self._reject(send, 401, "missing or invalid X-API-Key header")
+                return
+            # The bucket is named by a digest prefix so that keys never sit in memory twice or in logs.
+            caller = "key:" + hmac.new(b"bucket", key.encode(), "sha256").hexdigest()[:16]
+        length = headers.get("content-length")
+        if scope.get("method") == "POST":
+            if length is None or not length.isdigit():
+                await self._reject(send, 411, "a Content-Length header is required")
+                return
+            if int(length) > self.settings.max_body_bytes:
+                await self._reject(send, 413, f"body larger than {self.settings.max_body_bytes} bytes")
+                return
+        wait = self.bucket.take(caller)
+        if wait > 0:
+            await self._reject(send, 429, "rate limit exceeded", {"retry-after": str(max(1, round(wait)))})
+            return
+        await self.app(scope, receive, send)
+
+
+# --- building the dependencies ---------------------------------------------------------------------
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def load_model(settings: ServiceSettings) -> LoadedModel | None:
+    """The champion model (explicit directory first, then the registry or its cache), or None."""
+    try:
+        if settings.model_dir is not None:
+            return LoadedModel.from_dir(settings.model_dir)
+        db = _sqlite_path(settings.mlflow_tracking_uri)
+        cache = settings.serving_dir / "models"
+        if db is not None and not db.exists() and not any(cache.glob("*/manifest.json")):
+            # No registry has ever been written here: do not create an empty one just to ask.
+            logger.warning("no model registry at %s yet: answering from the rules", db)
+            return None
+        return LoadedModel.from_dir(fetch_champion(settings.mlflow_tracking_uri, settings.model_name, cache))
+    except ArtifactError as exc:
+        logger.warning("no usable model (%s): answering from the rules", exc)
+        return None
+
+
+def build_velocity(settings: ServiceSettings) -> VelocityLike | None:
+    """The velocity store of the configured backend, or None (rules fallback) when it cannot open."""
+    from features import velocity
+
+    try:
+        if settings.velocity_backend == "redis":
+            client = velocity.redis_client(settings.redis_url, settings.redis_socket_timeout_s)
+            return velocity.RedisVelocity(client)
+        settings.serving_dir.mkdir(parents=True, exist_ok=True)
+        return velocity.SqliteVelocity(settings.serving_dir / "velocity.db")
+    except Exception as exc:
+        logger.warning("velocity store unavailable (%s): every answer will be degraded", type(exc).__name__)
+        return None
+
+
+def build_online(settings: ServiceSettings) -> Any:
+    """Feast online features, or None when the store is not applied or cannot be opened."""
+    feast_dir = settings.root / "data" / "feast"
+    if not feast_dir.exists():
+        # Checked before importing Feast, which alone takes seconds to import.
+        logger.warning("no Feast store in %s yet: answering from the rules", feast_dir)
+        return None
+    try:
+        from features.store import OnlineFeatures, StoreConfig
+
+        cfg = StoreConfig(
+            feast_dir=feast_dir,
+            features_dir=settings.root / "data" / "features",
+            online_store=settings.online_store,  # type: ignore[arg-type]
+            redis_url=settings.redis_url,
+            redis_socket_timeout_s=settings.redis_socket_timeout_s,
+        )
+        return OnlineFeatures(cfg)
+    except Exception as exc:
+        logger.warning("Feast online store unavailable (%s): answering from the rules", type(exc).__name__)
+        return None
+
+
+def build_scorer(settings: ServiceSettings) -> Scorer:
+    """Wire every dependency of the scorer from the settings."""
+    from features.identity import IdentityConfig, IdentityResolver
+    from features.ipintel import OfflineIpIntel
+
+    resolver = IdentityResolver(
+        IdentityConfig(settings.pepper, settings.default_phone_region, settings.pepper == DEV_PEPPER),
+        OfflineIpIntel(settings.tor_exit_list, settings.proxy_list),
+    )
+    rules = load_rules(settings.rules_path) if settings.rules_path else default_rules()
+    model = load_model(settings)
+    records = Records(settings.serving_dir / "scores.db")
+    config = ScorerConfig(
+        feature_deadline_ms=settings.feature_deadline_ms, request_deadline_ms=settings.request_deadline_ms
+    )
+    return Scorer(resolver, build_online(settings), build_velocity(settings), model, rules, records, config)
+
+
+def _error(ctx: bentoml.Context, status: int, message: str) -> JSONResponse:
+    # BentoML copies ctx.response.status_code onto the response; both must agree.
+    ctx.response.status_code = status
+    return JSONResponse({"error": message}, status_code=status)
+
+
+# --- the service -----------------------------------------------------------------------------------
+
+
+@bentoml.service(
+    name="promoguard",
+    workers=1,
+    threads=8,
+    traffic={"timeout": 5},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+class PromoGuard:
+    """Scores promo-code attempts at checkout; answers from the rules when the model path is unavailable."""
+
+    def __init__(self) -> None:
+        """Build settings, dependencies and metric series once per worker."""
+        self.settings = ServiceSettings.from_env()
+        self.scorer = build_scorer(self.settings)
+        logger.info(
+            "promoguard ready: model=%s rules=%s feast=%s velocity=%s",
+            self.scorer.model.version if self.scorer.model else "none (rules)",
+            self.scorer.rules.version,
+            "on" if self.scorer.online is not None else "off",
+            self.settings.velocity_backend if self.scorer.velocity is not None else "off",
+        )
+        labels = ["promo_type", "decision", "band", "path"]
+        self.m_requests = bentoml.metrics.Counter(
+            name="promoguard_score_requests_total", documentation="Scored attempts", labelnames=labels
+        )
+        self.m_latency = bentoml.metrics.Histogram(
+            name="promoguard_score_latency_seconds",
+            documentation="Scoring time inside the service",
+            labelnames=["path"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0),
+        )
+        self.m_errors = bentoml.metrics.Counter(
+            name="promoguard_request_errors_total", documentation="Rejected calls", labelnames=["kind"]
+        )
+
+    def __is_ready__(self) -> bool:
+        """Ready once a model or the rules table is loaded (backends may still be down)."""
+        return self.scorer.model is not None or bool(self.scorer.rules.rules)
+
+    @bentoml.api(route="/score", input_spec=ScoreRequest, output_spec=ScoreResponse)
+    def score(self, ctx: bentoml.Context, **body: Any) -> ScoreResponse | JSONResponse:
+        """Score one promo-code attempt: risk 0-100, band, decision and the signals behind it."""
+        req = ScoreRequest.model_validate(body)
+        try:
+            resp = self.scorer.score(req)
+        except IdempotencyConflict as exc:
+            self.m_errors.labels(kind="conflict").inc()
+            return _error(ctx, 409, str(exc))
+        path = "rules" if resp.fallback else "model"
+        self.m_requests.labels(
+            promo_type=req.promotion.type, decision=resp.decision, band=resp.band, path=path
+        ).inc()
+        self.m_latency.labels(path=path).observe(resp.latency_ms / 1000.0)
+        logger.info("scored request_id=%s score=%d decision=%s path=%s",
+                    resp.request_id, resp.score, resp.decision, path)
+        return resp
+
+    @bentoml.api(route="/outcome", input_spec=OutcomeRequest, output_spec=OutcomeResponse)
+    def outcome(self, ctx: bentoml.Context, **body: Any) -> OutcomeResponse | JSONResponse:
+        """Confirm (redeemed) or release (abandoned, reversed) the reservation of a scored attempt."""
+        req = OutcomeRequest.model_validate(body)
+        if self.scorer.records.scored(req.request_id) is None:
+            return _error(ctx, 404, f"request_id {req.request_id!r} was never scored")
+        try:
+            return self.scorer.outcome(req)
+        except Exception as exc:
+            self.m_errors.labels(kind="outcome_unavailable").inc()
+            logger.warning("outcome for request_id=%s failed: %s", req.request_id, type(exc).__name__)
+            return _error(ctx, 503, "the reservation store is unavailable; retry the outcome later")
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackResponse)
+    def feedback(self, ctx: bentoml.Context, **body: Any) -> FeedbackResponse | JSONResponse:
+        """Store a label (abuse or legit) for a scored attempt, for retraining."""
+        req = FeedbackRequest.model_validate(body)
+        if self.scorer.records.scored(req.request_id) is None:
+            return _error(ctx, 404, f"request_id {req.request_id!r} was never scored")
+        self.scorer.records.add_feedback(req.request_id, req.label, req.source, datetime.now(UTC))
+        return FeedbackResponse(request_id=req.request_id, stored=True)
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Stop the read pool and close the scoring log."""
+        self.scorer.close()
+        self.scorer.records.close()
+
+
+PromoGuard.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]

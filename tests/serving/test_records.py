@@ -1,0 +1,97 @@
+"""Records: idempotency on request_id, append-only log, and no raw identity in the database file."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from serving.records import IdempotencyConflict, Records, ScoreRecord
+from serving.rules import default_rules
+from serving.schemas import ScoreRequest
+from serving.scorer import Scorer, ScorerConfig, body_sha256
+from tests.serving.conftest import FakeOnline, FakeResolver, FakeVelocity
+
+RAW = {
+    "email": "jane.doe+promo@example.com",
+    "phone": "+1 415 555 0134",
+    "line1": "742 Evergreen Terrace",
+    "ip": "203.0.113.77",
+    "local_ip": "192.168.77.12",
+    "device": "dev-7f3a9c1e",
+    "fingerprint": "fp_4242abcd",
+}
+
+
+def _record(request_id: str, digest: str, score: int = 10) -> ScoreRecord:
+    response = {"request_id": request_id, "score": score}
+    return ScoreRecord(request_id, digest, datetime.now(UTC), "CODE", "welcome", score, "low", "allow", None,
+                       False, "1", 1.0, [], {"f": 1.0, "g": float("nan")}, {"device_key": "abc"}, "v",
+                       response)
+
+
+def test_same_request_id_and_body_returns_the_first_response(tmp_path: Path) -> None:
+    records = Records(tmp_path / "s.db")
+    assert records.lookup("r1", "h1") is None
+    assert records.append(_record("r1", "h1", score=10)) == {"request_id": "r1", "score": 10}
+    assert records.lookup("r1", "h1") == {"request_id": "r1", "score": 10}
+    # A concurrent twin that computed another answer still gets the stored first one.
+    assert records.append(_record("r1", "h1", score=99)) == {"request_id": "r1", "score": 10}
+
+
+def test_a_different_body_under_the_same_request_id_is_a_conflict_naming_it(tmp_path: Path) -> None:
+    records = Records(tmp_path / "s.db")
+    records.append(_record("order-17", "h1"))
+    with pytest.raises(IdempotencyConflict, match="order-17"):
+        records.lookup("order-17", "h2")
+    with pytest.raises(IdempotencyConflict):
+        records.append(_record("order-17", "h2"))
+
+
+def test_scoring_log_is_append_only(tmp_path: Path) -> None:
+    records = Records(tmp_path / "s.db")
+    records.append(_record("r1", "h1"))
+    conn = sqlite3.connect(tmp_path / "s.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE scores SET decision = 'allow'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM scores")
+
+
+def test_feedback_rows_follow_the_label_contract(tmp_path: Path) -> None:
+    records = Records(tmp_path / "s.db")
+    records.add_feedback("r1", "abuse", "manual_review", datetime(2026, 11, 21, tzinfo=UTC))
+    conn = sqlite3.connect(tmp_path / "s.db")
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(feedback)")]
+    assert cols == ["request_id", "label", "label_source", "label_ts"]
+    assert conn.execute("SELECT label, label_source FROM feedback").fetchone() == ("abuse", "manual_review")
+
+
+def test_no_raw_identity_reaches_the_database_file(tmp_path: Path) -> None:
+    records = Records(tmp_path / "s.db")
+    scorer = Scorer(FakeResolver(), FakeOnline({}), FakeVelocity(), None, default_rules(), records,
+                    ScorerConfig(feature_deadline_ms=5000.0))
+    for i in range(3):
+        scorer.score(ScoreRequest.model_validate({
+            "request_id": f"r{i}", "promotion": {"code": "WELCOME", "type": "welcome"},
+            "email": RAW["email"], "phone": RAW["phone"], "ip": RAW["ip"],
+            "shipping_address": {"line1": RAW["line1"], "postal_code": "97403"},
+            "billing_address": {"line1": RAW["line1"], "postal_code": "97403"},
+            "device": {"device_id": RAW["device"], "local_ip": RAW["local_ip"]},
+            "payment": {"fingerprint": RAW["fingerprint"]},
+        }))
+    records.close()
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("s.db"))
+    assert b"r0" in blob  # the file really holds the attempts
+    for name, value in RAW.items():
+        for form in {value, value.lower(), value.replace(" ", "")}:
+            assert form.encode() not in blob, f"raw {name} found in the scoring database"
+
+
+def test_body_hash_ignores_key_order_and_whitespace() -> None:
+    a = ScoreRequest.model_validate_json('{"request_id": "r", "promotion": {"code": "X", "type": "welcome"}}')
+    b = ScoreRequest.model_validate_json('{"promotion":{"type":"welcome","code":"X"},"request_id":"r"}')
+    c = ScoreRequest.model_validate_json('{"request_id": "r", "promotion": {"code": "Y", "type": "welcome"}}')
+    assert body_sha256(a) == body_sha256(b) != body_sha256(c)

@@ -1,0 +1,118 @@
+"""The rules table: every hard rule, soft points, determinism, and the frame evaluator agreeing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.rules import RulesError, default_rules, evaluate_rules, parse_rules, rules_score_frame
+
+CLEAN: dict[str, Any] = {
+    "promo_type": "welcome", "promo_limited": False, "promo_single_use": False, "device_missing": False,
+    "ip_is_tor": False, "ip_is_datacenter": False, "segment_mismatch": False,
+    "referral_shares_hard_identity": False, "single_use_spent": False, "customer_cap_reached": False,
+}
+
+
+def _run(**changes: Any) -> Any:
+    return evaluate_rules({**CLEAN, **changes}, default_rules())
+
+
+def test_clean_request_has_no_hard_decision_and_zero_score() -> None:
+    outcome = _run()
+    assert outcome.hard_decision is None and outcome.score == 0 and outcome.signals == ()
+
+
+def test_spent_single_use_code_is_refused() -> None:
+    outcome = _run(promo_single_use=True, single_use_spent=True, code_stats__redeemed_total=3.0)
+    assert outcome.hard_decision == "refuse"
+    hit = next(s for s in outcome.signals if s.rule_id == "single_use_code_spent")
+    assert "3 time(s)" in hit.description
+
+
+def test_per_customer_cap_reached_is_refused_naming_the_identity() -> None:
+    outcome = _run(customer_cap_reached=True, promo_per_customer_limit=1, cap_blocked_kind="device")
+    assert outcome.hard_decision == "refuse"
+    assert any("device" in s.description for s in outcome.signals)
+
+
+def test_missing_device_asks_for_verification() -> None:
+    assert _run(device_missing=True).hard_decision == "verify"
+
+
+@pytest.mark.parametrize("flag", ["ip_is_tor", "ip_is_datacenter"])
+def test_anonymous_network_on_limited_promotion_is_verified(flag: str) -> None:
+    assert _run(promo_limited=True, **{flag: True}).hard_decision == "verify"
+    assert _run(promo_limited=False, **{flag: True}).hard_decision is None
+
+
+def test_referral_sharing_a_hard_identity_with_the_referrer_is_refused_only_for_referrals() -> None:
+    shared = {"referral_shares_hard_identity": True, "referral_shared_kind": "household"}
+    outcome = _run(promo_type="referral", **shared)
+    assert outcome.hard_decision == "refuse"
+    assert any("household" in s.description for s in outcome.signals)
+    assert _run(promo_type="sitewide", **shared).hard_decision is None
+
+
+def test_segment_restricted_code_outside_its_segment_is_refused() -> None:
+    outcome = _run(promo_type="wholesale", segment_mismatch=True, promo_eligible_segment="wholesale",
+                   account_segment="guest")
+    assert outcome.hard_decision == "refuse"
+    assert any("wholesale" in s.description and "guest" in s.description for s in outcome.signals)
+
+
+def test_refuse_wins_over_verify() -> None:
+    assert _run(device_missing=True, segment_mismatch=True).hard_decision == "refuse"
+
+
+def test_soft_rules_describe_actual_values_and_score_is_capped_at_100() -> None:
+    outcome = _run(device_stats__distinct_accounts_24h=4.0)
+    assert outcome.score == 25
+    assert outcome.signals[0].description == "device used by 4 accounts in the last 24 h"
+    many = _run(device_missing=True, segment_mismatch=True, customer_cap_reached=True,
+                email_disposable=True, device_stats__distinct_accounts_24h=9.0)
+    assert many.score == 100 and sum(s.points for s in many.signals) == 100
+
+
+def test_missing_inputs_never_match() -> None:
+    outcome = evaluate_rules({"promo_type": "welcome"}, default_rules())
+    assert outcome.signals == () and outcome.hard_decision is None
+
+
+def test_evaluation_is_deterministic() -> None:
+    inputs = {**CLEAN, "device_missing": True, "email_disposable": True, "network_stats__attempts_1h": 50.0}
+    assert evaluate_rules(inputs, default_rules()) == evaluate_rules(dict(inputs), default_rules())
+
+
+def test_malformed_tables_are_rejected_naming_the_rule() -> None:
+    base = {"id": "r", "when": {"eq": ["x", True]}, "points": 5}
+    with pytest.raises(RulesError, match="rule r: unknown operator"):
+        parse_rules({"version": "1", "rules": [{**base, "when": {"exec": ["x", 1]}}]})
+    with pytest.raises(RulesError, match=r"rule r\.action"):
+        parse_rules({"version": "1", "rules": [{**base, "action": "ban"}]})
+    with pytest.raises(RulesError, match="version"):
+        parse_rules({"rules": [base]})
+
+
+def test_frame_scores_match_row_by_row_evaluation() -> None:
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = pd.DataFrame({
+        "promo_type": rng.choice(["welcome", "referral", "sitewide", "free_sample"], n),
+        "promo_limited": rng.random(n) < 0.5,
+        "device_missing": rng.random(n) < 0.2,
+        "ip_is_tor": rng.random(n) < 0.1,
+        "ip_is_datacenter": rng.random(n) < 0.2,
+        "email_disposable": rng.random(n) < 0.3,
+        "device_stats__distinct_accounts_24h": np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 6, n)),
+        "household_stats__distinct_accounts_30d": rng.integers(0, 6, n).astype(float),
+        "device_stats__invalid_24h": rng.integers(0, 5, n).astype(float),
+    })
+    vector = rules_score_frame(frame)
+    rows = [evaluate_rules({str(k): v for k, v in r.items()}, default_rules()).score
+            for r in frame.to_dict("records")]
+    assert vector.tolist() == rows
+    assert vector.max() > 0

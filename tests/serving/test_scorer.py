@@ -1,0 +1,169 @@
+"""The scorer: model path, fallbacks that never raise, hard overrides, reservations, idempotency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving.artifact import LoadedModel
+from serving.records import IdempotencyConflict, Records
+from serving.rules import default_rules
+from serving.schemas import OutcomeRequest, ScoreRequest
+from serving.scorer import Scorer, ScorerConfig, decide
+from tests.serving.conftest import FakeOnline, FakeResolver, FakeVelocity
+
+SHARED_DEVICE = {"device_stats__distinct_accounts_24h": 6.0, "household_stats__distinct_accounts_30d": 2.0,
+                 "code_stats__attempts_1h": 1.0}
+
+
+def _req(request_id: str = "r1", **extra: Any) -> ScoreRequest:
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "promotion": {"code": "WELCOME10", "type": "welcome"},
+        "account": {"account_id": "acct-1"},
+        "email": "shopper@example.com",
+        "device": {"device_id": "dev-1234abcd"},
+        "shipping_address": {"line1": "1 Main St", "postal_code": "10001"},
+        "payment": {"fingerprint": "fp-1"},
+        "ip": "198.51.100.7",
+    }
+    body.update(extra)
+    return ScoreRequest.model_validate(body)
+
+
+def _scorer(tmp_path: Path, online: Any = None, velocity: Any = None, model: LoadedModel | None = None,
+            **config: Any) -> Scorer:
+    return Scorer(FakeResolver(), online if online is not None else FakeOnline(SHARED_DEVICE),
+                  velocity if velocity is not None else FakeVelocity(), model, default_rules(),
+                  Records(tmp_path / "scores.db"),
+                  # A generous deadline unless a test is about the deadline: the CPU here is shared.
+                  ScorerConfig(**{"feature_deadline_ms": 5000.0, "request_deadline_ms": 10000.0, **config}))
+
+
+@pytest.fixture
+def model(artifact_dir: Path) -> LoadedModel:
+    return LoadedModel.from_dir(artifact_dir)
+
+
+def test_model_path_answers_with_signals_that_add_up(tmp_path: Path, model: LoadedModel) -> None:
+    resp = _scorer(tmp_path, model=model).score(_req())
+    assert resp.fallback is None and resp.degraded is False and resp.model_version == "7"
+    assert sum(s.points for s in resp.signals) == resp.score
+    assert [s.points for s in resp.signals] == sorted((s.points for s in resp.signals), reverse=True)
+    assert any(s.description == "device used by 6 accounts in the last 24 h" for s in resp.signals)
+    assert resp.latency_ms > 0
+
+
+def test_online_store_failure_gives_a_degraded_rules_answer(tmp_path: Path, model: LoadedModel) -> None:
+    resp = _scorer(tmp_path, online=FakeOnline(fail=True), model=model).score(_req())
+    assert resp.degraded is True and resp.fallback == "rules" and resp.model_version is None
+    assert sum(s.points for s in resp.signals) == resp.score
+
+
+def test_velocity_failure_gives_a_degraded_rules_answer(tmp_path: Path, model: LoadedModel) -> None:
+    resp = _scorer(tmp_path, velocity=FakeVelocity(fail=True), model=model).score(_req())
+    assert resp.degraded is True and resp.fallback == "rules"
+
+
+def test_feature_read_past_the_deadline_gives_a_rules_answer(tmp_path: Path, model: LoadedModel) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline(SHARED_DEVICE, delay_s=0.5), model=model,
+                     feature_deadline_ms=20)
+    resp = scorer.score(_req())
+    assert resp.degraded is True and resp.fallback == "rules"
+    scorer.close()
+
+
+def test_no_model_answers_from_rules_using_live_features(tmp_path: Path) -> None:
+    resp = _scorer(tmp_path).score(_req())
+    assert resp.fallback == "rules"
+    assert any(s.name == "device_many_accounts" and s.points == 25 for s in resp.signals)
+    assert resp.score == sum(s.points for s in resp.signals)
+
+
+def test_hard_rules_override_a_low_model_score(tmp_path: Path, model: LoadedModel) -> None:
+    quiet = {k: 0.0 for k in SHARED_DEVICE}
+    req = _req(promotion={"code": "WHOLE", "type": "wholesale", "eligible_segment": "wholesale"},
+               account={"account_id": "a", "segment": "retail"})
+    resp = _scorer(tmp_path, online=FakeOnline(quiet), model=model).score(req)
+    assert resp.fallback is None and resp.decision == "refuse"
+    assert any(s.name == "segment_not_eligible" and s.points == 0 for s in resp.signals)
+
+
+def test_retry_returns_the_first_answer_and_a_changed_body_conflicts(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path)
+    first = scorer.score(_req("same"))
+    again = scorer.score(_req("same"))
+    assert again == first
+    with pytest.raises(IdempotencyConflict, match="same"):
+        scorer.score(_req("same", email="other@example.com"))
+
+
+def test_single_use_code_is_reserved_once_then_refused(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    promo = {"code": "ONCE-1", "type": "sitewide", "single_use": True}
+    first = scorer.score(_req("a", promotion=promo))
+    assert first.decision in ("allow", "watch")
+    second = scorer.score(_req("b", promotion=promo, device={"device_id": "dev-other99"}))
+    assert second.decision == "refuse"
+    assert any(s.name == "single_use_code_spent" for s in second.signals)
+
+
+def test_per_customer_cap_blocks_the_same_household_under_a_new_account(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    promo = {"code": "SAMPLE", "type": "free_sample", "per_customer_limit": 1}
+    assert scorer.score(_req("a", promotion=promo)).decision in ("allow", "watch")
+    other = scorer.score(_req("b", promotion=promo, account={"account_id": "acct-2"},
+                              email="new@example.com", device={"device_id": "dev-9999zzzz"},
+                              payment={"fingerprint": "fp-2"}))
+    assert other.decision == "refuse"
+    cap = next(s for s in other.signals if s.name == "customer_cap_reached")
+    assert "household" in cap.description
+
+
+def test_abandoned_outcome_releases_the_hold_and_redeemed_confirms_and_counts(tmp_path: Path) -> None:
+    velocity = FakeVelocity()
+    scorer = _scorer(tmp_path, online=FakeOnline({}), velocity=velocity)
+    promo = {"code": "ONCE-2", "type": "sitewide", "single_use": True}
+    scorer.score(_req("a", promotion=promo))
+    assert scorer.outcome(OutcomeRequest(request_id="a", outcome="abandoned")).reservation == "released"
+    assert scorer.score(_req("b", promotion=promo)).decision in ("allow", "watch")
+    assert scorer.outcome(OutcomeRequest(request_id="b", outcome="redeemed")).reservation == "confirmed"
+    assert any(c.startswith("code_stats|ONCE-2|redeemed") for c in velocity.sets)
+
+
+def test_referral_from_a_referrer_seen_on_the_same_device_is_refused(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    # The referrer shopped from this device earlier.
+    scorer.score(_req("ref-visit", account={"account_id": "referrer-9"}))
+    promo = {"code": "REF-9", "type": "referral", "referrer_account_id": "referrer-9"}
+    resp = scorer.score(_req("redeem", promotion=promo, account={"account_id": "new-1"},
+                             email="new@example.com"))
+    assert resp.decision == "refuse"
+    assert any(s.name == "referral_self_redemption" for s in resp.signals)
+    stranger = scorer.score(_req("redeem-2", promotion=promo, account={"account_id": "new-2"},
+                                 device={"device_id": "dev-elsewhere"},
+                                 shipping_address={"line1": "9 Far Rd"}, payment={"fingerprint": "x"}))
+    assert not any(s.name == "referral_self_redemption" for s in stranger.signals)
+
+
+def test_velocity_counts_attempts_seconds_apart(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    for i in range(3):
+        scorer.score(_req(f"spray-{i}", promotion={"code": f"BAD{i}", "valid": False},
+                          account={"account_id": f"acct-{i}"}))
+    resp = scorer.score(_req("spray-x", promotion={"code": "BAD9", "valid": False}))
+    spray = next(s for s in resp.signals if s.name == "code_spraying")
+    assert "3 invalid codes" in spray.description
+    crowd = next(s for s in resp.signals if s.name == "device_many_accounts")
+    assert "3 accounts" in crowd.description
+
+
+def test_decision_thresholds_follow_the_promotion_type() -> None:
+    thresholds = {"default": {"watch": 30, "verify": 60, "refuse": 85},
+                  "welcome": {"watch": 10, "refuse": 50}}
+    assert decide(20, "welcome", thresholds) == "watch"
+    assert decide(55, "welcome", thresholds) == "refuse"
+    assert decide(55, "sitewide", thresholds) == "watch"
+    assert decide(5, "sitewide", thresholds) == "allow"

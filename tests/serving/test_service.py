@@ -1,0 +1,206 @@
+"""The real service over real HTTP (``bentoml serve`` in a subprocess), plus its guard's parts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.service import ServiceSettings, TokenBucket, key_matches
+
+API_KEY = "test-key-123"
+REPO = Path(__file__).resolve().parents[2]
+RAW_EMAIL = "jane.doe+promo@example.com"
+RAW_IP = "203.0.113.77"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, Path]]:
+    """Start the service on a free port with tmp dirs; yield its URL and log file."""
+    root = tmp_path_factory.mktemp("svc")
+    shutil.copytree(artifact_dir, root / "model")
+    port = _free_port()
+    log = root / "server.log"
+    env = {
+        **os.environ,
+        "PROMOGUARD_ROOT": str(root),
+        "PROMOGUARD_MODEL_DIR": str(root / "model"),
+        "PROMOGUARD_API_KEYS": f"other-key,{API_KEY}",
+        "PROMOGUARD_REQUIRE_API_KEY": "true",
+        "PROMOGUARD_MAX_BODY_BYTES": "8192",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(root / "bentoml"),
+    }
+    bentoml_cli = Path(sys.executable).parent / "bentoml"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(bentoml_cli), "serve", "serving.service:PromoGuard", "--port", str(port),
+             "--host", "127.0.0.1"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"service not ready in 90 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, log
+    finally:
+        # The service runs in its own session: stop exactly that process group.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _body(request_id: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "timestamp": "2026-11-21T12:00:00Z",
+        "promotion": {"code": "WELCOME10", "type": "welcome", "per_customer_limit": 1},
+        "account": {"account_id": "acct-1", "created_at": "2026-11-20T09:00:00Z"},
+        "email": RAW_EMAIL,
+        "phone": "+1 415 555 0134",
+        "shipping_address": {"line1": "742 Evergreen Terrace", "city": "Springfield", "postal_code": "97403",
+                             "country": "US"},
+        "device": {"device_id": "3f0c7a52-9b1e-4d5e-8c11-2a9e5f6b7c80"},
+        "payment": {"fingerprint": "fp_4242"},
+        "ip": RAW_IP,
+        "cart": {"total": 42.5, "currency": "USD", "items": [{"sku": "A1", "quantity": 2}]},
+    }
+    body.update(extra)
+    return body
+
+
+def _post(url: str, path: str, body: dict[str, Any], key: str | None = API_KEY) -> httpx.Response:
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=10)
+
+
+@pytest.mark.slow
+def test_score_over_http_follows_the_contract(server: tuple[str, Path]) -> None:
+    url, _ = server
+    resp = _post(url, "/score", _body("e2e-1"))
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert set(data) == {"request_id", "score", "band", "decision", "signals", "model_version", "degraded",
+                         "fallback", "latency_ms"}
+    assert data["request_id"] == "e2e-1"
+    assert isinstance(data["score"], int) and 0 <= data["score"] <= 100
+    assert data["band"] in {"clean", "low", "medium", "high"}
+    assert data["decision"] in {"allow", "watch", "verify", "refuse"}
+    # No Feast store exists in this root, so the answer must say it came from the rules.
+    assert data["degraded"] is True and data["fallback"] == "rules"
+    for sig in data["signals"]:
+        assert set(sig) == {"name", "description", "points", "source"}
+        assert sig["source"] in {"model", "rule", "identity"}
+    assert sum(s["points"] for s in data["signals"]) == data["score"]
+
+
+@pytest.mark.slow
+def test_retries_are_idempotent_and_a_changed_body_is_a_409(server: tuple[str, Path]) -> None:
+    url, _ = server
+    first = _post(url, "/score", _body("e2e-2")).json()
+    assert _post(url, "/score", _body("e2e-2")).json() == first
+    changed = _post(url, "/score", _body("e2e-2", email="someone.else@example.com"))
+    assert changed.status_code == 409
+    assert "e2e-2" in changed.json()["error"]
+
+
+@pytest.mark.slow
+def test_unknown_field_is_rejected_naming_it(server: tuple[str, Path]) -> None:
+    url, _ = server
+    resp = _post(url, "/score", _body("e2e-3", decision="allow"))
+    assert resp.status_code in (400, 422)
+    assert any(err["loc"] == ["decision"] for err in resp.json()["detail"])
+
+
+@pytest.mark.slow
+def test_api_key_is_required(server: tuple[str, Path]) -> None:
+    url, _ = server
+    assert _post(url, "/score", _body("e2e-4"), key=None).status_code == 401
+    assert _post(url, "/score", _body("e2e-4"), key="wrong").status_code == 401
+    assert httpx.get(f"{url}/livez", timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+def test_oversized_body_is_refused(server: tuple[str, Path]) -> None:
+    url, _ = server
+    resp = _post(url, "/score", _body("e2e-5", email="x" * 9000 + "@example.com"))
+    assert resp.status_code == 413
+
+
+@pytest.mark.slow
+def test_outcome_feedback_metrics_and_openapi(server: tuple[str, Path]) -> None:
+    url, log = server
+    assert _post(url, "/score", _body("e2e-6")).status_code == 200
+    outcome = _post(url, "/outcome", {"request_id": "e2e-6", "outcome": "abandoned"})
+    assert outcome.status_code == 200 and outcome.json()["request_id"] == "e2e-6"
+    feedback = _post(url, "/feedback", {"request_id": "e2e-6", "label": "abuse", "source": "manual_review"})
+    assert feedback.status_code == 200 and feedback.json()["stored"] is True
+    assert _post(url, "/feedback", {"request_id": "never-scored", "label": "legit"}).status_code == 404
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    assert "promoguard_score_requests_total" in metrics
+    assert "promoguard_score_latency_seconds_bucket" in metrics
+    spec = httpx.get(f"{url}/docs.json", timeout=5).json()
+    assert {"/score", "/outcome", "/feedback"} <= set(spec["paths"])
+    assert "requestBody" in spec["paths"]["/score"]["post"]
+    text = log.read_text(errors="replace")
+    assert RAW_EMAIL not in text and RAW_IP not in text
+
+
+def test_settings_read_the_promoguard_environment(tmp_path: Path) -> None:
+    settings = ServiceSettings.from_env({
+        "PROMOGUARD_ROOT": str(tmp_path), "PROMOGUARD_API_KEYS": "a, b,",
+        "PROMOGUARD_REQUIRE_API_KEY": "false",
+        "PROMOGUARD_VELOCITY": "redis", "PROMOGUARD_FEATURE_DEADLINE_MS": "25",
+    })
+    assert settings.api_keys == ("a", "b") and settings.require_api_key is False
+    assert settings.velocity_backend == "redis" and settings.feature_deadline_ms == 25.0
+    assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow' / 'mlflow.db'}"
+    with pytest.raises(ValueError, match="PROMOGUARD_VELOCITY"):
+        ServiceSettings.from_env({"PROMOGUARD_VELOCITY": "memcached"})
+    with pytest.raises(ValueError, match="PROMOGUARD_REQUEST_DEADLINE_MS"):
+        ServiceSettings.from_env({"PROMOGUARD_REQUEST_DEADLINE_MS": "fast"})
+
+
+def test_token_bucket_limits_each_caller_separately() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate_per_minute=3, clock=lambda: now[0])
+    assert [bucket.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take("a") > 0
+    assert bucket.take("b") == 0.0
+    now[0] += 20.0  # one token per 20 s at 3 a minute
+    assert bucket.take("a") == 0.0
+
+
+def test_api_keys_compare_exactly() -> None:
+    assert key_matches("k2", ("k1", "k2")) == "k2"
+    assert key_matches("k", ("k1", "k2")) is None
+    assert key_matches("", ("k1",)) is None
