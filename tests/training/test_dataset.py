@@ -1,0 +1,111 @@
+"""Training frame validation and assembly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.dataset import (
+    FLAG_COLUMNS,
+    TrainingDataError,
+    assemble_training_frame,
+    feature_kind,
+    validate_training_frame,
+)
+
+
+def test_a_well_formed_frame_passes_validation(frame: pd.DataFrame, names: list[str]) -> None:
+    validate_training_frame(frame, names)
+
+
+def test_a_bad_frame_fails_with_a_report_naming_each_problem(frame: pd.DataFrame, names: list[str]) -> None:
+    bad = frame.drop(columns=["code_stats__attempts_1h"]).copy()
+    bad.loc[3, "device_stats__attempts_24h"] = -2.0
+    bad.loc[5, "label"] = 2
+    bad["phone_stats__attempts_1h"] = np.nan
+    with pytest.raises(TrainingDataError) as err:
+        validate_training_frame(bad, names)
+    report = str(err.value)
+    assert "missing column(s) ['code_stats__attempts_1h']" in report
+    assert "device_stats__attempts_24h" in report and "-2.0" in report
+    assert "'label'" in report and "[2]" in report
+    assert "phone_stats__attempts_1h" in report and "non_null" in report
+    assert "4 expectation(s)" in report
+
+
+def test_duplicate_request_ids_and_share_above_one_are_reported(
+    frame: pd.DataFrame, names: list[str]
+) -> None:
+    bad = frame.copy()
+    bad.loc[1, "request_id"] = bad.loc[2, "request_id"]
+    bad.loc[4, "code_stats__new_account_share_7d"] = 1.5
+    with pytest.raises(TrainingDataError, match="request_id") as err:
+        validate_training_frame(bad, names)
+    assert "code_stats__new_account_share_7d" in str(err.value)
+
+
+def test_every_catalog_feature_and_flag_has_a_kind(names: list[str]) -> None:
+    kinds = {feature_kind(n) for n in names}
+    assert kinds == {"count", "distinct", "age", "share", "labels", "flag"}
+    assert all(feature_kind(f) == "flag" for f in FLAG_COLUMNS)
+
+
+def test_assemble_keeps_labeled_attempts_and_joins_features_at_event_time() -> None:
+    ts = pd.to_datetime(["2026-01-01T10:00", "2026-01-02T10:00", "2026-01-03T10:00"], utc=True)
+    keys = pd.DataFrame(
+        {
+            "request_id": ["a", "b", "c"],
+            "ts": ts,
+            "promo_code": ["W1", "W1", "W2"],
+            "promo_type": ["welcome"] * 3,
+            "discount_value": [10.0, 10.0, 5.0],
+            "device_key": ["d1", None, "d2"],
+            "email_key": ["e1", "e2", "e3"],
+            "email_is_alias": [True, False, None],
+            "device_missing": [False, True, False],
+        }
+    )
+    labels = pd.DataFrame(
+        {
+            "request_id": ["a", "c"],
+            "label": ["abuse", "legit"],
+            "label_source": ["manual_review"] * 2,
+            "label_ts": ts[[0, 2]] + pd.Timedelta(days=3),
+        }
+    )
+    seen: list[pd.DataFrame] = []
+
+    def historical(entity_df: pd.DataFrame) -> pd.DataFrame:
+        seen.append(entity_df)
+        return pd.DataFrame(
+            {
+                "request_id": entity_df["request_id"],
+                "device_key": entity_df["device_key"],
+                "device_stats__attempts_24h": [4, 0],
+            }
+        )
+
+    truth = pd.DataFrame(
+        {"request_id": ["a", "c"], "actor_id": ["x", "y"], "pattern": ["welcome_cycling", None]}
+    )
+    out = assemble_training_frame(keys, labels, historical, truth)
+
+    entity = seen[0]
+    assert list(entity["request_id"]) == ["a", "c"]
+    assert {"device_key", "email_key", "promo_code", "event_timestamp"} <= set(entity.columns)
+    assert (entity["event_timestamp"] == ts[[0, 2]]).all()
+    assert list(out["request_id"]) == ["a", "c"]
+    assert list(out["label"]) == [1, 0]
+    assert list(out["device_stats__attempts_24h"]) == [4.0, 0.0]
+    assert out["device_stats__attempts_24h"].dtype == np.float64
+    assert list(out["email_is_alias"]) == [1, 0]
+    assert list(out["actor_id"]) == ["x", "y"]
+    assert not any(c.endswith("_key") for c in out.columns)
+
+
+def test_assemble_names_the_missing_column() -> None:
+    keys = pd.DataFrame({"request_id": ["a"], "ts": [pd.Timestamp("2026-01-01", tz="UTC")]})
+    labels = pd.DataFrame({"request_id": ["a"], "label": ["abuse"], "label_ts": keys["ts"]})
+    with pytest.raises(TrainingDataError, match="promo_code"):
+        assemble_training_frame(keys, labels, lambda e: e)

@@ -1,0 +1,168 @@
+"""Probability calibration, scores, bands and cost-based decision thresholds per promotion type.
+
+The calibrator is fitted on a held-out calibration window (never the training or early-stopping data)
+and exported as plain numbers in the manifest, so serving applies it with ``numpy.interp`` alone.
+Thresholds are chosen per promotion type by expected cost: letting an abuser through costs the discount
+at risk, verifying a legit shopper costs friction, refusing one costs a multiple of the discount plus
+the churn of an angry customer. The cheaper a promotion, the later it pays to intervene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+
+DEFAULT_BANDS: dict[str, int] = {"clean": 0, "low": 10, "medium": 30, "high": 60}
+NEVER = 101  # a threshold no 0-100 score reaches
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What each decision costs, in the same currency as ``discount_value``."""
+
+    refuse_legit_multiplier: float = 3.0
+    churn_cost: float = 20.0
+    verify_friction: float = 2.0
+    #: Share of abusers a verification step stops (the rest pass it and redeem).
+    verify_stops: float = 0.7
+    min_rows: int = 200
+    min_positives: int = 5
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for logging."""
+        return asdict(self)
+
+
+def fit_isotonic(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fit isotonic regression of label on booster probability; return the manifest calibrator dict."""
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
+    iso.fit(np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    x = np.asarray(iso.X_thresholds_, dtype=np.float64)
+    yy = np.asarray(iso.y_thresholds_, dtype=np.float64)
+    # Anchor both ends so np.interp is defined on all of [0, 1].
+    if x[0] > 0.0:
+        x, yy = np.r_[0.0, x], np.r_[yy[0], yy]
+    if x[-1] < 1.0:
+        x, yy = np.r_[x, 1.0], np.r_[yy, yy[-1]]
+    return {"kind": "isotonic", "x": [float(v) for v in x], "y": [float(v) for v in yy]}
+
+
+def fit_platt(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fit Platt scaling on the booster's raw margin (logit of its probability)."""
+    from sklearn.linear_model import LogisticRegression
+
+    margin = _logit(np.asarray(p, dtype=np.float64)).reshape(-1, 1)
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(margin, np.asarray(y))
+    return {"kind": "platt", "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
+
+
+def apply_calibrator(cal: Mapping[str, Any], p: np.ndarray) -> np.ndarray:
+    """Calibrated probability for booster probabilities ``p`` (isotonic: np.interp; Platt: on the margin)."""
+    p = np.asarray(p, dtype=np.float64)
+    if cal["kind"] == "isotonic":
+        return np.asarray(np.interp(p, np.asarray(cal["x"]), np.asarray(cal["y"])), dtype=np.float64)
+    if cal["kind"] == "platt":
+        z = float(cal["a"]) * _logit(p) + float(cal["b"])
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+    raise ValueError(f"calibrator kind {cal['kind']!r}: expected 'isotonic' or 'platt'")
+
+
+def to_score(prob: np.ndarray) -> np.ndarray:
+    """Score 0-100: round(100 * calibrated probability), clipped."""
+    return np.clip(np.round(100.0 * np.asarray(prob, dtype=np.float64)), 0, 100).astype(np.int64)
+
+
+def band(scores: np.ndarray, bands: Mapping[str, int] | None = None) -> np.ndarray:
+    """Band name per score from band lower bounds."""
+    b = sorted((bands or DEFAULT_BANDS).items(), key=lambda kv: kv[1])
+    names = np.array([k for k, _ in b], dtype=object)
+    idx = np.searchsorted(np.array([v for _, v in b]), np.asarray(scores), side="right") - 1
+    return np.asarray(names[np.clip(idx, 0, len(names) - 1)])
+
+
+def _best_thresholds(
+    scores: np.ndarray, y: np.ndarray, discount: np.ndarray, costs: CostModel, watch: int
+) -> tuple[int, int, float]:
+    """Verify/refuse thresholds minimising realised cost per attempt on the given rows."""
+    legit = 1 - y
+    allow_cost = y * discount
+    verify_cost = y * (1 - costs.verify_stops) * discount + legit * costs.verify_friction
+    refuse_cost = legit * (costs.refuse_legit_multiplier * discount + costs.churn_cost)
+    s = np.clip(scores, 0, 100)
+    # Cumulative cost of every action over scores below t, t = 0..101.
+    cum = {}
+    for name, c in (("allow", allow_cost), ("verify", verify_cost), ("refuse", refuse_cost)):
+        per_score = np.bincount(s, weights=c, minlength=101)
+        cum[name] = np.r_[0.0, np.cumsum(per_score)]
+    t = np.arange(watch, NEVER + 1)
+    v, r = np.meshgrid(t, t, indexing="ij")
+    total = (
+        cum["allow"][v] + (cum["verify"][r] - cum["verify"][v]) + (cum["refuse"][NEVER] - cum["refuse"][r])
+    )
+    total = np.where(r >= v, total, np.inf)
+    i, j = np.unravel_index(int(np.argmin(total)), total.shape)
+    return int(t[i]), int(t[j]), float(total[i, j] / max(len(s), 1))
+
+
+def choose_thresholds(
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    *,
+    costs: CostModel | None = None,
+    bands: Mapping[str, int] | None = None,
+) -> dict[str, dict[str, int]]:
+    """Per promotion type ``{"watch", "verify", "refuse"}`` minimising cost on the calibration window.
+
+    ``frame`` needs ``label``, ``promo_type`` and ``discount_value``; ``scores`` are 0-100. ``watch`` is
+    the medium band start. Types with too few rows or positives get the pooled ``default``.
+    """
+    c = costs or CostModel()
+    watch = int((bands or DEFAULT_BANDS)["medium"])
+    y = frame["label"].to_numpy(np.int64)
+    d = frame["discount_value"].to_numpy(np.float64)
+    s = np.asarray(scores, dtype=np.int64)
+    v, r, _ = _best_thresholds(s, y, d, c, watch)
+    out = {"default": {"watch": watch, "verify": v, "refuse": r}}
+    types = frame["promo_type"].astype(str).to_numpy()
+    for ptype in sorted(set(types)):
+        m = types == ptype
+        if m.sum() < c.min_rows or y[m].sum() < c.min_positives:
+            out[ptype] = dict(out["default"])
+            continue
+        v, r, _ = _best_thresholds(s[m], y[m], d[m], c, watch)
+        out[ptype] = {"watch": watch, "verify": v, "refuse": r}
+    return out
+
+
+def decide(
+    scores: np.ndarray, promo_types: np.ndarray, thresholds: Mapping[str, Mapping[str, int]]
+) -> np.ndarray:
+    """Decision per row (allow | watch | verify | refuse) from its promotion type's thresholds."""
+    s = np.asarray(scores)
+    watch, verify, refuse = (
+        threshold_per_row(promo_types, thresholds, a) for a in ("watch", "verify", "refuse")
+    )
+    out = np.where(
+        s >= refuse, "refuse", np.where(s >= verify, "verify", np.where(s >= watch, "watch", "allow"))
+    )
+    return np.asarray(out, dtype=object)
+
+
+def threshold_per_row(
+    promo_types: np.ndarray, thresholds: Mapping[str, Mapping[str, int]], action: str
+) -> np.ndarray:
+    """The ``action`` threshold that applies to each row's promotion type."""
+    default = thresholds["default"][action]
+    lookup = {k: v.get(action, default) for k, v in thresholds.items()}
+    mapped = pd.Series(np.asarray(promo_types, dtype=object)).astype(str).map(lookup)
+    return mapped.fillna(default).to_numpy(np.int64)
