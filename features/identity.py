@@ -1012,3 +1012,23 @@ def collapse_report(
     if events is not None:
         columns += ["raw_per_actor", "collapse_rate"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def build_resolver(
+    *,
+    pepper: str,
+    dev_pepper: bool,
+    default_phone_region: str = "US",
+    tor_exit_list: str | None = None,
+    proxy_list: str | None = None,
+) -> IdentityResolver:
+    """The resolver every deployable uses: offline IP intelligence plus keyed hashing.
+
+    Built from primitives so the command line and the service (which have their own settings
+    objects) construct exactly the same thing.
+    """
+    from features.ipintel import OfflineIpIntel
+
+    intel = OfflineIpIntel(tor_exit_list=tor_exit_list, proxy_list=proxy_list)
+    config = IdentityConfig(pepper=pepper, default_phone_region=default_phone_region, dev_pepper=dev_pepper)
+    return IdentityResolver(config, intel)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import typer
@@ -14,6 +15,11 @@ from promoguard.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Promotional-abuse risk scoring.")
 console = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """promoguard: score promo-code attempts for abuse (simulate, features, train, promote, serve, drift)."""
 
 
 def _settings(root: Path | None) -> Settings:
@@ -51,6 +57,208 @@ def simulate(
         f"wrote {len(history.events):,} events in {elapsed:.1f}s to "
         + ", ".join(str(p.relative_to(settings.root)) for p in paths.values())
     )
+
+
+features_app = typer.Typer(no_args_is_help=True, help="Build, register and load the feature store.")
+app.add_typer(features_app, name="features")
+
+
+def _resolver(settings: Settings) -> Any:
+    from features.identity import build_resolver
+
+    return build_resolver(
+        pepper=settings.pepper,
+        dev_pepper=settings.uses_dev_pepper,
+        default_phone_region=settings.default_phone_region,
+        tor_exit_list=settings.tor_exit_source,
+        proxy_list=settings.proxy_source,
+    )
+
+
+def _need(path: Path, hint: str) -> Path:
+    if not path.exists():
+        console.print(f"[red]missing {path}[/red]: {hint}")
+        raise typer.Exit(code=2)
+    return path
+
+
+@features_app.command("build")
+def features_build(
+    engine: str | None = typer.Option(None, help="duckdb (default) or spark; overrides PROMOGUARD_ENGINE."),
+    root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
+) -> None:
+    """Resolve identities and compute point-in-time aggregates into data/features/."""
+    from features.events import validate_events, validate_labels
+    from features.identity import resolve_frame
+    from features.pipeline import build_features, row_counts, write_features
+
+    settings = _settings(root)
+    chosen = engine or settings.pipeline_engine
+    if chosen not in ("duckdb", "spark"):
+        raise typer.BadParameter(f"expected duckdb or spark, got {chosen!r}", param_hint="--engine")
+    events_path = _need(settings.raw_dir / "events.parquet", "run `promoguard simulate` or export your events")
+    labels_path = _need(settings.raw_dir / "labels.parquet", "labels.parquet is part of the event contract")
+    started = time.perf_counter()
+    with console.status("validating events and labels"):
+        events = validate_events(pd.read_parquet(events_path))
+        labels = validate_labels(pd.read_parquet(labels_path))
+    with console.status(f"resolving identity for {len(events):,} events"):
+        keys = resolve_frame(events, _resolver(settings))
+        del events
+        settings.features_dir.mkdir(parents=True, exist_ok=True)
+        keys.to_parquet(settings.features_dir / "keys.parquet", index=False)
+    resolved = time.perf_counter()
+    with console.status(f"computing point-in-time aggregates with {chosen}"):
+        frames = build_features(keys, labels, engine=chosen)  # type: ignore[arg-type]
+        write_features(frames, settings.features_dir)
+    done = time.perf_counter()
+    counts = row_counts(frames)
+    print_table(
+        "feature views",
+        pd.DataFrame({"view": list(counts), "rows": list(counts.values())}),
+    )
+    console.print(
+        f"identity {resolved - started:.1f}s, aggregates {done - resolved:.1f}s ({chosen}); "
+        f"wrote {settings.features_dir.relative_to(settings.root)}/"
+    )
+
+
+@features_app.command("apply")
+def features_apply(
+    root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
+) -> None:
+    """Register the Feast repository (entities, views, the promo_abuse_v1 service)."""
+    from features.store import StoreConfig, apply
+
+    settings = _settings(root)
+    _need(settings.features_dir, "run `promoguard features build` first")
+    started = time.perf_counter()
+    with console.status("applying the Feast repository"):
+        views = apply(StoreConfig.from_settings(settings))
+    console.print(f"applied {len(views)} feature views in {time.perf_counter() - started:.1f}s: {', '.join(views)}")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
+) -> None:
+    """Load the latest feature values into the online store (SQLite by default, Redis in production)."""
+    from features.pipeline import default_as_of
+    from features.store import StoreConfig, materialize
+
+    settings = _settings(root)
+    keys = pd.read_parquet(
+        _need(settings.features_dir / "keys.parquet", "run `promoguard features build` first"), columns=["ts"]
+    )
+    end = default_as_of(keys).to_pydatetime()
+    started = time.perf_counter()
+    with console.status(f"materializing up to {end.isoformat()} into the {settings.online_store} online store"):
+        materialize(StoreConfig.from_settings(settings), end=end)
+    console.print(f"materialized up to {end.isoformat()} in {time.perf_counter() - started:.1f}s")
+
+
+def _truth(settings: Settings) -> pd.DataFrame | None:
+    """Simulator ground truth for per-pattern evaluation (absent for a store's own export)."""
+    truth_path, actors_path = settings.raw_dir / "truth.parquet", settings.raw_dir / "actors.parquet"
+    if not truth_path.exists():
+        return None
+    truth = pd.read_parquet(truth_path).rename(columns={"is_abuse": "is_abuse_true"})
+    if actors_path.exists():
+        actors = pd.read_parquet(actors_path, columns=["actor_id", "evasion", "trap"])
+        truth = truth.merge(actors, on="actor_id", how="left")
+    return truth
+
+
+@app.command()
+def train(
+    root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
+    test_days: float = typer.Option(14, help="Length of the test window (the most recent days)."),
+    gap_days: float = typer.Option(14, help="Gap between training and later windows (the label delay)."),
+) -> None:
+    """Train, calibrate, explain and register a model from Feast's point-in-time features."""
+    from functools import partial
+
+    from features.store import StoreConfig, historical_features
+    from serving.rules import rules_score_frame
+    from training.dataset import assemble_training_frame
+    from training.run import train_model
+
+    settings = _settings(root)
+    keys = pd.read_parquet(_need(settings.features_dir / "keys.parquet", "run `promoguard features build`"))
+    labels = pd.read_parquet(_need(settings.raw_dir / "labels.parquet", "labels.parquet is missing"))
+    started = time.perf_counter()
+    with console.status("fetching point-in-time features from Feast (promo_abuse_v1)"):
+        historical = partial(historical_features, StoreConfig.from_settings(settings))
+        frame = assemble_training_frame(keys, labels, historical, _truth(settings))
+    console.print(f"training frame: {len(frame):,} labeled attempts in {time.perf_counter() - started:.1f}s")
+    with console.status("training") as status:
+        result = train_model(
+            frame,
+            tracking_uri=settings.mlflow_tracking_uri,
+            model_name=settings.model_name,
+            feature_service=settings.feature_service,
+            baseline=rules_score_frame,
+            test_days=test_days,
+            gap_days=gap_days,
+            progress=lambda msg: status.update(msg),
+        )
+    print_table("test window: model vs baselines at equal false-positive rate", result.comparison)
+    print_table("test window per abuse pattern", result.patterns)
+    print_table("false-positive traps (legit actors)", result.traps)
+    print_table("evasion: recall when one attacker-controllable group changes", result.evasion)
+    console.print(
+        f"run {result.run_id}; registered {settings.model_name} version {result.model_version}; "
+        f"{time.perf_counter() - started:.1f}s in all"
+    )
+
+
+@app.command()
+def promote(
+    version: str | None = typer.Option(None, help="Model version to promote (default: the newest)."),
+    max_score_shift: float = typer.Option(0.25, help="Largest score-distribution PSI allowed vs the champion."),
+    root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
+) -> None:
+    """Move the champion alias to a candidate only if it beats the champion on the same test window."""
+    from training.registry import latest_version
+    from training.registry import promote as promote_version
+
+    settings = _settings(root)
+    candidate = version or latest_version(settings.mlflow_tracking_uri, settings.model_name)
+    decision = promote_version(
+        settings.mlflow_tracking_uri, settings.model_name, candidate, max_score_shift=max_score_shift
+    )
+    verdict = "[green]promoted[/green]" if decision.promoted else "[yellow]not promoted[/yellow]"
+    console.print(f"{settings.model_name} version {candidate}: {verdict}")
+    for reason in decision.reasons:
+        console.print(f"  - {reason}")
+
+
+@app.command()
+def serve(
+    port: int = typer.Option(3000, help="Port to listen on (localhost)."),
+    demo: bool = typer.Option(False, help="Send one example request and print a curl command once ready."),
+    root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
+) -> None:
+    """Start the BentoML scoring service (the same as `bentoml serve serving.service:PromoGuard`)."""
+    from promoguard.demo import run_service
+
+    raise typer.Exit(code=run_service(_settings(root), port=port, demo=demo, console=console))
+
+
+@app.command()
+def drift(
+    days: float = typer.Option(7, help="The current window: the most recent days of the scoring log."),
+    events: Path | None = typer.Option(None, help="Score this events parquet offline instead of the log."),
+    root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
+) -> None:
+    """Compare recent scoring with the champion's reference and write an HTML + JSON drift report.
+
+    Exit status: 0 no drift, 1 amber, 2 red (for schedulers), 3 when there is nothing to compare.
+    """
+    from promoguard.drift import drift_report
+
+    code = drift_report(_settings(root), days=days, events=events, console=console)
+    raise typer.Exit(code=code)
 
 
 def main() -> None:

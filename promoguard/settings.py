@@ -83,6 +83,20 @@ class Settings:
         return self.data_dir / "serving"
 
     @property
+    def tor_exit_source(self) -> str | None:
+        """The Tor exit feed: the configured one, else the simulator's dated feed when present."""
+        return self.tor_exit_list or self._simulated_feed("tor_exits.txt")
+
+    @property
+    def proxy_source(self) -> str | None:
+        """The known proxy/VPN feed: the configured one, else the simulator's dated feed when present."""
+        return self.proxy_list or self._simulated_feed("proxies.txt")
+
+    def _simulated_feed(self, name: str) -> str | None:
+        path = self.raw_dir / "ipintel" / name
+        return str(path) if path.exists() else None
+
+    @property
     def uses_dev_pepper(self) -> bool:
         """True when identity hashes are keyed with the public development pepper."""
         return self.pepper == DEV_PEPPER

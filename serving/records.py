@@ -172,3 +172,51 @@ class Records:
             raise ValueError(f"table: expected scores, outcomes or feedback, got {table!r}")
         with self._lock:
             return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _top_signal_names(signals_json: str, top: int = 3) -> list[str]:
+    signals = json.loads(signals_json)
+    ranked = sorted((s for s in signals if s.get("points", 0) > 0), key=lambda s: -s["points"])
+    return [str(s["name"]) for s in ranked[:top]]
+
+
+def scoring_frame(path: str | Path, since: datetime | None = None) -> Any:
+    """The scoring log as a drift/retraining frame: one row per attempt, features as columns.
+
+    Columns: ts, request_id, promo_code, promo_type, campaign (= promo_code), score, band, decision,
+    fallback, model_version, top_signals (names of the three largest positive signals), label (1/0 from
+    /feedback, NaN when none arrived), label_ts, and every logged feature. Hashed keys stay behind.
+    """
+    import pandas as pd
+
+    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        query = (
+            "SELECT request_id, ts, promo_code, promo_type, score, band, decision, fallback, model_version, "
+            "signals_json, features_json FROM scores"
+        )
+        params: tuple[Any, ...] = ()
+        if since is not None:
+            query += " WHERE ts >= ?"
+            params = (since.astimezone(UTC).isoformat(),)
+        scores = pd.read_sql_query(query, conn, params=params)
+        feedback = pd.read_sql_query("SELECT request_id, label, label_ts FROM feedback", conn)
+    finally:
+        conn.close()
+    features = pd.DataFrame([json.loads(f) for f in scores["features_json"]], index=scores.index)
+    frame = scores.drop(columns=["features_json", "signals_json"]).assign(
+        ts=pd.to_datetime(scores["ts"], utc=True, format="ISO8601"),
+        campaign=scores["promo_code"],
+        top_signals=[_top_signal_names(s) for s in scores["signals_json"]],
+    )
+    frame = pd.concat([frame, features.astype("float64")], axis=1)
+    if len(feedback):
+        latest = feedback.drop_duplicates("request_id", keep="last")
+        latest = latest.assign(
+            label=(latest["label"] == "abuse").astype("float64"),
+            label_ts=pd.to_datetime(latest["label_ts"], utc=True, format="ISO8601"),
+        )
+        frame = frame.merge(latest, on="request_id", how="left")
+    else:
+        frame["label"] = float("nan")
+    return frame

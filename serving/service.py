@@ -122,8 +122,8 @@ class ServiceSettings:
             model_name=env.get("PROMOGUARD_MODEL_NAME", "promo-abuse"),
             model_dir=Path(model_dir) if model_dir else None,
             rules_path=Path(rules_path) if rules_path else None,
-            tor_exit_list=env.get("PROMOGUARD_TOR_EXIT_LIST") or None,
-            proxy_list=env.get("PROMOGUARD_PROXY_LIST") or None,
+            tor_exit_list=env.get("PROMOGUARD_TOR_EXIT_LIST") or _simulated_feed(root, "tor_exits.txt"),
+            proxy_list=env.get("PROMOGUARD_PROXY_LIST") or _simulated_feed(root, "proxies.txt"),
             api_keys=tuple(k.strip() for k in env.get("PROMOGUARD_API_KEYS", "").split(",") if k.strip()),
             require_api_key=_bool(env.get("PROMOGUARD_REQUIRE_API_KEY"), True),
             rate_limit_per_minute=int(number("PROMOGUARD_RATE_LIMIT_PER_MINUTE", "6000")),
@@ -220,6 +220,12 @@ class RequestGuard:
 # --- building the dependencies ---------------------------------------------------------------------
 
 
+def _simulated_feed(root: Path, name: str) -> str | None:
+    """The simulator's dated IP feed under data/raw/ipintel, when no feed is configured."""
+    path = root / "data" / "raw" / "ipintel" / name
+    return str(path) if path.exists() else None
+
+
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
@@ -281,12 +287,14 @@ def build_online(settings: ServiceSettings) -> Any:
 
 def build_scorer(settings: ServiceSettings) -> Scorer:
     """Wire every dependency of the scorer from the settings."""
-    from features.identity import IdentityConfig, IdentityResolver
-    from features.ipintel import OfflineIpIntel
+    from features.identity import build_resolver
 
-    resolver = IdentityResolver(
-        IdentityConfig(settings.pepper, settings.default_phone_region, settings.pepper == DEV_PEPPER),
-        OfflineIpIntel(settings.tor_exit_list, settings.proxy_list),
+    resolver = build_resolver(
+        pepper=settings.pepper,
+        dev_pepper=settings.pepper == DEV_PEPPER,
+        default_phone_region=settings.default_phone_region,
+        tor_exit_list=settings.tor_exit_list,
+        proxy_list=settings.proxy_list,
     )
     rules = load_rules(settings.rules_path) if settings.rules_path else default_rules()
     model = load_model(settings)

@@ -264,6 +264,14 @@ def register(tracking_uri: str, name: str, run_id: str, *, description: str | No
     return str(mv.version)
 
 
+def latest_version(tracking_uri: str, name: str) -> str:
+    """The newest registered version of ``name``; raise LookupError when there is none."""
+    versions = _client(tracking_uri).search_model_versions(f"name='{name}'")
+    if not versions:
+        raise LookupError(f"no registered versions of {name!r}: run `promoguard train` first")
+    return str(max(int(v.version) for v in versions))
+
+
 def _version(client: Any, name: str, alias_or_version: str | int) -> Any:
     ref = str(alias_or_version)
     if ref.isdigit():
@@ -382,3 +390,54 @@ def promote(
         client.set_registered_model_alias(name, CHAMPION, str(cand.version))
     client.set_model_version_tag(name, str(cand.version), "promotion", "; ".join(reasons)[:5000])
     return PromotionDecision(ok, reasons, m)
+
+
+def reference_scoring_frame(tracking_uri: str, name: str, dst_dir: Path, *, top: int = 3) -> pd.DataFrame:
+    """The champion's test window, scored by the champion: the "then" side of a drift report."""
+    model_dir = load_artifact(tracking_uri, name, CHAMPION, Path(dst_dir))
+    mv = _version(_client(tracking_uri), name, CHAMPION)
+    window_path = _download(tracking_uri, str(mv.run_id), TEST_WINDOW_PATH, Path(dst_dir) / "evaluation")
+    return scoring_frame(model_dir, pd.read_parquet(window_path), top=top)
+
+
+def scoring_frame(model_dir: Path, window: pd.DataFrame, *, top: int = 3) -> pd.DataFrame:
+    """Score a frame of attempts with an artifact the way serving does, in the drift report's shape.
+
+    ``window`` needs request_id, ts, promo_type and the model's features (promo_code, label and pattern
+    when present). Returns ts, request_id, promo_code, promo_type, campaign, score, band, decision,
+    fallback (None), top_signals (names of the largest positive contributions), label, pattern and every
+    model feature.
+    """
+    from training.calibrate import band, decide
+    from training.explain import contributions
+
+    manifest = read_manifest(model_dir)
+    names = list(manifest["feature_names"])
+    booster = lgb.Booster(model_file=str(Path(model_dir) / "model.txt"))
+    x = matrix(window, names)
+    prob = np.asarray(booster.predict(x), dtype=np.float64)
+    scores = to_score(apply_calibrator(manifest["calibrator"], prob))
+    contrib = contributions(booster, x)[:, : len(names)]
+    signal_names = [manifest["signals"].get(n, {}).get("name", n) for n in names]
+    order = np.argsort(-contrib, axis=1)[:, :top]
+    top_signals = [[signal_names[j] for j in row if contrib[i, j] > 0] for i, row in enumerate(order)]
+    codes = window["promo_code"] if "promo_code" in window.columns else window["promo_type"]
+    out = pd.DataFrame(
+        {
+            "ts": pd.to_datetime(window["ts"], utc=True).to_numpy(),
+            "request_id": window["request_id"].astype(str).to_numpy(),
+            "promo_code": codes.astype(str).to_numpy(),
+            "promo_type": window["promo_type"].astype(str).to_numpy(),
+            "score": scores,
+            "band": band(scores, manifest.get("bands")),
+            "decision": decide(scores, window["promo_type"].to_numpy(), manifest["thresholds"]),
+            "fallback": None,
+            "top_signals": top_signals,
+            "label": window["label"].astype("float64").to_numpy() if "label" in window.columns else np.nan,
+        }
+    )
+    out["ts"] = pd.to_datetime(out["ts"], utc=True)
+    out["campaign"] = out["promo_code"]
+    if "pattern" in window.columns:
+        out["pattern"] = window["pattern"].to_numpy()
+    return pd.concat([out, pd.DataFrame(x, columns=names, index=out.index)], axis=1)

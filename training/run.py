@@ -181,6 +181,7 @@ def train_model(
             feature_service=feature_service,
         )
         keep = ["request_id", "ts", "label", "promo_type", "discount_value"]
+        keep += [col for col in ("promo_code",) if col in test.columns]
         keep += [col for col in EVALUATION_COLUMNS if col in test.columns]
         # Every known feature goes into the stored window, so a champion with a different feature list
         # can score the very same rows when this model is proposed for promotion.

@@ -1,0 +1,152 @@
+"""Start the scoring service as a process (for `promoguard serve`, the demo, benchmarks and e2e tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from rich.console import Console
+
+from promoguard.settings import Settings
+
+SERVICE = "serving.service:PromoGuard"
+
+
+def service_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the service process gets: settings root, telemetry off, caller overrides."""
+    env = {
+        **os.environ,
+        "PROMOGUARD_ROOT": str(settings.root),
+        "PROMOGUARD_MLFLOW_URI": settings.mlflow_tracking_uri,
+        "BENTOML_DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    env.setdefault("BENTOML_HOME", str(settings.data_dir / "bentoml"))
+    if settings.tor_exit_source:
+        env.setdefault("PROMOGUARD_TOR_EXIT_LIST", settings.tor_exit_source)
+    if settings.proxy_source:
+        env.setdefault("PROMOGUARD_PROXY_LIST", settings.proxy_source)
+    env.update(extra or {})
+    return env
+
+
+def start_service(
+    settings: Settings, port: int, *, extra_env: Mapping[str, str] | None = None, log: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """Launch `bentoml serve` on 127.0.0.1:port in its own process group (so it can be stopped whole)."""
+    bentoml_cli = Path(sys.executable).parent / "bentoml"
+    return subprocess.Popen(
+        [str(bentoml_cli), "serve", SERVICE, "--port", str(port), "--host", "127.0.0.1"],
+        cwd=settings.root,
+        env=service_env(settings, extra_env),
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+        start_new_session=True,
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    """Poll /readyz until it answers 200; raise RuntimeError naming the reason otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited with status {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the service did not become ready at {url} within {timeout_s:.0f}s")
+
+
+def stop_service(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """Stop the service's whole process group, politely first."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout_s)
+
+
+@contextmanager
+def running_service(
+    settings: Settings, port: int, *, extra_env: Mapping[str, str] | None = None, log: IO[bytes] | None = None
+) -> Iterator[str]:
+    """A started, ready service for the duration of the block; yields its base URL."""
+    proc = start_service(settings, port, extra_env=extra_env, log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        stop_service(proc)
+
+
+def example_request(settings: Settings) -> dict[str, Any]:
+    """A realistic /score body: a welcome code from the promotions table, a shopper, a device."""
+    code = "WELCOME10"
+    promotions = settings.raw_dir / "promotions.parquet"
+    if promotions.exists():
+        import pandas as pd
+
+        promos = pd.read_parquet(promotions)
+        welcome = promos[promos["promo_type"] == "welcome"]
+        if len(welcome):
+            code = str(welcome["promo_code"].iloc[0])
+    return {
+        "request_id": f"demo-{int(time.time())}",
+        "promotion": {"code": code, "type": "welcome", "discount_value": 15.0, "per_customer_limit": 1},
+        "account": {"is_guest": True},
+        "email": "Jane.Doe+promo@gmail.com",
+        "phone": "+1 415-555-0100",
+        "shipping_address": {
+            "line1": "123 Main St Apt 4B", "city": "San Francisco", "region": "CA",
+            "postal_code": "94110", "country": "US",
+        },
+        "payment": {"fingerprint": "fp_demo_0001", "bin": "424242", "last4": "4242"},
+        "device": {"device_id": "3f2b8c1e-9a4d-4e7b-8c2a-5d6e7f8a9b0c", "user_agent": "Mozilla/5.0"},
+        "ip": "73.162.10.21",
+        "cart": {"total": 64.0, "currency": "USD"},
+    }
+
+
+def run_service(settings: Settings, *, port: int, demo: bool, console: Console) -> int:
+    """Run the service in the foreground; with ``demo``, show one scored request and a curl command."""
+    extra = {"PROMOGUARD_REQUIRE_API_KEY": "false"} if demo and not settings.api_keys else {}
+    proc = start_service(settings, port, extra_env=extra)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        if demo:
+            body = example_request(settings)
+            answer = httpx.post(f"{url}/score", json=body, timeout=10.0)
+            console.print(f"[bold]POST {url}/score[/bold] -> {answer.status_code}")
+            console.print_json(answer.text)
+            body["request_id"] = "try-me-1"
+            console.print("\nThe service is answering on localhost. Try it:")
+            console.print(
+                f"curl -s -X POST {url}/score -H 'Content-Type: application/json' "
+                f"-d '{json.dumps(body)}'",
+                soft_wrap=True,
+                highlight=False,
+            )
+            console.print("\nPress Ctrl-C to stop.")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_service(proc)
