@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -269,14 +269,17 @@ def _utc(ts: datetime, name: str) -> datetime:
 
 
 def materialize(cfg: StoreConfig, end: datetime, start: datetime | None = None) -> None:
-    """Load the offline rows up to ``end`` into the online store (incremental when ``start`` is None)."""
-    end_utc = _utc(end, "end")
+    """Load the latest offline row per entity with a timestamp in [start, end] into the online store.
+
+    The pipeline stamps one snapshot row per entity at its build time ``as_of``; ``materialize(cfg,
+    as_of)`` loads exactly those (``start`` defaults to one minute before ``end``). Feast's incremental
+    mode is not used: with one-second view TTLs it would start from the wall clock, not the data.
+    """
+    end_utc = _utc(end, "end") + timedelta(seconds=1)
+    start_utc = _utc(start, "start") if start is not None else end_utc - timedelta(minutes=1)
     store = open_store(cfg)
     try:
-        if start is None:
-            store.materialize_incremental(end_date=end_utc)
-        else:
-            store.materialize(start_date=_utc(start, "start"), end_date=end_utc)
+        store.materialize(start_date=start_utc, end_date=end_utc)
     except Exception as exc:
         raise FeatureStoreUnavailable(f"feast materialize failed: {exc}") from exc
 

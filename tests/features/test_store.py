@@ -40,7 +40,8 @@ def _key(view_key: str, i: int) -> str:
 
 
 def write_feature_parquets(features_dir: Path, seed: int = 3) -> dict[str, pd.DataFrame]:
-    """Small random per-view parquet files shaped like the batch pipeline's output."""
+    """Small random per-view parquet files shaped like the batch pipeline's output: rows at event
+    times plus one snapshot row per entity at the build time ``AS_OF``."""
     rng = np.random.default_rng(seed)
     features_dir.mkdir(parents=True, exist_ok=True)
     frames: dict[str, pd.DataFrame] = {}
@@ -49,8 +50,9 @@ def write_feature_parquets(features_dir: Path, seed: int = 3) -> dict[str, pd.Da
         for i in range(N_ENTITIES):
             # Entities start at different times so "before the first row" exists for each.
             start = T0 + timedelta(hours=3 * i)
-            for j in range(ROWS_PER_ENTITY):
-                ts = start + timedelta(days=j, minutes=int(rng.integers(0, 60)))
+            # Pre-event rows at their events' times, then the build's snapshot row at AS_OF.
+            times = [start + timedelta(days=j, minutes=int(rng.integers(0, 60))) for j in range(ROWS_PER_ENTITY)]
+            for j, ts in enumerate([*times, AS_OF]):
                 rec: dict[str, object] = {k: _key(k, i) for k in view.join_keys}
                 rec["event_timestamp"] = ts
                 rec["created_timestamp"] = ts

@@ -1,0 +1,420 @@
+"""Point-in-time batch features: the keys frame and labels in, one frame per feature view out.
+
+Every output row is the state of one entity just before one of its events, computed from events strictly
+earlier than that event and from ``abuse`` labels whose ``label_ts`` is strictly earlier. Events of one
+entity sharing a timestamp collapse into one row (Feast needs unique ``(join keys, event_timestamp)``)
+holding the state before the first of them, i.e. from events strictly earlier than that timestamp. Each
+entity also gets one snapshot row at ``as_of`` so that materialized online values equal the offline ones.
+
+The SQL is generated once from :mod:`features.definitions` and runs unchanged on DuckDB (the default)
+and Spark SQL; :func:`_dialect` is the one place where the two may differ. Time is handled as epoch
+microseconds (BIGINT), so window frames are plain numeric ``RANGE`` frames in both dialects.
+
+Windowed distinct counts use runs instead of DISTINCT window aggregates (which Spark lacks and which
+are slow): an occurrence of target ``x`` at ``t`` keeps ``x`` in the window of later query times in
+``(t, t + w]``. Overlapping intervals of one (entity, x) pair merge into runs; a run starts at an
+occurrence whose predecessor had already left the window and ends ``w`` after an occurrence with no
+successor inside the window. The distinct count at ``T`` is then (runs started before ``T``) minus
+(runs whose last occurrence is before ``T - w``): two ordinary window sums over the entity's event
+rows, exact, with one extra sort per (view, target) to find the runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.definitions import WINDOWS, FeatureView, feature_views
+from features.events import ContractError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from pyspark.sql import SparkSession
+
+Engine = Literal["duckdb", "spark"]
+
+#: The hashed identity columns the pipeline reads from the keys frame.
+KEY_COLUMNS: tuple[str, ...] = (
+    "account_key",
+    "email_key",
+    "phone_key",
+    "household_key",
+    "address_key",
+    "bill_household_key",
+    "payment_key",
+    "device_key",
+    "network_key",
+    "ip_key",
+    "local_ip_key",
+    "referrer_key",
+)
+
+REQUIRED_KEY_FRAME_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "ts",
+    "promo_code",
+    "promo_valid",
+    "outcome",
+    "is_guest",
+    "account_created_at",
+)
+
+REQUIRED_LABEL_COLUMNS: tuple[str, ...] = ("request_id", "label", "label_ts")
+
+#: How long after account creation an attempt still counts as made by a new account.
+NEW_ACCOUNT_SECONDS = 7 * 86_400
+
+_US = 1_000_000
+_BASE_TABLE = "pg_events"
+
+
+# --------------------------------------------------------------------------------------------- input
+
+
+def _check_columns(frame: pd.DataFrame, required: tuple[str, ...], name: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ContractError(f"{name} frame is missing column(s): {', '.join(missing)}")
+
+
+def _epoch_us(values: pd.Series, field: str) -> pd.Series:
+    """UTC timestamps as epoch microseconds (nullable Int64); naive or non-UTC input is refused."""
+    if not isinstance(values.dtype, pd.DatetimeTZDtype):
+        if values.isna().all():
+            return pd.Series(pd.array([pd.NA] * len(values), dtype="Int64"), index=values.index)
+        raise ContractError(f"{field}: expected timezone-aware UTC timestamps, got dtype {values.dtype}")
+    utc = values.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    as_int = utc.astype("int64")
+    return pd.Series(pd.array(as_int, dtype="Int64"), index=values.index).mask(values.isna())
+
+
+def _key_columns_needed() -> tuple[str, ...]:
+    cols: list[str] = []
+    for v in feature_views():
+        for k in v.join_keys:
+            if k != "promo_code" and k not in cols:
+                cols.append(k)
+        for f in v.features:
+            if f.target is not None and f"{f.target}_key" not in cols:
+                cols.append(f"{f.target}_key")
+    return tuple(cols)
+
+
+def base_frame(keys: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The one table both engines read: keys, epoch-µs time and 0/1 event attributes.
+
+    Columns: the key columns used by some view, ``promo_code``, ``t`` (event time, µs), ``redeemed``,
+    ``invalid``, ``is_new`` (guest, or account created within 7 days before the attempt) and
+    ``abuse_t`` (µs when an ``abuse`` label arrived for this event, else null). Raises
+    :class:`ContractError` naming the field when the input breaks the contract.
+    """
+    _check_columns(keys, REQUIRED_KEY_FRAME_COLUMNS, "keys")
+    _check_columns(labels, REQUIRED_LABEL_COLUMNS, "labels")
+    needed = _key_columns_needed()
+    _check_columns(keys, needed, "keys")
+    keys = keys.reset_index(drop=True)
+    if keys["request_id"].isna().any():
+        raise ContractError("request_id: null values in the keys frame")
+    dup = keys["request_id"].duplicated()
+    if dup.any():
+        raise ContractError(
+            f"request_id: duplicated in the keys frame, e.g. {keys['request_id'][dup].iloc[0]!r}"
+        )
+    if keys["promo_code"].isna().any():
+        raise ContractError("promo_code: null values in the keys frame")
+    t = _epoch_us(keys["ts"], "ts")
+    if t.isna().any():
+        raise ContractError("ts: null values in the keys frame")
+    bad_outcome = ~keys["outcome"].isin(("redeemed", "abandoned", "rejected"))
+    if bad_outcome.any():
+        raise ContractError(f"outcome: unexpected value {keys['outcome'][bad_outcome].iloc[0]!r}")
+
+    created = _epoch_us(keys["account_created_at"], "account_created_at")
+    t_np = t.to_numpy(dtype=np.int64)
+    guest = keys["is_guest"].fillna(False).to_numpy(dtype=bool)
+    fresh = created.to_numpy(dtype="float64", na_value=np.nan) >= t_np - NEW_ACCOUNT_SECONDS * _US
+
+    if labels["request_id"].duplicated().any():
+        raise ContractError("request_id: duplicated in the labels frame")
+    abuse = labels.loc[labels["label"] == "abuse", ["request_id", "label_ts"]]
+    label_t = _epoch_us(abuse["label_ts"], "label_ts")
+    label_by_request = pd.Series(label_t.to_numpy(), index=abuse["request_id"].to_numpy())
+    abuse_t = keys["request_id"].map(label_by_request).astype("Int64")
+
+    base = pd.DataFrame(
+        {
+            **{c: keys[c].astype(object).where(keys[c].notna(), None) for c in needed},
+            "promo_code": keys["promo_code"].astype(str),
+            "t": t_np,
+            "redeemed": (keys["outcome"] == "redeemed").to_numpy(dtype=np.int64),
+            "invalid": (~keys["promo_valid"].astype(bool)).to_numpy(dtype=np.int64),
+            "is_new": (guest | fresh).astype(np.int64),
+            "abuse_t": abuse_t.array,
+        }
+    )
+    return base.reset_index(drop=True)
+
+
+def encode_keys(base: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Replace key strings by dense integer codes (null stays null) and return the code books.
+
+    Both engines hash, sort and compare 64-bit integers several times faster than 32-character hex
+    strings; the strings come back in :func:`_finish` via the code books.
+    """
+    encoded = base.copy()
+    books: dict[str, np.ndarray] = {}
+    for col in [c for c in base.columns if c.endswith("_key")] + ["promo_code"]:
+        codes, uniques = pd.factorize(base[col], use_na_sentinel=True)
+        encoded[col] = pd.array(np.where(codes < 0, 0, codes), dtype="Int64")
+        encoded.loc[codes < 0, col] = pd.NA
+        books[col] = np.asarray(uniques, dtype=object)
+    return encoded, books
+
+
+# ----------------------------------------------------------------------------------------------- SQL
+
+
+def _dialect(sql: str, engine: Engine) -> str:
+    """Adapt generated SQL to an engine; the generated text is already valid in both dialects."""
+    # Both engines accept the same window syntax, LEAST/GREATEST, CAST and BIGINT literals; keep this
+    # function as the single seam should one of them diverge.
+    return sql
+
+
+def _us(window: str) -> int:
+    return WINDOWS[window] * _US
+
+
+def view_sql(view: FeatureView, as_of_us: int, source: str = _BASE_TABLE) -> str:
+    """The SQL computing one feature view from the base table, snapshot rows at ``as_of_us`` included.
+
+    One row per (entity, event time) carries that time's attempts and run edges; label arrivals and
+    the snapshot add rows of their own. Every feature is then a window over the entity's rows in time
+    order, ending 1 µs before the row (``RANGE ... 1 PRECEDING``), so nothing at or after an event's own
+    timestamp is ever visible to it.
+    """
+    keys = list(view.join_keys)
+    k = ", ".join(keys)
+    not_null = " AND ".join(f"{c} IS NOT NULL" for c in keys)
+    distinct = [f for f in view.features if f.kind == "distinct"]
+
+    ctes = [
+        f"base AS (SELECT * FROM {source} WHERE {not_null} AND t < {as_of_us})",
+        f"evt AS (SELECT {k}, t, COUNT(*) AS n, SUM(redeemed) AS r, SUM(invalid) AS inv, "
+        f"SUM(is_new) AS nw FROM base GROUP BY {k}, t)",
+    ]
+    joined = "evt"
+    edge_cols: list[str] = []
+    for i, f in enumerate(distinct):
+        assert f.window is not None and f.target is not None
+        w = _us(f.window)
+        tgt = f"{f.target}_key"
+        part = f"PARTITION BY {k}, tgt ORDER BY t"
+        ctes.append(
+            f"occ{i} AS (SELECT {k}, {tgt} AS tgt, t FROM base WHERE {tgt} IS NOT NULL "
+            f"GROUP BY {k}, {tgt}, t)"
+        )
+        ctes.append(
+            f"run{i} AS (SELECT {k}, t, LAG(t) OVER ({part}) AS pt, LEAD(t) OVER ({part}) AS nt FROM occ{i})"
+        )
+        # A run of one (entity, target) pair starts where the previous occurrence had left the window
+        # and ends w after its last occurrence; both edges sit on event times of the entity.
+        ctes.append(
+            f"edge{i} AS (SELECT {k}, t, "
+            f"SUM(CASE WHEN pt IS NULL OR pt + {w} < t THEN 1 ELSE 0 END) AS s{i}, "
+            f"SUM(CASE WHEN nt IS NULL OR nt > t + {w} THEN 1 ELSE 0 END) AS e{i} "
+            f"FROM run{i} GROUP BY {k}, t)"
+        )
+        joined += f" LEFT JOIN edge{i} USING ({k}, t)"
+        edge_cols += [f"s{i}", f"e{i}"]
+
+    def row(t: str, values: Mapping[str, str]) -> str:
+        cols = ["n", "r", "inv", "nw", "lab", "out", *edge_cols]
+        return ", ".join([k, f"{t} AS t"] + [f"{values.get(c, '0')} AS {c}" for c in cols])
+
+    on_events = {c: c for c in ("n", "r", "inv", "nw")} | {c: f"COALESCE({c}, 0)" for c in edge_cols}
+    ctes.append(
+        "u AS ("
+        f"SELECT {row('t', {**on_events, 'out': '1'})} FROM {joined}"
+        f"\nUNION ALL SELECT {row('GREATEST(t, abuse_t)', {'lab': '1'})} FROM base "
+        f"WHERE abuse_t IS NOT NULL AND GREATEST(t, abuse_t) < {as_of_us}"
+        f"\nUNION ALL SELECT {row(str(as_of_us), {'out': '1'})} FROM (SELECT DISTINCT {k} FROM base) AS ents)"
+    )
+
+    over = f"PARTITION BY {k} ORDER BY t"
+
+    def frame(start: str, end_us: int = 1) -> str:
+        return f"OVER ({over} RANGE BETWEEN {start} PRECEDING AND {end_us} PRECEDING)"
+
+    def total(col: str, start: str = "UNBOUNDED", end_us: int = 1) -> str:
+        return f"COALESCE(SUM({col}) {frame(start, end_us)}, 0)"
+
+    first = f"MIN(CASE WHEN n > 0 THEN t END) OVER (PARTITION BY {k})"
+    source_of = {"all": "n", "redeemed": "r", "invalid": "inv"}
+    exprs: list[str] = []
+    for f in view.features:
+        if f.kind == "count":
+            start = str(_us(f.window)) if f.window else "UNBOUNDED"
+            exprs.append(f"CAST({total(source_of[f.only], start)} AS BIGINT) AS {f.name}")
+        elif f.kind == "distinct":
+            assert f.window is not None
+            i = distinct.index(f)
+            ended = total(f"e{i}", "UNBOUNDED", _us(f.window) + 1)
+            exprs.append(f"CAST({total(f's{i}')} - {ended} AS BIGINT) AS {f.name}")
+        elif f.kind == "labels":
+            exprs.append(f"CAST({total('lab')} AS BIGINT) AS {f.name}")
+        elif f.kind == "age":
+            unit = (3600 if f.name.startswith("hours") else 86_400) * _US
+            exprs.append(f"CASE WHEN {first} < t THEN CAST(t - {first} AS DOUBLE) / {unit} END AS {f.name}")
+        elif f.kind == "share":
+            assert f.window is not None
+            span = str(_us(f.window))
+            exprs.append(
+                f"CAST({total('nw', span)} AS DOUBLE) / CAST(NULLIF({total('n', span)}, 0) AS DOUBLE) "
+                f"AS {f.name}"
+            )
+        else:
+            raise ValueError(f"feature {f.name!r}: unknown kind {f.kind!r}")
+    ctes.append(f"w AS (SELECT {k}, t, out, " + ", ".join(exprs) + " FROM u)")
+    cols = ", ".join([*keys, "t", *view.feature_names])
+    return "WITH " + ",\n".join(ctes) + f"\nSELECT {cols} FROM w WHERE out = 1"
+
+
+# ------------------------------------------------------------------------------------------- engines
+
+
+def spark_session() -> SparkSession:
+    """A small local Spark session (``local[2]``, 4 shuffle partitions, no UI, 2g driver)."""
+    from pyspark.sql import SparkSession
+
+    return (
+        SparkSession.builder.master("local[2]")
+        .appName("promoguard-features")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "2g")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+
+
+def _run_duckdb(base: pd.DataFrame, queries: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads=2")
+        con.execute("SET enable_progress_bar=false")
+        con.execute("SET preserve_insertion_order=false")
+        con.register("pg_base_df", base)
+        # Materialise once so every view scans a native table instead of the pandas frame.
+        con.execute(f"CREATE TABLE {_BASE_TABLE} AS SELECT * FROM pg_base_df")
+        return {name: con.execute(_dialect(sql, "duckdb")).fetch_df() for name, sql in queries.items()}
+    finally:
+        con.close()
+
+
+def _run_spark(base: pd.DataFrame, queries: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    import tempfile
+
+    spark = spark_session()
+    with tempfile.TemporaryDirectory(prefix="promoguard-spark-") as tmp:
+        # Staging through parquet keeps the input out of the query plans (an in-driver local relation
+        # is re-serialised for every scan of every view) and preserves nullable BIGINTs exactly.
+        path = str(Path(tmp) / "base.parquet")
+        base.to_parquet(path, index=False)
+        spark.read.parquet(path).createOrReplaceTempView(_BASE_TABLE)
+        try:
+            return {name: spark.sql(_dialect(sql, "spark")).toPandas() for name, sql in queries.items()}
+        finally:
+            spark.catalog.dropTempView(_BASE_TABLE)
+
+
+# ---------------------------------------------------------------------------------------------- API
+
+
+def _finish(
+    view: FeatureView, raw: pd.DataFrame, books: Mapping[str, np.ndarray], as_of: pd.Timestamp
+) -> pd.DataFrame:
+    out = pd.DataFrame({k: books[k][raw[k].to_numpy(dtype=np.int64)] for k in view.join_keys})
+    out["event_timestamp"] = pd.to_datetime(raw["t"].astype("int64"), unit="us", utc=True)
+    # The build's cutoff is when every value in it became known; deterministic, unlike wall time.
+    out["created_timestamp"] = pd.Series(as_of, index=out.index).astype("datetime64[us, UTC]")
+    out["event_timestamp"] = out["event_timestamp"].astype("datetime64[us, UTC]")
+    for f in view.features:
+        values = pd.to_numeric(raw[f.name])
+        out[f.name] = values.astype("float64") if f.dtype == "float64" else values.fillna(0).astype("int64")
+    return out.sort_values([*view.join_keys, "event_timestamp"], kind="stable").reset_index(drop=True)
+
+
+def default_as_of(keys: pd.DataFrame) -> pd.Timestamp:
+    """The snapshot time when none is given: one second after the last event."""
+    if keys.empty:
+        raise ContractError("ts: the keys frame has no events, so there is no default as_of")
+    last = pd.Timestamp(keys["ts"].max())
+    if last.tzinfo is None:
+        raise ContractError("ts: expected timezone-aware UTC timestamps")
+    return last.tz_convert("UTC") + pd.Timedelta(seconds=1)
+
+
+def build_features(
+    keys: pd.DataFrame,
+    labels: pd.DataFrame,
+    *,
+    as_of: pd.Timestamp | None = None,
+    engine: Engine = "duckdb",
+) -> dict[str, pd.DataFrame]:
+    """Point-in-time features for every view in :func:`features.definitions.feature_views`.
+
+    ``keys`` is the identity layer's keys frame, ``labels`` the label frame (request_id, label,
+    label_ts). Returns ``{view name: frame}`` with the view's join keys, ``event_timestamp``,
+    ``created_timestamp`` (= ``as_of``) and the view's features in the catalog dtypes: one row per
+    (entity, distinct event timestamp) plus one snapshot row per entity at ``as_of``. Events at or after
+    ``as_of`` are outside the build and produce no rows.
+    """
+    if engine not in ("duckdb", "spark"):
+        raise ValueError(f"engine: expected 'duckdb' or 'spark', got {engine!r}")
+    as_of = default_as_of(keys) if as_of is None else pd.Timestamp(as_of)
+    if as_of.tzinfo is None:
+        raise ContractError("as_of: expected a timezone-aware UTC timestamp")
+    as_of = as_of.tz_convert("UTC").floor("us")
+    base, books = encode_keys(base_frame(keys, labels))
+    as_of_us = int(as_of.value // 1000)
+    views = feature_views()
+    queries = {v.name: view_sql(v, as_of_us) for v in views}
+    runner = _run_duckdb if engine == "duckdb" else _run_spark
+    raw = runner(base, queries)
+    return {v.name: _finish(v, raw[v.name], books, as_of) for v in views}
+
+
+def write_features(frames: Mapping[str, pd.DataFrame], out_dir: Path) -> dict[str, Path]:
+    """Write ``{view}.parquet`` per frame into ``out_dir`` (timestamps as UTC microseconds)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, frame in frames.items():
+        path = out_dir / f"{name}.parquet"
+        frame.to_parquet(path, index=False, coerce_timestamps="us", allow_truncated_timestamps=False)
+        paths[name] = path
+    return paths
+
+
+def row_counts(frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
+    """Rows per view: the summary the command line prints after a build."""
+    return {name: len(frame) for name, frame in frames.items()}
+
+
+__all__ = [
+    "KEY_COLUMNS",
+    "base_frame",
+    "build_features",
+    "default_as_of",
+    "encode_keys",
+    "row_counts",
+    "spark_session",
+    "view_sql",
+    "write_features",
+]
