@@ -188,6 +188,25 @@ def _us(window: str) -> int:
     return WINDOWS[window] * _US
 
 
+def _snapshot_filter(view: FeatureView, as_of_us: int) -> str:
+    """Which entities get a snapshot row at ``as_of`` (and so a row in the online store).
+
+    An entity idle for longer than the longest window reads online exactly like a new one (every count
+    0; see ``features.store.ABSENT_ENTITY_VALUES``), so its snapshot is left out unless it carries what
+    the windows forget: an arrived abuse label, or, for identity x code views, a past redemption (what
+    one-per-customer is about). Promo codes are few and all kept. This halves what materialization
+    writes; the price is that an idle entity's ``first_seen_days`` is missing online.
+    """
+    if view.name == "code_stats":
+        return "TRUE"
+    recent = f"t >= {as_of_us - max(WINDOWS.values()) * _US}"
+    labeled = f"(abuse_t IS NOT NULL AND GREATEST(t, abuse_t) < {as_of_us})"
+    keep = [recent, labeled]
+    if "promo_code" in view.join_keys:
+        keep.append("redeemed = 1")
+    return " OR ".join(keep)
+
+
 def view_sql(view: FeatureView, as_of_us: int, source: str = _BASE_TABLE) -> str:
     """The SQL computing one feature view from the base table, snapshot rows at ``as_of_us`` included.
 
@@ -241,7 +260,8 @@ def view_sql(view: FeatureView, as_of_us: int, source: str = _BASE_TABLE) -> str
         f"SELECT {row('t', {**on_events, 'out': '1'})} FROM {joined}"
         f"\nUNION ALL SELECT {row('GREATEST(t, abuse_t)', {'lab': '1'})} FROM base "
         f"WHERE abuse_t IS NOT NULL AND GREATEST(t, abuse_t) < {as_of_us}"
-        f"\nUNION ALL SELECT {row(str(as_of_us), {'out': '1'})} FROM (SELECT DISTINCT {k} FROM base) AS ents)"
+        f"\nUNION ALL SELECT {row(str(as_of_us), {'out': '1'})} FROM "
+        f"(SELECT DISTINCT {k} FROM base WHERE {_snapshot_filter(view, as_of_us)}) AS ents)"
     )
 
     over = f"PARTITION BY {k} ORDER BY t"

@@ -48,6 +48,15 @@ WRITE_TIMEOUT_S = 30.0
 _ENV_LOCK = threading.Lock()
 
 
+#: What a feature reads as when its entity key is known but the online store holds no row for it: a
+#: new entity, or one idle for longer than every window (the pipeline snapshots only recent entities).
+#: Counts are 0, exactly as the pipeline writes them before an entity's first event; ages and shares
+#: stay missing. A null key (no device at all) reads as NaN for the whole view, as in training.
+ABSENT_ENTITY_VALUES: dict[str, float] = {
+    f"{v.name}__{f.name}": (0.0 if f.dtype == "int64" else math.nan) for v in feature_views() for f in v.features
+}
+
+
 class FeatureStoreUnavailable(RuntimeError):
     """Feast or its online store failed or did not answer in time; the caller should fall back."""
 
@@ -449,7 +458,10 @@ class OnlineFeatures:
                 present = all(row.get(k) for k in plan.join_keys)
                 for name in plan.qualified:
                     v = result[name][i] if present else None
-                    values[name] = math.nan if v is None else float(v)
+                    if v is None:
+                        values[name] = ABSENT_ENTITY_VALUES[name] if present else math.nan
+                    else:
+                        values[name] = float(v)
             out.append(values)
         return out
 
@@ -502,9 +514,10 @@ class OnlineFeatures:
             for r, i in enumerate(idx):
                 data = found[i][1] if i is not None else None
                 target = out[r]
-                if data is None:
+                # Redis answers an unknown entity with empty values rather than no row.
+                if data is None or all(math.isnan(_to_float(data.get(feat))) for feat in plan.features):
                     for name in plan.qualified:
-                        target[name] = math.nan
+                        target[name] = ABSENT_ENTITY_VALUES[name] if i is not None else math.nan
                 else:
                     for feat, name in zip(plan.features, plan.qualified, strict=True):
                         target[name] = _to_float(data.get(feat))

@@ -278,6 +278,29 @@ def test_snapshot_row_at_as_of_holds_the_state_from_all_earlier_events() -> None
     assert at(explicit, T0 + 2 * HOUR, device_key="D")["attempts_1h"] == 1
 
 
+def test_idle_entities_get_a_snapshot_only_when_they_carry_labels_or_redemptions() -> None:
+    day = pd.Timedelta(days=1)
+    rows = [
+        event("idle", T0, device_key="IDLE", outcome="abandoned"),
+        event("labeled", T0, device_key="LABELED"),
+        event("spent", T0, device_key="SPENT", outcome="redeemed"),
+        event("recent", T0 + 40 * day, device_key="RECENT"),
+    ]
+    labels = labels_frame([("labeled", "abuse", T0 + 2 * day)])
+    frames = build_features(keys_frame(rows), labels)
+    as_of = T0 + 40 * day + SEC
+    snap = frames["device_stats"]
+    snapped = set(snap.loc[snap["event_timestamp"] == as_of, "device_key"])
+    # Idle past every window: reads online as unseen (counts 0), so no snapshot is written for it.
+    assert snapped == {"LABELED", "RECENT"}
+    assert at(snap, as_of, device_key="LABELED")["abuse_labels"] == 1
+    # One-per-customer needs the past redemption of this code by this device, however old.
+    pairs = frames["device_code_stats"]
+    kept = set(pairs.loc[pairs["event_timestamp"] == as_of, "device_key"])
+    assert kept == {"SPENT", "RECENT", "LABELED"}
+    assert at(pairs, as_of, device_key="SPENT", promo_code="WELCOME10")["redeemed_total"] == 1
+
+
 def test_every_view_has_join_keys_timestamps_and_catalog_dtypes(
     device_history: dict[str, pd.DataFrame], tmp_path: Path
 ) -> None:

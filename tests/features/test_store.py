@@ -173,15 +173,21 @@ def test_online_equals_offline_at_as_of(sqlite_store, historical) -> None:
         assert _same(online[name], math.nan if pd.isna(off) else float(off)), name
 
 
-def test_unknown_or_missing_entity_gives_nan_not_error(sqlite_store) -> None:
+def test_unseen_entity_reads_as_nothing_happened_and_null_key_as_missing(sqlite_store) -> None:
     cfg, _ = sqlite_store
-    online = OnlineFeatures(cfg, refresh_registry=False)
-    row = _row_keys(1)
-    row["device_key"] = "never-seen"
-    row["phone_key"] = None
-    got = online.read(row)
-    assert all(math.isnan(v) for k, v in got.items() if k.startswith(("device_", "phone_")))
-    assert not math.isnan(got["email_stats__attempts_30d"])
+    for fast in (True, False):
+        online = OnlineFeatures(cfg, fast=fast, refresh_registry=False)
+        row = _row_keys(1)
+        row["device_key"] = "never-seen"
+        row["phone_key"] = None
+        got = online.read(row)
+        # A known key without a row is a new (or long idle) entity: counts 0, ages unknown.
+        assert got["device_stats__attempts_24h"] == 0.0
+        assert got["device_stats__distinct_accounts_30d"] == 0.0
+        assert math.isnan(got["device_stats__first_seen_days"])
+        # No key at all: the whole view is missing, as in training.
+        assert all(math.isnan(v) for k, v in got.items() if k.startswith(("phone_stats", "phone_code")))
+        assert not math.isnan(got["email_stats__attempts_30d"])
 
 
 def test_bad_key_type_names_the_field(sqlite_store) -> None:
