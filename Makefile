@@ -13,9 +13,10 @@ export DO_NOT_TRACK := 1
 export PYTHONHASHSEED := 0
 
 DEMO_EVENTS ?= 200000
+DEMO_PORT ?= 3000
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup browser demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -25,11 +26,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Headless Chromium for the drift report's browser test (Debian's package; needs root, as here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: setup
 	$(BIN)/promoguard simulate --events $(DEMO_EVENTS)
+	$(BIN)/promoguard features build
+	$(BIN)/promoguard features apply
+	$(BIN)/promoguard features materialize
+	$(BIN)/promoguard train
+	$(BIN)/promoguard promote
+	$(BIN)/promoguard serve --port $(DEMO_PORT) --demo
 
-test: setup
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+test: setup browser
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 bench: setup
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
