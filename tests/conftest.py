@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
+
+# pytest-xdist workers run with a bare __main__ (no __file__, no __spec__). pyspark's Connect package
+# takes that for a doctest run and calls sys.exit(0) when great-expectations imports it; give the
+# worker's __main__ a file name so the import behaves as in any normal program.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "pytest-xdist-worker"
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
