@@ -53,7 +53,9 @@ _ENV_LOCK = threading.Lock()
 #: Counts are 0, exactly as the pipeline writes them before an entity's first event; ages and shares
 #: stay missing. A null key (no device at all) reads as NaN for the whole view, as in training.
 ABSENT_ENTITY_VALUES: dict[str, float] = {
-    f"{v.name}__{f.name}": (0.0 if f.dtype == "int64" else math.nan) for v in feature_views() for f in v.features
+    f"{v.name}__{f.name}": (0.0 if f.dtype == "int64" else math.nan)
+    for v in feature_views()
+    for f in v.features
 }
 
 

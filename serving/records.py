@@ -207,8 +207,9 @@ def scoring_frame(path: str | Path, since: datetime | None = None) -> Any:
     frame = scores.drop(columns=["features_json", "signals_json"]).assign(
         ts=pd.to_datetime(scores["ts"], utc=True, format="ISO8601"),
         campaign=scores["promo_code"],
-        top_signals=[_top_signal_names(s) for s in scores["signals_json"]],
     )
+    names = [_top_signal_names(s) for s in scores["signals_json"]]
+    frame["top_signals"] = pd.Series(names, index=frame.index, dtype=object)
     frame = pd.concat([frame, features.astype("float64")], axis=1)
     if len(feedback):
         latest = feedback.drop_duplicates("request_id", keep="last")

@@ -63,7 +63,7 @@ def test_bad_frame_rows_are_reported_by_field_and_row_not_dropped() -> None:
 def test_duplicate_request_ids_break_the_contract() -> None:
     frame = events_from_records([_event(1), _event(2)])
     frame.loc[1, "request_id"] = "r1"
-    with pytest.raises(ContractError, match="events.request_id"):
+    with pytest.raises(ContractError, match=r"events\.request_id"):
         validate_events(frame)
 
 
@@ -95,7 +95,7 @@ def test_labels_contract_checks_values_and_arrival_time_type() -> None:
     assert len(validate_labels(good)) == 2
     bad = good.copy()
     bad.loc[1, "label"] = "maybe"
-    with pytest.raises(ContractError, match="labels.label"):
+    with pytest.raises(ContractError, match=r"labels\.label"):
         validate_labels(bad)
     record = parse_record(
         LabelRecord,

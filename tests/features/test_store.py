@@ -51,7 +51,9 @@ def write_feature_parquets(features_dir: Path, seed: int = 3) -> dict[str, pd.Da
             # Entities start at different times so "before the first row" exists for each.
             start = T0 + timedelta(hours=3 * i)
             # Pre-event rows at their events' times, then the build's snapshot row at AS_OF.
-            times = [start + timedelta(days=j, minutes=int(rng.integers(0, 60))) for j in range(ROWS_PER_ENTITY)]
+            times = [
+                start + timedelta(days=j, minutes=int(rng.integers(0, 60))) for j in range(ROWS_PER_ENTITY)
+            ]
             for j, ts in enumerate([*times, AS_OF]):
                 rec: dict[str, object] = {k: _key(k, i) for k in view.join_keys}
                 rec["event_timestamp"] = ts
