@@ -383,8 +383,10 @@ class Scorer:
             return score, decision, signals
 
         score, decision, signals = assemble(outcome)
-        # Step 8: capped promotions take their use atomically, only when the attempt will be honored.
-        if decision in ("allow", "watch") and req.promotion.valid and inputs["promo_limited"]:
+        # Step 8: capped promotions take their use atomically whenever the attempt may still be honored.
+        # A verify attempt is honored once the shopper passes the check, so it must hold a use too:
+        # otherwise a shopper who passes verification (an own phone for the OTP) redeems past the cap.
+        if decision != "refuse" and req.promotion.valid and inputs["promo_limited"]:
             blocked = self._reserve(req, row, now)
             if blocked == "unavailable":
                 degraded = True

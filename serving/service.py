@@ -46,6 +46,8 @@ logger = logging.getLogger("promoguard.serving")
 
 DEV_PEPPER = "promoguard-dev-pepper-do-not-use-in-production"
 PROTECTED_PATHS = frozenset({"/score", "/outcome", "/feedback"})
+#: How long a request waits for the SQLite velocity store's write lock before failing open.
+SQLITE_BUSY_MS = 1000
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -256,7 +258,11 @@ def build_velocity(settings: ServiceSettings) -> VelocityLike | None:
             client = velocity.redis_client(settings.redis_url, settings.redis_socket_timeout_s)
             return velocity.RedisVelocity(client)
         settings.serving_dir.mkdir(parents=True, exist_ok=True)
-        return velocity.SqliteVelocity(settings.serving_dir / "velocity.db")
+        # A local file is busy only because sibling threads hold the write lock (and, on a loaded host,
+        # wait for the GIL while holding it); giving up after the store's default 50 ms fails open and
+        # lets a burst on one capped code, the very case a cap exists for, slip past it. Waiting is
+        # bounded by the traffic timeout of the service, and costs latency only during such a burst.
+        return velocity.SqliteVelocity(settings.serving_dir / "velocity.db", busy_timeout_ms=SQLITE_BUSY_MS)
     except Exception as exc:
         logger.warning("velocity store unavailable (%s): every answer will be degraded", type(exc).__name__)
         return None

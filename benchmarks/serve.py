@@ -1,0 +1,318 @@
+"""End-to-end /score latency over HTTP under an open-loop load, against a bare BentoML floor.
+
+Prints one table: per profile (bare BentoML endpoint, promoguard on SQLite, promoguard on Redis when
+Redis answers) and rate (default 50, 100, 200 requests/s for ``--seconds`` each), the p50/p90/p99/p99.9
+latency measured from each request's *scheduled* send time (so a stalled server shows up as queueing,
+not as fewer requests: open loop), the errors and the share of answers from the rules fallback.
+
+Usage: ``python benchmarks/serve.py [--root EXISTING_WORLD] [--seconds 60] [--rates 50,100,200]``.
+Without ``--root`` (or ``PROMOGUARD_BENCH_ROOT``) a world is built in a temporary folder with the same
+command-line steps as the end-to-end tests. Either way the service runs on a private copy, so the
+world's scoring log is never touched. Request bodies are drawn from the world's raw events. The load
+generator runs on the same machine as the service and takes CPU from it; note the host's load.
+
+The bare floor is :class:`Bare` below, started with ``bentoml serve benchmarks.serve:Bare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from pydantic import BaseModel, ConfigDict
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+WORLD_EVENTS, WORLD_DAYS, WORLD_SEED = 40_000, 60, 11
+WARMUP_S, WARMUP_RATE = 3.0, 20.0
+BODIES = 2000
+
+
+# --- the floor: a trivial BentoML endpoint with the same body and settings as the service --------------
+
+
+class BareRequest(BaseModel):
+    """Any /score body (the floor does not validate beyond JSON)."""
+
+    model_config = ConfigDict(extra="allow")
+    request_id: str
+
+
+class BareResponse(BaseModel):
+    """A constant answer of the same shape as a real one, without signals."""
+
+    request_id: str
+    score: int
+    decision: str
+
+
+@bentoml.service(name="bare", workers=1, threads=8, traffic={"timeout": 5})
+class Bare:
+    """The cheapest /score BentoML can serve: parse, answer, nothing else."""
+
+    @bentoml.api(route="/score", input_spec=BareRequest, output_spec=BareResponse)
+    def score(self, **body: Any) -> BareResponse:
+        """Answer every request with score 0."""
+        return BareResponse(request_id=str(body["request_id"]), score=0, decision="allow")
+
+
+# --- world, bodies, services ---------------------------------------------------------------------------
+
+
+def build_world(root: Path) -> None:
+    """Run simulate -> features -> train -> promote under ``root`` with the command line."""
+    cli = str(Path(sys.executable).parent / "promoguard")
+    steps = [
+        ["simulate", "--events", str(WORLD_EVENTS), "--days", str(WORLD_DAYS), "--seed", str(WORLD_SEED)],
+        ["features", "build"], ["features", "apply"], ["features", "materialize"],
+        ["train", "--test-days", "10", "--gap-days", "7"], ["promote"],
+    ]
+    for step in steps:
+        print(f"building world: promoguard {' '.join(step)}", file=sys.stderr)
+        subprocess.run([cli, *step, "--root", str(root)], check=True, stdout=subprocess.DEVNULL)
+
+
+def copy_world(source: Path, dest: Path) -> None:
+    """Copy what the service reads (raw data, features, Feast store, MLflow) into ``dest``."""
+    for part in ("data/raw", "data/features", "data/feast", "mlflow"):
+        shutil.copytree(source / part, dest / part)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return None if str(value) in ("NaT", "<NA>", "nan") else str(value)
+
+
+def request_bodies(root: Path, count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``count`` /score bodies from random raw events, with each code's policy from the promotions table."""
+    import pandas as pd
+
+    events = pd.read_parquet(root / "data" / "raw" / "events.parquet")
+    promos = pd.read_parquet(root / "data" / "raw" / "promotions.parquet").set_index("promo_code")
+    sample = events.sample(n=min(count, len(events)), random_state=seed).to_dict("records")
+    bodies = []
+    for ev in sample:
+        promotion: dict[str, Any] = {"code": ev["promo_code"], "type": ev["promo_type"],
+                                     "valid": bool(ev["promo_valid"])}
+        if _text(ev.get("discount_value")):
+            promotion["discount_value"] = float(ev["discount_value"])
+        if ev["promo_code"] in promos.index:
+            policy = promos.loc[ev["promo_code"]]
+            promotion["single_use"] = bool(policy["single_use"])
+            if _text(policy["per_customer_limit"]):
+                promotion["per_customer_limit"] = int(policy["per_customer_limit"])
+            if _text(policy["eligible_segment"]):
+                promotion["eligible_segment"] = str(policy["eligible_segment"])
+        if _text(ev.get("referrer_account_id")):
+            promotion["referrer_account_id"] = str(ev["referrer_account_id"])
+        guest = bool(ev["is_guest"]) or not _text(ev.get("account_id"))
+        account: dict[str, Any] = {"is_guest": guest}
+        if not guest:
+            account.update(account_id=str(ev["account_id"]), segment=_text(ev.get("account_segment")),
+                           created_at=_text(pd.Timestamp(ev["account_created_at"]).isoformat()
+                                            if _text(ev.get("account_created_at")) else None))
+        parts = ("line1", "line2", "city", "region", "postal_code", "country")
+        bodies.append({
+            "request_id": "",
+            "promotion": promotion,
+            "account": account,
+            "email": _text(ev.get("email")),
+            "phone": _text(ev.get("phone")),
+            "shipping_address": {p: _text(ev.get(f"ship_{p}")) for p in parts},
+            "billing_address": {p: _text(ev.get(f"bill_{p}")) for p in parts},
+            "payment": {"fingerprint": _text(ev.get("payment_fingerprint")),
+                        "bin": _text(ev.get("payment_bin")), "last4": _text(ev.get("payment_last4"))},
+            "device": {"device_id": _text(ev.get("device_id")), "local_ip": _text(ev.get("local_ip")),
+                       "user_agent": _text(ev.get("user_agent"))},
+            "ip": _text(ev.get("ip")),
+            "cart": {"total": float(ev["cart_total"]), "currency": _text(ev.get("currency")) or "USD"},
+        })
+    return bodies
+
+
+def redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    """True when a TCP connection to Redis succeeds."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def bare_service(log_dir: Path) -> Iterator[str]:
+    """The floor endpoint as its own ``bentoml serve`` process."""
+    from promoguard.demo import stop_service, wait_ready
+
+    port = free_port()
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(log_dir / "bentoml")}
+    with (log_dir / "bare.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "bentoml"), "serve", "benchmarks.serve:Bare",
+             "--port", str(port), "--host", "127.0.0.1"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc)
+            yield url
+        finally:
+            stop_service(proc)
+
+
+@contextmanager
+def promoguard_service(root: Path, extra_env: Mapping[str, str]) -> Iterator[str]:
+    """The real service on ``root`` (open access: the benchmark measures scoring, not the key check)."""
+    from promoguard.demo import running_service
+    from promoguard.settings import Settings
+
+    settings = Settings.from_env({}, root=root)
+    env = {"PROMOGUARD_REQUIRE_API_KEY": "false", "PROMOGUARD_RATE_LIMIT_PER_MINUTE": "1000000", **extra_env}
+    name = extra_env.get("PROMOGUARD_VELOCITY", "sqlite")
+    with (root / f"service-{name}.log").open("wb") as log, running_service(
+        settings, free_port(), extra_env=env, log=log
+    ) as url:
+        yield url
+
+
+# --- the open-loop load --------------------------------------------------------------------------------
+
+
+async def _open_loop(url: str, bodies: list[dict[str, Any]], rate: float, seconds: float,
+                     label: str) -> tuple[list[float], int, int, int]:
+    """Send ``rate`` requests/s for ``seconds`` on a fixed schedule; latencies (s) from scheduled time."""
+    import httpx
+
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    counts = {"errors": 0, "fallback": 0}
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    run = uuid.uuid4().hex[:8]
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
+
+        async def one(i: int, when: float) -> None:
+            delay = when - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = {**bodies[i % len(bodies)], "request_id": f"bench-{label}-{run}-{i}"}
+            try:
+                resp = await client.post("/score", json=body)
+                if resp.status_code != 200:
+                    counts["errors"] += 1
+                elif resp.json().get("fallback") == "rules":
+                    counts["fallback"] += 1
+            except httpx.HTTPError:
+                counts["errors"] += 1
+            latencies.append(time.perf_counter() - when)
+
+        start = time.perf_counter() + 0.2
+        await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
+    return latencies, total, counts["errors"], counts["fallback"]
+
+
+def run_load(
+    url: str, bodies: list[dict[str, Any]], rate: float, seconds: float, label: str
+) -> dict[str, Any]:
+    """One measured load step after a short warm-up; a table row."""
+    asyncio.run(_open_loop(url, bodies, WARMUP_RATE, WARMUP_S, f"{label}-warm"))
+    latencies, sent, errors, fallback = asyncio.run(_open_loop(url, bodies, rate, seconds, label))
+    ms = sorted(x * 1000.0 for x in latencies)
+
+    def pct(q: float) -> float:
+        return ms[min(len(ms) - 1, max(0, math.ceil(q * len(ms)) - 1))] if ms else float("nan")
+
+    return {"rate": rate, "sent": sent, "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+            "p999": pct(0.999), "errors": errors, "fallback": fallback / sent if sent else 0.0}
+
+
+def print_table(rows: list[tuple[str, dict[str, Any]]], seconds: float) -> None:
+    """The one table this script prints."""
+    load = os.getloadavg()
+    print(f"/score over HTTP, open loop, {seconds:g} s per rate, latency from the scheduled send; host load "
+          f"average {load[0]:.2f} on {os.cpu_count()} CPUs (load generator and service share them)")
+    header = ("profile", "req/s", "sent", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "fallback")
+    lines = [header] + [
+        (name, f"{r['rate']:g}", str(r["sent"]), f"{r['p50']:.1f}", f"{r['p90']:.1f}", f"{r['p99']:.1f}",
+         f"{r['p999']:.1f}", str(r["errors"]), f"{100 * r['fallback']:.1f}%")
+        for name, r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for n, line in enumerate(lines):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
+                                                                                                strict=True))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main() -> None:
+    """Build or reuse a world, then measure every profile at every rate and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.environ.get("PROMOGUARD_BENCH_ROOT"),
+                        help="an existing built world to reuse (default: build one in a temporary folder)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per rate")
+    parser.add_argument("--rates", default="50,100,200", help="comma-separated requests per second")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
+        os.environ.setdefault(name, "true")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+    with tempfile.TemporaryDirectory(prefix="pg-bench-") as tmp:
+        scratch = Path(tmp)
+        source = Path(args.root).resolve() if args.root else scratch / "world"
+        if not args.root:
+            source.mkdir()
+            build_world(source)
+        bodies = request_bodies(source, BODIES)
+        random.Random(3).shuffle(bodies)
+
+        profiles: list[tuple[str, Any]] = [("bare bentoml", lambda: bare_service(scratch))]
+        sqlite_root = scratch / "sqlite"
+        copy_world(source, sqlite_root)
+        profiles.append(("promoguard sqlite", lambda: promoguard_service(sqlite_root, {})))
+        if redis_answers():
+            redis_root = scratch / "redis"
+            copy_world(source, redis_root)
+            env = {"PROMOGUARD_ONLINE_STORE": "redis", "PROMOGUARD_VELOCITY": "redis"}
+            profiles.append(("promoguard redis", lambda: promoguard_service(redis_root, env)))
+
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for name, start in profiles:
+            with start() as url:
+                for rate in rates:
+                    print(f"measuring {name} at {rate:g} req/s", file=sys.stderr)
+                    rows.append((name, run_load(url, bodies, rate, args.seconds, name.split()[-1])))
+        print_table(rows, args.seconds)
+        if not redis_answers():
+            print("(Redis did not answer on 127.0.0.1:6379: the Redis profile was left out)")
+
+
+if __name__ == "__main__":
+    main()
