@@ -96,7 +96,9 @@ def features_build(
     chosen = engine or settings.pipeline_engine
     if chosen not in ("duckdb", "spark"):
         raise typer.BadParameter(f"expected duckdb or spark, got {chosen!r}", param_hint="--engine")
-    events_path = _need(settings.raw_dir / "events.parquet", "run `promoguard simulate` or export your events")
+    events_path = _need(
+        settings.raw_dir / "events.parquet", "run `promoguard simulate` or export your events"
+    )
     labels_path = _need(settings.raw_dir / "labels.parquet", "labels.parquet is part of the event contract")
     started = time.perf_counter()
     with console.status("validating events and labels"):
@@ -135,7 +137,9 @@ def features_apply(
     started = time.perf_counter()
     with console.status("applying the Feast repository"):
         views = apply(StoreConfig.from_settings(settings))
-    console.print(f"applied {len(views)} feature views in {time.perf_counter() - started:.1f}s: {', '.join(views)}")
+    console.print(
+        f"applied {len(views)} feature views in {time.perf_counter() - started:.1f}s: {', '.join(views)}"
+    )
 
 
 @features_app.command("materialize")
@@ -152,7 +156,9 @@ def features_materialize(
     )
     end = default_as_of(keys).to_pydatetime()
     started = time.perf_counter()
-    with console.status(f"materializing up to {end.isoformat()} into the {settings.online_store} online store"):
+    with console.status(
+        f"materializing up to {end.isoformat()} into the {settings.online_store} online store"
+    ):
         materialize(StoreConfig.from_settings(settings), end=end)
     console.print(f"materialized up to {end.isoformat()} in {time.perf_counter() - started:.1f}s")
 
@@ -174,13 +180,16 @@ def train(
     root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
     test_days: float = typer.Option(14, help="Length of the test window (the most recent days)."),
     gap_days: float = typer.Option(14, help="Gap between training and later windows (the label delay)."),
+    presume_legit_after: float = typer.Option(
+        30, help="Days after which an unlabeled attempt counts as legit (0: train on labeled rows only)."
+    ),
 ) -> None:
     """Train, calibrate, explain and register a model from Feast's point-in-time features."""
     from functools import partial
 
     from features.store import StoreConfig, historical_features
     from serving.rules import rules_score_frame
-    from training.dataset import assemble_training_frame
+    from training.dataset import assemble_training_frame, presume_unlabeled_legit
     from training.run import train_model
 
     settings = _settings(root)
@@ -189,6 +198,8 @@ def train(
     started = time.perf_counter()
     with console.status("fetching point-in-time features from Feast (promo_abuse_v1)"):
         historical = partial(historical_features, StoreConfig.from_settings(settings))
+        if presume_legit_after > 0:
+            labels = presume_unlabeled_legit(keys, labels, maturity_days=presume_legit_after)
         frame = assemble_training_frame(keys, labels, historical, _truth(settings))
     console.print(f"training frame: {len(frame):,} labeled attempts in {time.perf_counter() - started:.1f}s")
     with console.status("training") as status:
@@ -215,7 +226,9 @@ def train(
 @app.command()
 def promote(
     version: str | None = typer.Option(None, help="Model version to promote (default: the newest)."),
-    max_score_shift: float = typer.Option(0.25, help="Largest score-distribution PSI allowed vs the champion."),
+    max_score_shift: float = typer.Option(
+        0.25, help="Largest score-distribution PSI allowed vs the champion."
+    ),
     root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
 ) -> None:
     """Move the champion alias to a candidate only if it beats the champion on the same test window."""

@@ -114,8 +114,11 @@ def example_request(settings: Settings) -> dict[str, Any]:
         "email": "Jane.Doe+promo@gmail.com",
         "phone": "+1 415-555-0100",
         "shipping_address": {
-            "line1": "123 Main St Apt 4B", "city": "San Francisco", "region": "CA",
-            "postal_code": "94110", "country": "US",
+            "line1": "123 Main St Apt 4B",
+            "city": "San Francisco",
+            "region": "CA",
+            "postal_code": "94110",
+            "country": "US",
         },
         "payment": {"fingerprint": "fp_demo_0001", "bin": "424242", "last4": "4242"},
         "device": {"device_id": "3f2b8c1e-9a4d-4e7b-8c2a-5d6e7f8a9b0c", "user_agent": "Mozilla/5.0"},
@@ -139,8 +142,7 @@ def run_service(settings: Settings, *, port: int, demo: bool, console: Console) 
             body["request_id"] = "try-me-1"
             console.print("\nThe service is answering on localhost. Try it:")
             console.print(
-                f"curl -s -X POST {url}/score -H 'Content-Type: application/json' "
-                f"-d '{json.dumps(body)}'",
+                f"curl -s -X POST {url}/score -H 'Content-Type: application/json' -d '{json.dumps(body)}'",
                 soft_wrap=True,
                 highlight=False,
             )

@@ -205,6 +205,37 @@ def validate_training_frame(frame: pd.DataFrame, feature_names: Sequence[str]) -
     raise TrainingDataError(f"training frame failed {len(failures)} expectation(s):\n{report}")
 
 
+#: Label source of attempts that no one labeled abuse within the maturity window (never written to disk).
+PRESUMED_LEGIT = "presumed_legit"
+
+
+def presume_unlabeled_legit(
+    keys: pd.DataFrame, labels: pd.DataFrame, *, maturity_days: float
+) -> pd.DataFrame:
+    """Labels plus a ``legit`` label for every unlabeled attempt, arriving ``maturity_days`` after it.
+
+    Reviews label only a sample of honest attempts, so the labeled set is mostly abuse while real
+    traffic is mostly honest; a model calibrated on it scores everyone high and its cost-based thresholds
+    send honest shoppers to verification. As in chargeback-style fraud data, an attempt nobody flagged
+    within the maturity window counts as legit from then on (``label_ts = ts + maturity``), so the
+    time split keeps it out of training until it would have been known. Unlabeled abuse becomes label
+    noise, which the simulator's ground truth lets the evaluation measure.
+    """
+    if maturity_days <= 0:
+        raise ValueError(f"maturity_days: must be positive, got {maturity_days}")
+    unlabeled = keys.loc[~keys["request_id"].isin(labels["request_id"]), ["request_id", "ts"]]
+    presumed = pd.DataFrame(
+        {
+            "request_id": unlabeled["request_id"].to_numpy(),
+            "label": "legit",
+            "label_source": PRESUMED_LEGIT,
+            "label_ts": pd.to_datetime(unlabeled["ts"], utc=True) + pd.Timedelta(days=maturity_days),
+        }
+    )
+    base = labels[["request_id", "label", "label_source", "label_ts"]]
+    return pd.concat([base, presumed], ignore_index=True)
+
+
 def assemble_training_frame(
     keys: pd.DataFrame,
     labels: pd.DataFrame,

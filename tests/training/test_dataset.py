@@ -109,3 +109,26 @@ def test_assemble_names_the_missing_column() -> None:
     labels = pd.DataFrame({"request_id": ["a"], "label": ["abuse"], "label_ts": keys["ts"]})
     with pytest.raises(TrainingDataError, match="promo_code"):
         assemble_training_frame(keys, labels, lambda e: e)
+
+
+def test_unlabeled_attempts_are_presumed_legit_only_after_the_maturity_window() -> None:
+    from training.dataset import PRESUMED_LEGIT, presume_unlabeled_legit
+
+    t0 = pd.Timestamp("2026-06-01", tz="UTC")
+    keys = pd.DataFrame({"request_id": ["a", "b", "c"], "ts": [t0, t0 + pd.Timedelta(days=1), t0]})
+    labels = pd.DataFrame(
+        {
+            "request_id": ["a"],
+            "label": ["abuse"],
+            "label_source": ["manual_review"],
+            "label_ts": [t0 + pd.Timedelta(days=3)],
+        }
+    )
+    out = presume_unlabeled_legit(keys, labels, maturity_days=30).set_index("request_id")
+    assert out.loc["a", "label"] == "abuse" and out.loc["a", "label_source"] == "manual_review"
+    assert set(out.index) == {"a", "b", "c"}
+    assert (out.loc[["b", "c"], "label"] == "legit").all()
+    assert (out.loc[["b", "c"], "label_source"] == PRESUMED_LEGIT).all()
+    assert out.loc["b", "label_ts"] == t0 + pd.Timedelta(days=31)
+    with pytest.raises(ValueError, match="maturity_days"):
+        presume_unlabeled_legit(keys, labels, maturity_days=0)
