@@ -327,8 +327,8 @@ def _run_duckdb(base: pd.DataFrame, queries: Mapping[str, str]) -> dict[str, pd.
 
     con = duckdb.connect()
     try:
+        # The progress bar is off by default; setting it at all fails inside a Jupyter kernel.
         con.execute("SET threads=2")
-        con.execute("SET enable_progress_bar=false")
         con.execute("SET preserve_insertion_order=false")
         con.register("pg_base_df", base)
         # Materialise once so every view scans a native table instead of the pandas frame.

@@ -34,18 +34,25 @@ def drift_report(settings: Settings, *, days: float, events: Path | None, consol
     from training.drift import exit_code, run_drift
     from training.registry import reference_scoring_frame
 
+    if events is not None and not events.exists():
+        console.print(f"[red]no such events file[/red] {events}: pass a parquet in the event contract")
+        return NOTHING_TO_COMPARE
     with tempfile.TemporaryDirectory() as tmp:
         try:
             reference = reference_scoring_frame(settings.mlflow_tracking_uri, settings.model_name, Path(tmp))
         except Exception as exc:  # no registry, no champion: say what to run
-            console.print(f"[red]no champion reference[/red] ({type(exc).__name__}): run `promoguard train` "
-                          "and `promoguard promote` first")
+            console.print(
+                f"[red]no champion reference[/red] ({type(exc).__name__}): run `promoguard train` "
+                "and `promoguard promote` first"
+            )
             return NOTHING_TO_COMPARE
     if events is not None:
         from promoguard.offline import score_events
 
-        current = score_events(settings, events)
-        current_label = f"offline batch {events.name}"
+        # Only the batch's last days are compared; the days before are the history its features need.
+        with console.status(f"scoring {events.name} offline with the champion"):
+            current = score_events(settings, events, days=days)
+        current_label = f"offline batch {events.name}, last {days:g} days"
     else:
         current = current_frame(settings, days)
         current_label = f"scoring log, last {days:g} days"

@@ -578,6 +578,12 @@ def feature_drift(reference: np.ndarray, current: np.ndarray, name: str, th: Dri
     if psi_status != "green":
         reasons.append(f"PSI {psi:.2f}")
     test_status = _test_status(p, effect, th)
+    # A significant test alone says "look" (amber). Red also needs a shift large enough to matter: PSI
+    # past its red line, or for a flag or small category set a share that moved by share_red_pp.
+    moved_pp = max((abs(a - b) * 100 for a, b in zip(s_ref, s_cur, strict=True)), default=0.0)
+    big_enough = psi_status == "red" or (categorical and moved_pp >= th.share_red_pp)
+    if test_status == "red" and not big_enough:
+        test_status = "amber"
     if test_status != "green":
         reasons.append(f"{'KS' if test == 'ks' else 'chi-square'} p={p:.1e}")
     miss_p = _two_proportion_p(
@@ -790,7 +796,11 @@ def compute_drift(
     absent = [n for n in feature_names if n not in ref.columns]
     if absent:
         raise ValueError(f"reference: missing feature column(s) {_names(list(absent))}")
-    features = [feature_drift(_numeric(ref, n), _numeric(cur, n), n, th) for n in feature_names]
+    # One test per feature: Bonferroni keeps a hundred-odd comparisons from crying wolf together.
+    per_feature = replace(
+        th, p_amber=th.p_amber / max(len(feature_names), 1), p_red=th.p_red / max(len(feature_names), 1)
+    )
+    features = [feature_drift(_numeric(ref, n), _numeric(cur, n), n, per_feature) for n in feature_names]
     features.sort(key=lambda f: (-_SEVERITY[f.status], -f.psi, f.name))
     score = score_drift(ref, cur, th)
     decisions = mix_drift(ref, cur, "decision", DECISIONS, th)
@@ -957,12 +967,9 @@ _CUR_COLOUR = "#d9480f"
 
 
 def _png_data_uri(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -982,13 +989,13 @@ def _bars(
 
 def make_plots(result: DriftResult, reference_label: str, current_label: str) -> dict[str, str]:
     """PNG data URIs keyed by section: scores, decisions, features, signals (the latter two when relevant)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figures built without pyplot render headless without switching the process-wide backend, which
+    # would silently turn off inline plots in the notebook that called the report.
+    from matplotlib.figure import Figure
 
     plots: dict[str, str] = {}
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
     _bars(
         ax,
         result.score.bins,
@@ -1001,7 +1008,8 @@ def make_plots(result: DriftResult, reference_label: str, current_label: str) ->
     ax.set_title("score distribution")
     plots["scores"] = _png_data_uri(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig = Figure(figsize=(9, 3))
+    axes = fig.subplots(1, 2)
     for ax, mix, title in ((axes[0], result.decisions, "decisions"), (axes[1], result.bands, "bands")):
         _bars(
             ax,
@@ -1016,7 +1024,8 @@ def make_plots(result: DriftResult, reference_label: str, current_label: str) ->
 
     top = [f for f in result.features if f.status != "green"][:4]
     if top:
-        fig, axes = plt.subplots(1, len(top), figsize=(3.6 * len(top), 3), squeeze=False)
+        fig = Figure(figsize=(3.6 * len(top), 3))
+        axes = fig.subplots(1, len(top), squeeze=False)
         for ax, feat in zip(axes[0], top, strict=True):
             _bars(ax, feat.bins, feat.share_reference, feat.share_current, reference_label, current_label)
             ax.set_title(feat.name, fontsize=8)
@@ -1024,7 +1033,8 @@ def make_plots(result: DriftResult, reference_label: str, current_label: str) ->
 
     moved = [c for c in result.signals if abs(c.delta_pp) > 0][:10]
     if moved:
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(moved) + 1))
+        fig = Figure(figsize=(7, 0.35 * len(moved) + 1))
+        ax = fig.subplots()
         deltas = [c.delta_pp for c in moved][::-1]
         ax.barh(
             [c.name for c in moved][::-1],

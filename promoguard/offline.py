@@ -1,0 +1,161 @@
+"""Score a batch of events offline with the champion, the way serving would have scored them.
+
+Used by ``promoguard drift --events PATH``: a batch exported from the store (or simulated) is resolved into
+identity keys, its point-in-time features are built over the batch itself, each event is joined to its
+own pre-event row of every view, the request-time flags are added and the champion scores the result.
+The output is a *scoring frame* in the shape :mod:`training.drift` compares.
+
+:func:`join_pre_event_features` and :func:`batch_window` are pure; :func:`score_events` is the edge that
+reads the batch and downloads the champion.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from promoguard.settings import Settings
+
+#: Columns of the keys frame that identify an attempt and describe its promotion.
+_ATTEMPT_COLUMNS: tuple[str, ...] = ("request_id", "ts", "promo_code", "promo_type", "discount_value")
+
+
+def join_pre_event_features(keys: pd.DataFrame, frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each attempt with its own pre-event state per feature view, plus the 0/1 request-time flags.
+
+    ``keys`` is the identity layer's keys frame; ``frames`` the output of
+    :func:`features.pipeline.build_features` over a history that contains these attempts. Every view row
+    is stamped at the event's own time and holds the state strictly before it, so an exact match on
+    (join keys, ``event_timestamp``) is the point-in-time lookup; attempts sharing an entity and a
+    timestamp share one row. An attempt whose join key is null gets nulls for that view, as from Feast.
+    Features are named ``{view}__{feature}`` like Feast's full feature names.
+    """
+    from features.definitions import feature_views
+    from training.dataset import FLAG_COLUMNS
+
+    missing = [c for c in _ATTEMPT_COLUMNS if c not in keys.columns]
+    if missing:
+        raise ValueError(f"keys: missing column(s) {', '.join(missing)}")
+    out = keys.reset_index(drop=True).copy()
+    out["ts"] = pd.to_datetime(out["ts"], utc=True)
+    # The build stores microseconds (Feast's DuckDB store cannot read nanoseconds): match at that precision.
+    event_ts = out["ts"].dt.floor("us").astype("datetime64[us, UTC]")
+    pieces: list[pd.DataFrame] = []
+    for view in feature_views():
+        if view.name not in frames:
+            raise ValueError(f"frames: no frame for feature view {view.name!r}")
+        absent = [k for k in view.join_keys if k not in out.columns]
+        if absent:
+            raise ValueError(f"keys: missing join key column(s) {', '.join(absent)} for {view.name}")
+        names = [f.name for f in view.features]
+        rows = frames[view.name][[*view.join_keys, "event_timestamp", *names]].copy()
+        rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True).astype(
+            "datetime64[us, UTC]"
+        )
+        rows = rows.drop_duplicates([*view.join_keys, "event_timestamp"], keep="last")
+        left = out[list(view.join_keys)].astype(object).where(out[list(view.join_keys)].notna(), None)
+        left["event_timestamp"] = event_ts
+        left["_row"] = np.arange(len(out))
+        left = left.dropna(subset=list(view.join_keys))
+        for key in view.join_keys:
+            left[key] = left[key].astype(str)
+            rows[key] = rows[key].astype(str)
+        joined = left.merge(rows, on=[*view.join_keys, "event_timestamp"], how="left")
+        piece = pd.DataFrame(np.nan, index=np.arange(len(out)), columns=[f"{view.name}__{n}" for n in names])
+        piece.loc[joined["_row"].to_numpy(), piece.columns] = joined[names].to_numpy(dtype=np.float64)
+        pieces.append(piece)
+    flags = pd.DataFrame(
+        {flag: (out[flag].eq(True) if flag in out.columns else False) for flag in FLAG_COLUMNS},
+        index=out.index,
+    ).astype("int64")
+    base = out[[c for c in out.columns if not c.endswith("_key") and c not in FLAG_COLUMNS]]
+    return pd.concat([base, *pieces, flags], axis=1)
+
+
+def batch_window(frame: pd.DataFrame, days: float | None, *, labeled_only: bool = False) -> pd.DataFrame:
+    """The last ``days`` of a joined batch (all of it when ``days`` is None), optionally labeled rows only.
+
+    The window ends at the batch's last attempt; the days before it only serve as the history its
+    features were built from, so that entities are not all "first seen" the way a cold start makes them.
+    """
+    if days is not None and days <= 0:
+        raise ValueError(f"days: expected a positive number of days, got {days}")
+    out = frame
+    if days is not None and len(out):
+        since = out["ts"].max() - pd.Timedelta(days=days)
+        out = out[out["ts"] > since]
+    if labeled_only:
+        if "label" not in out.columns:
+            raise ValueError("label: labeled_only needs a label column (the batch has no labels)")
+        out = out[out["label"].notna()]
+    return out.reset_index(drop=True)
+
+
+def _label_columns(labels: pd.DataFrame) -> pd.DataFrame:
+    """request_id, label (1.0 abuse, 0.0 legit) and label_ts: the label columns of a scoring frame."""
+    lab = labels[["request_id", "label", "label_ts"]].drop_duplicates("request_id", keep="last").copy()
+    lab["label_ts"] = pd.to_datetime(lab["label_ts"], utc=True)
+    lab["label"] = (lab["label"].astype(str) == "abuse").astype("float64")
+    return lab
+
+
+def score_events(
+    settings: Settings,
+    events_path: Path,
+    *,
+    labels_path: Path | None = None,
+    days: float | None = None,
+    labeled_only: bool = False,
+) -> pd.DataFrame:
+    """Score the events in ``events_path`` with the champion and return the drift report's scoring frame.
+
+    ``labels_path`` defaults to ``labels.parquet`` beside the events (an empty label frame when absent:
+    labels then only feed the ``abuse_labels`` features, and the frame has no labels). ``days`` keeps the
+    last days of the batch (the rest is history for the features); ``labeled_only`` keeps the attempts
+    the label file labels, which is how the champion's reference (its labeled test window) is drawn.
+    Simulator ground truth (``truth.parquet`` beside the events) adds the ``pattern`` column.
+    """
+    from features.events import LABEL_SCHEMA, validate_events, validate_labels
+    from features.identity import build_resolver, resolve_frame
+    from features.pipeline import build_features
+    from training.registry import CHAMPION, load_artifact, scoring_frame
+
+    events_path = Path(events_path)
+    if not events_path.exists():
+        raise FileNotFoundError(f"events: {events_path} does not exist")
+    events = validate_events(pd.read_parquet(events_path))
+    if events.empty:
+        raise ValueError(f"events: {events_path} has no rows")
+    labels_path = Path(labels_path) if labels_path is not None else events_path.parent / "labels.parquet"
+    if labels_path.exists():
+        labels = validate_labels(pd.read_parquet(labels_path))
+    else:
+        labels = pd.DataFrame({c: pd.Series(dtype=object) for c in LABEL_SCHEMA.columns})
+    resolver = build_resolver(
+        pepper=settings.pepper,
+        dev_pepper=settings.uses_dev_pepper,
+        default_phone_region=settings.default_phone_region,
+        tor_exit_list=settings.tor_exit_source,
+        proxy_list=settings.proxy_source,
+    )
+    keys = resolve_frame(events, resolver)
+    del events
+    frames = build_features(keys, labels)
+    joined = join_pre_event_features(keys, frames)
+    joined = joined.merge(_label_columns(labels), on="request_id", how="left")
+    truth_path = events_path.parent / "truth.parquet"
+    if truth_path.exists():
+        truth = pd.read_parquet(truth_path, columns=["request_id", "pattern"]).drop_duplicates("request_id")
+        joined = joined.merge(truth, on="request_id", how="left")
+    window = batch_window(joined, days, labeled_only=labeled_only)
+    if window.empty:
+        return pd.DataFrame()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = load_artifact(settings.mlflow_tracking_uri, settings.model_name, CHAMPION, Path(tmp))
+        scored = scoring_frame(model_dir, window)
+    scored["label_ts"] = window["label_ts"].to_numpy()
+    return scored
