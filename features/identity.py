@@ -230,7 +230,9 @@ def normalize_email(raw: Any) -> EmailResult:
     new_local = local
     tag = PLUS_TAG_PROVIDERS.get(folded_domain)
     if tag is not None and tag in new_local[1:]:
-        new_local = new_local[: new_local.index(tag, 1)]
+        # "a.+tag" would leave "a.", which is not a valid local part on its own (and would not
+        # normalise to itself): the dot only separated the tag.
+        new_local = new_local[: new_local.index(tag, 1)].rstrip(".")
     if folded_domain in DOTLESS_PROVIDERS:
         new_local = new_local.replace(".", "")
     if not new_local:
