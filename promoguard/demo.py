@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,11 +128,28 @@ def example_request(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def port_in_use(port: int) -> bool:
+    """True when something already accepts connections on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def run_service(settings: Settings, *, port: int, demo: bool, console: Console) -> int:
     """Run the service in the foreground; with ``demo``, show one scored request and a curl command."""
+    if port_in_use(port):
+        console.print(f"[red]port {port} is already in use[/red]: stop what listens there or pass --port")
+        return 2
     extra = {"PROMOGUARD_REQUIRE_API_KEY": "false"} if demo and not settings.api_keys else {}
     proc = start_service(settings, port, extra_env=extra)
     url = f"http://127.0.0.1:{port}"
+    # The service runs in its own process group (so Ctrl-C reaches it once, through us); a SIGTERM
+    # to this command must stop it too instead of leaving an orphan holding the port.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         wait_ready(url, proc)
         if demo:
