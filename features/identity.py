@@ -31,7 +31,6 @@ import hmac
 import ipaddress
 import logging
 import re
-import threading
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -45,7 +44,7 @@ import phonenumbers
 import usaddress
 from disposable_email_domains import blocklist as _DISPOSABLE_BLOCKLIST
 
-from features.ipintel import IpIntel, IpIntelProvider, parse_ip
+from features.ipintel import IpIntel, IpIntelProvider, parse_ip, warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +67,11 @@ class KeyHasher:
         self._pepper = pepper.encode("utf-8")
         self.is_dev_pepper = is_dev_pepper
         if is_dev_pepper:
-            _warn_once(
+            warn_once(
                 "dev-pepper",
                 "pepper: identity keys are hashed with the public development pepper; set "
                 "PROMOGUARD_PEPPER to a secret before handling real customer data",
+                logger,
             )
 
     def key(self, kind: str, value: str) -> str:
@@ -82,18 +82,6 @@ class KeyHasher:
     def maybe(self, kind: str, value: str | None) -> str | None:
         """Like :meth:`key`, but None stays None (missing or invalid input)."""
         return None if value is None else self.key(kind, value)
-
-
-_warned: set[str] = set()
-_warn_lock = threading.Lock()
-
-
-def _warn_once(tag: str, message: str) -> None:
-    with _warn_lock:
-        if tag in _warned:
-            return
-        _warned.add(tag)
-    logger.warning(message)
 
 
 def _text(value: Any) -> str | None:

@@ -230,12 +230,13 @@ _warned: set[str] = set()
 _warn_lock = threading.Lock()
 
 
-def _warn_once(tag: str, message: str) -> None:
+def warn_once(tag: str, message: str, log: logging.Logger | None = None) -> None:
+    """Log ``message`` at WARNING on ``log`` (default: this module's) the first time ``tag`` is seen."""
     with _warn_lock:
         if tag in _warned:
             return
         _warned.add(tag)
-    logger.warning(message)
+    (log or logger).warning(message)
 
 
 class OfflineIpIntel:
@@ -270,7 +271,7 @@ class OfflineIpIntel:
         self.data_version = f"cloudip:{cloud_version};tor:{tor_count};proxy:{proxy_count}"
         if not tor_count or not proxy_count:
             missing = [name for name, count in (("tor", tor_count), ("proxy", proxy_count)) if not count]
-            _warn_once(
+            warn_once(
                 "offline-feeds:" + ",".join(missing),
                 f"IP intelligence has no {' and no '.join(missing)} feed loaded: "
                 + ", ".join(f"ip_is_{'tor' if m == 'tor' else 'proxy_or_vpn'}" for m in missing)

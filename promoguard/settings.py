@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-DEV_PEPPER = "promoguard-dev-pepper-do-not-use-in-production"
+from features import DEV_PEPPER
 
 OnlineStore = Literal["sqlite", "redis"]
 Engine = Literal["duckdb", "spark"]

@@ -29,6 +29,7 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
+from features import DEV_PEPPER
 from serving.artifact import ArtifactError, LoadedModel, fetch_champion
 from serving.records import IdempotencyConflict, Records
 from serving.rules import default_rules, load_rules
@@ -44,7 +45,6 @@ from serving.scorer import Scorer, ScorerConfig, VelocityLike
 
 logger = logging.getLogger("promoguard.serving")
 
-DEV_PEPPER = "promoguard-dev-pepper-do-not-use-in-production"
 PROTECTED_PATHS = frozenset({"/score", "/outcome", "/feedback"})
 #: How long a request waits for the SQLite velocity store's write lock before failing open.
 SQLITE_BUSY_MS = 1000

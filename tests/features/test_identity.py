@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import features.identity as identity
+import features.ipintel as ipintel
 from features.identity import (
     FLAG_COLUMNS,
     KEY_COLUMNS,
@@ -265,9 +266,7 @@ def test_key_hasher_is_keyed_kind_separated_and_32_hex() -> None:
 
 
 def test_dev_pepper_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    import features.identity as identity
-
-    identity._warned.discard("dev-pepper")
+    ipintel._warned.discard("dev-pepper")
     with caplog.at_level(logging.WARNING, logger="features.identity"):
         KeyHasher("dev", is_dev_pepper=True)
         KeyHasher("dev", is_dev_pepper=True)
