@@ -169,22 +169,15 @@ def free_port() -> int:
 @contextmanager
 def bare_service(log_dir: Path) -> Iterator[str]:
     """The floor endpoint as its own ``bentoml serve`` process."""
-    from promoguard.demo import stop_service, wait_ready
+    from promoguard.demo import running_service
+    from promoguard.settings import Settings
 
-    port = free_port()
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(log_dir / "bentoml")}
-    with (log_dir / "bare.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "bentoml"), "serve", "benchmarks.serve:Bare",
-             "--port", str(port), "--host", "127.0.0.1"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, proc)
-            yield url
-        finally:
-            stop_service(proc)
+    settings = Settings.from_env({}, root=REPO)
+    env = {"BENTOML_HOME": str(log_dir / "bentoml")}
+    with (log_dir / "bare.log").open("wb") as log, running_service(
+        settings, free_port(), extra_env=env, log=log, service="benchmarks.serve:Bare"
+    ) as url:
+        yield url
 
 
 @contextmanager

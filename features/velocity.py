@@ -409,6 +409,15 @@ class SqliteVelocity:
             return Reservation(request_id, "exhausted", blocked_by=blocked)
         return Reservation(request_id, "reserved", expires_at=expires_at)
 
+    @staticmethod
+    def _held(conn: sqlite3.Connection, request_id: str) -> tuple[str, list[str]] | None:
+        """The scope and identities of a reservation still held (not confirmed, released or unknown)."""
+        row = conn.execute(
+            "SELECT scope, identities FROM reservation WHERE request_id = ? AND state = 'held'",
+            (request_id,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1].split(_SEP))
+
     def confirm(self, request_id: str) -> bool:
         """Turn a held reservation into a permanent use.
 
@@ -416,13 +425,10 @@ class SqliteVelocity:
         """
         _check_text("request_id", request_id)
         with self._tx(immediate=True) as conn:
-            row = conn.execute(
-                "SELECT scope, identities FROM reservation WHERE request_id = ? AND state = 'held'",
-                (request_id,),
-            ).fetchone()
-            if row is None:
+            held = self._held(conn, request_id)
+            if held is None:
                 return False
-            scope, idents = row[0], row[1].split(_SEP)
+            scope, idents = held
             conn.executemany(
                 "INSERT OR REPLACE INTO cap_use (scope, identity, request_id, expires_at) "
                 "VALUES (?, ?, ?, ?)",
@@ -435,13 +441,10 @@ class SqliteVelocity:
         """Free a held reservation so another request can use it."""
         _check_text("request_id", request_id)
         with self._tx(immediate=True) as conn:
-            row = conn.execute(
-                "SELECT scope, identities FROM reservation WHERE request_id = ? AND state = 'held'",
-                (request_id,),
-            ).fetchone()
-            if row is None:
+            held = self._held(conn, request_id)
+            if held is None:
                 return False
-            scope, idents = row[0], row[1].split(_SEP)
+            scope, idents = held
             conn.executemany(
                 "DELETE FROM cap_use WHERE scope = ? AND identity = ? AND request_id = ?",
                 [(scope, ident, request_id) for ident in idents],

@@ -42,12 +42,17 @@ def service_env(settings: Settings, extra: Mapping[str, str] | None = None) -> d
 
 
 def start_service(
-    settings: Settings, port: int, *, extra_env: Mapping[str, str] | None = None, log: IO[bytes] | None = None
+    settings: Settings,
+    port: int,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    log: IO[bytes] | None = None,
+    service: str = SERVICE,
 ) -> subprocess.Popen[bytes]:
     """Launch `bentoml serve` on 127.0.0.1:port in its own process group (so it can be stopped whole)."""
     bentoml_cli = Path(sys.executable).parent / "bentoml"
     return subprocess.Popen(
-        [str(bentoml_cli), "serve", SERVICE, "--port", str(port), "--host", "127.0.0.1"],
+        [str(bentoml_cli), "serve", service, "--port", str(port), "--host", "127.0.0.1"],
         cwd=settings.root,
         env=service_env(settings, extra_env),
         stdout=log,
@@ -85,10 +90,15 @@ def stop_service(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None
 
 @contextmanager
 def running_service(
-    settings: Settings, port: int, *, extra_env: Mapping[str, str] | None = None, log: IO[bytes] | None = None
+    settings: Settings,
+    port: int,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    log: IO[bytes] | None = None,
+    service: str = SERVICE,
 ) -> Iterator[str]:
-    """A started, ready service for the duration of the block; yields its base URL."""
-    proc = start_service(settings, port, extra_env=extra_env, log=log)
+    """A started, ready service (``module:Class``) for the duration of the block; yields its base URL."""
+    proc = start_service(settings, port, extra_env=extra_env, log=log, service=service)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
