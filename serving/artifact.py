@@ -213,6 +213,13 @@ class LoadedModel:
         row = np.asarray(x_row, dtype=np.float64).reshape(1, -1)
         return np.asarray(self.booster.predict(row, pred_contrib=True, num_threads=1)[0], dtype=np.float64)
 
+    def explain(self, x_row: np.ndarray) -> tuple[int, np.ndarray]:
+        """``(score, contributions)`` from one TreeSHAP pass: the contributions sum to the raw margin,
+        so the request path does not walk the trees a second time just to score."""
+        contrib = self.contributions(x_row)
+        raw = float(contrib.sum())
+        return probability_to_score(self.calibrator(raw, _sigmoid(raw))), contrib
+
     def score_of_margin(self, raw: float) -> float:
         """Unrounded score (0-100) the calibrated pipeline gives a raw margin; used to price signals."""
         return 100.0 * self.calibrator(raw, _sigmoid(raw))

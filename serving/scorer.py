@@ -355,8 +355,7 @@ class Scorer:
         if model is not None and not degraded:
             try:
                 x = feature_row(model.feature_names, reads.features, keys)
-                _, _, _, model_score = model.predict(x)
-                contrib = model.contributions(x)
+                model_score, contrib = model.explain(x)
                 baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
                 sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
                                      model.signal_specs, self.config.top_k_signals)

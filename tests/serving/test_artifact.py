@@ -30,6 +30,16 @@ def test_contributions_sum_to_the_raw_margin(artifact_dir: Path) -> None:
     assert contrib.sum() == pytest.approx(model.predict(x)[0], abs=1e-9)
 
 
+def test_one_shap_pass_scores_every_golden_row_like_predict(artifact_dir: Path) -> None:
+    model = LoadedModel.from_dir(artifact_dir)
+    manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    for row in manifest["golden"]:
+        x = np.array([np.nan if v is None else v for v in row["x"]], dtype=np.float64)
+        score, contrib = model.explain(x)
+        assert score == model.predict(x)[3] == row["score"]
+        assert np.array_equal(contrib, model.contributions(x))
+
+
 def test_tampered_model_file_is_refused(artifact_dir: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(artifact_dir, tmp_path / "m"))
     text = (copy / "model.txt").read_text()
