@@ -31,7 +31,7 @@ def current_frame(settings: Settings, days: float) -> pd.DataFrame:
 
 def drift_report(settings: Settings, *, days: float, events: Path | None, console: Console) -> int:
     """Write the drift report and return the scheduler exit status (0 green, 1 amber, 2 red, 3 none)."""
-    from training.drift import exit_code, run_drift
+    from training.drift import drift_features, exit_code, run_drift
     from training.registry import reference_scoring_frame
 
     if events is not None and not events.exists():
@@ -59,8 +59,7 @@ def drift_report(settings: Settings, *, days: float, events: Path | None, consol
     if current.empty:
         console.print("[yellow]nothing scored yet[/yellow]: send traffic to the service or pass --events")
         return NOTHING_TO_COMPARE
-    features = [c for c in reference.columns if "__" in c or c.startswith(("email_", "phone_", "ip_"))]
-    features = [c for c in features if c in reference.columns and reference[c].dtype.kind in "fiub"]
+    features = drift_features(reference)
     with console.status(f"comparing {len(current):,} recent attempts with {len(reference):,} reference rows"):
         result, paths = run_drift(
             reference,

@@ -778,6 +778,13 @@ def summarize(result: DriftResult) -> list[str]:
 # the one pure entry point
 
 
+def drift_features(reference: pd.DataFrame) -> list[str]:
+    """The model features a scoring frame carries, in model order: what ``compute_drift`` compares."""
+    from training.dataset import model_feature_names
+
+    return [name for name in model_feature_names() if name in reference.columns]
+
+
 def compute_drift(
     reference: pd.DataFrame,
     current: pd.DataFrame,

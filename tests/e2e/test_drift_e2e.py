@@ -27,8 +27,7 @@ from promoguard.drift import NOTHING_TO_COMPARE
 from promoguard.offline import score_events
 from promoguard.settings import Settings
 from tests.e2e.conftest import WORLD_DAYS, WORLD_EVENTS
-from training.dataset import FLAG_COLUMNS
-from training.drift import DriftResult, exit_code, run_drift
+from training.drift import DriftResult, drift_features, exit_code, run_drift
 from training.registry import reference_scoring_frame
 
 pytestmark = [pytest.mark.xdist_group("world"), pytest.mark.slow]
@@ -98,8 +97,7 @@ def bot_farm_run(
 
 
 def _drift(reference: pd.DataFrame, current: pd.DataFrame, out: Path) -> DriftResult:
-    features = [c for c in reference.columns if "__" in c or c in FLAG_COLUMNS]
-    return run_drift(reference, current, features, out)[0]
+    return run_drift(reference, current, drift_features(reference), out)[0]
 
 
 def test_offline_scoring_reproduces_the_champions_reference_rows(world: Settings, tmp_path: Path) -> None:
@@ -110,7 +108,7 @@ def test_offline_scoring_reproduces_the_champions_reference_rows(world: Settings
     offline = score_events(world, world.raw_dir / "events.parquet", days=days)
     both = reference.merge(offline, on="request_id", suffixes=("_feast", "_offline"))
     assert len(both) == len(reference)
-    for name in [c for c in reference.columns if "__" in c or c in FLAG_COLUMNS] + ["score"]:
+    for name in [*drift_features(reference), "score"]:
         pd.testing.assert_series_equal(
             both[f"{name}_feast"].astype(float), both[f"{name}_offline"].astype(float), check_names=False
         )

@@ -348,3 +348,12 @@ def test_a_campaign_whose_verify_share_jumps_is_flagged_and_named(reference, res
     assert groups[("campaign", "referral-spring")].status == "green"
     assert groups[("campaign", "welcome-spring")].flagged_share_current > 0.3
     assert any("welcome-spring" in line for line in result.summary)
+
+
+def test_drift_features_are_the_model_features_the_frame_carries_in_model_order():
+    from training.dataset import model_feature_names
+    from training.drift import drift_features
+
+    order = model_feature_names()
+    frame = pd.DataFrame(columns=["score", "decision", order[5], "ip_is_tor", order[0], "pattern"])
+    assert drift_features(frame) == [order[0], order[5], "ip_is_tor"]
