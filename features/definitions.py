@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal
 
 FEATURE_SERVICE = "promo_abuse_v1"
@@ -118,8 +119,12 @@ def _pair_view(entity: str) -> FeatureView:
     return FeatureView(f"{entity}_code_stats", (f"{entity}_key", "promo_code"), feats)
 
 
+@cache
 def feature_views() -> tuple[FeatureView, ...]:
-    """Every feature view of the ``promo_abuse_v1`` service, in a stable order."""
+    """Every feature view of the ``promo_abuse_v1`` service, in a stable order.
+
+    Built once: the views are frozen, and serving walks them several times per request.
+    """
     return (
         *(_identity_view(e) for e in IDENTITY_ENTITIES),
         _code_view(),

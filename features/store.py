@@ -7,8 +7,11 @@ sets while it parses them.
 
 Serving reads go through :class:`OnlineFeatures`, built once per process. Its fast path skips Feast's
 per-call request planning (resolving the service, building a protobuf response, converting it to a
-dict) and calls the online store class of Feast directly, with Feast's own entity-key serialization,
-for every view of the service at once. Every failure of Feast or of the online store surfaces as
+dict) and reads every view of the service at once, with Feast's own entity-key serialization and
+value encoding: one pipelined round trip through Feast's Redis store class, or, on SQLite, one
+statement over Feast's online tables on a per-thread read-only connection (Feast's own SQLite
+reader issues one query per view and converts every row's timestamp, which serving never reads; that
+was 1.6 ms of a request). Every failure of Feast or of the online store surfaces as
 :class:`FeatureStoreUnavailable` so that the caller can fall back to rules.
 """
 
@@ -18,6 +21,7 @@ import logging
 import math
 import os
 import runpy
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +34,8 @@ from urllib.parse import urlparse
 import pandas as pd
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.sqlite import _table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
@@ -342,6 +348,7 @@ class _ViewPlan:
     features: tuple[str, ...]
     qualified: tuple[str, ...]
     hset_keys: tuple[Any, ...] = ()
+    sqlite_table: str = ""
 
 
 def _to_float(value: ValueProto | None) -> float:
@@ -376,6 +383,7 @@ class OnlineFeatures:
         self._fast = fast
         self._store = open_store(cfg, serving=True)
         self._closed = threading.Event()
+        self._local = threading.local()
         try:
             self._resolve()
         except Exception as exc:
@@ -405,6 +413,10 @@ class OnlineFeatures:
             if self._cfg.online_store == "redis":
                 _, keys = online._generate_hset_keys_for_features(table, list(feats))
                 hset_keys = tuple(keys)
+            sqlite_table = ""
+            if self._cfg.online_store == "sqlite":
+                versioned = self._store.config.registry.enable_online_feature_view_versioning
+                sqlite_table = _table_id(self._store.project, table, versioned)
             plans.append(
                 _ViewPlan(
                     table=table,
@@ -412,6 +424,7 @@ class OnlineFeatures:
                     features=feats,
                     qualified=tuple(f"{projection.name_to_use()}__{f}" for f in feats),
                     hset_keys=hset_keys,
+                    sqlite_table=sqlite_table,
                 )
             )
         # One attribute swap, so a reader never sees half of a refreshed plan.
@@ -506,10 +519,7 @@ class OnlineFeatures:
         if self._cfg.online_store == "redis":
             read_rows = self._redis_read_all(online, config, plans, keys_per_view)
         else:
-            read_rows = [
-                online.online_read(config, plan.table, keys, list(plan.features)) if keys else []
-                for plan, keys in zip(plans, keys_per_view, strict=True)
-            ]
+            read_rows = self._sqlite_read_all(config, plans, keys_per_view)
 
         out: list[dict[str, float]] = [{} for _ in rows]
         for plan, found, idx in zip(plans, read_rows, index_per_view, strict=True):
@@ -524,6 +534,51 @@ class OnlineFeatures:
                     for feat, name in zip(plan.features, plan.qualified, strict=True):
                         target[name] = _to_float(data.get(feat))
         return out
+
+    def _sqlite_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            path = Path(self._cfg.feast_dir) / "online.db"
+            if not path.exists():
+                raise FeatureStoreUnavailable(f"no online store at {path}")
+            # Read-only and private to this thread: serving never writes here, and SQLite connections
+            # must not be shared by threads running statements at the same time.
+            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self._local.conn = conn
+        return conn
+
+    def _sqlite_read_all(
+        self,
+        config: RepoConfig,
+        plans: Sequence[_ViewPlan],
+        keys_per_view: Sequence[list[EntityKeyProto]],
+    ) -> list[list[tuple[Any, Any]]]:
+        # One statement for every view: Feast's tables hold one row per (entity key, feature).
+        version = config.entity_key_serialization_version
+        parts: list[str] = []
+        params: list[bytes] = []
+        serialized: list[list[bytes]] = []
+        for v, (plan, keys) in enumerate(zip(plans, keys_per_view, strict=True)):
+            blobs = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
+            serialized.append(blobs)
+            if blobs:
+                table = plan.sqlite_table.replace('"', '""')
+                parts.append(
+                    f'SELECT {v}, entity_key, feature_name, value FROM "{table}" '
+                    f"WHERE entity_key IN ({','.join('?' * len(blobs))})"
+                )
+                params.extend(blobs)
+        found: list[dict[bytes, dict[str, ValueProto]]] = [{} for _ in plans]
+        if parts:
+            for v, entity_key, feature_name, value in self._sqlite_conn().execute(
+                " UNION ALL ".join(parts), params
+            ):
+                proto = ValueProto()
+                proto.ParseFromString(value)
+                found[v].setdefault(bytes(entity_key), {})[feature_name] = proto
+        return [
+            [(None, found[v].get(blob)) for blob in blobs] for v, blobs in enumerate(serialized)
+        ]
 
     @staticmethod
     def _redis_read_all(

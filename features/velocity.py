@@ -35,6 +35,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from features.walcheckpoint import Checkpointer, disable_autocheckpoint
+
 DEFAULT_RETENTION_S = 31 * 86_400
 DEFAULT_PREFIX = "pg:"
 #: The identity list of a single-use code: one global use, whoever redeems it.
@@ -214,6 +216,10 @@ CREATE TABLE IF NOT EXISTS cap_use (
 ) WITHOUT ROWID;
 """
 
+_COUNT_SINCE = "(SELECT count(*) FROM vset WHERE counter = ? AND ts >= ?)"
+#: Counters per SQLite statement, well under its limits on result columns and bound parameters.
+_CHUNK = 500
+
 # Identities are hashed keys or '*': they never contain a newline, so it is a safe separator.
 _SEP = "\n"
 
@@ -232,8 +238,13 @@ class SqliteVelocity:
         path: str | Path,
         busy_timeout_ms: int = 50,
         retention_s: float = DEFAULT_RETENTION_S,
+        checkpoint_interval_s: float | None = None,
     ) -> None:
-        """Open (and create if needed) the store at ``path``."""
+        """Open (and create if needed) the store at ``path``.
+
+        With ``checkpoint_interval_s`` WAL checkpoints run in a background thread at that interval
+        instead of inside whichever write fills the log (see :mod:`features.walcheckpoint`).
+        """
         if busy_timeout_ms < 0:
             raise ValueError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")
         if retention_s <= 0:
@@ -245,11 +256,18 @@ class SqliteVelocity:
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
         self._pid = os.getpid()
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._checkpointer: Checkpointer | None = None
         with self._tx(immediate=True) as conn:
             # executescript() would commit the open transaction first; run statements one by one.
             for statement in _SQLITE_SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+        self._start_checkpointer()
+
+    def _start_checkpointer(self) -> None:
+        if self._checkpoint_interval_s is not None:
+            self._checkpointer = Checkpointer(self.path, self._checkpoint_interval_s)
 
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -258,6 +276,8 @@ class SqliteVelocity:
             self._all = []
             self._lock = threading.Lock()
             self._pid = os.getpid()
+            # Threads do not survive a fork: the child checkpoints for itself.
+            self._start_checkpointer()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
@@ -274,6 +294,8 @@ class SqliteVelocity:
                 # NORMAL is durable across application crashes in WAL mode; only power loss can drop
                 # the last transactions, an acceptable loss for counters.
                 conn.execute("PRAGMA synchronous = NORMAL")
+                if self._checkpoint_interval_s is not None:
+                    disable_autocheckpoint(conn)
             except sqlite3.Error as exc:
                 raise VelocityUnavailable(f"velocity store {self.path!r} cannot be opened: {exc}") from exc
             self._local.conn = conn
@@ -306,21 +328,28 @@ class SqliteVelocity:
             raise VelocityUnavailable(f"velocity store commit failed: {exc}") from exc
 
     @staticmethod
-    def _add(conn: sqlite3.Connection, counter: str, member: str, ts: float, cutoff: float) -> None:
-        conn.execute(
+    def _add(conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]], ts: float, cutoff: float) -> None:
+        conn.executemany(
             "INSERT INTO vset (counter, member, ts) VALUES (?, ?, ?) "
             "ON CONFLICT (counter, member) DO UPDATE SET ts = max(ts, excluded.ts)",
-            (counter, member, ts),
+            [(counter, member, ts) for counter, member in pairs],
         )
-        # Pruning the touched counter keeps storage bounded without a background job.
-        conn.execute("DELETE FROM vset WHERE counter = ? AND ts < ?", (counter, cutoff))
+        # Pruning the touched counters keeps storage bounded without a background job; one statement
+        # for all of them, because a request touches ~25 and each statement costs a trip through sqlite3.
+        counters = list(dict.fromkeys(counter for counter, _ in pairs))
+        for start in range(0, len(counters), _CHUNK):
+            chunk = counters[start : start + _CHUNK]
+            conn.execute(
+                f"DELETE FROM vset WHERE ts < ? AND counter IN ({', '.join('?' * len(chunk))})",
+                [cutoff, *chunk],
+            )
 
     def add(self, counter: str, member: str, ts: float) -> None:
         """Keep ``member`` in ``counter`` with the latest of its timestamps."""
         counter, member = _check_text("counter", counter), _check_text("member", member)
         ts = _check_ts("ts", ts)
         with self._tx(immediate=True) as conn:
-            self._add(conn, counter, member, ts, ts - self.retention_s)
+            self._add(conn, [(counter, member)], ts, ts - self.retention_s)
 
     def cardinality(self, counter: str, since_ts: float) -> int:
         """Number of distinct members of ``counter`` last seen at or after ``since_ts``."""
@@ -338,8 +367,7 @@ class SqliteVelocity:
             )
             if cur.rowcount == 0:
                 return False
-            for counter, member in pairs:
-                self._add(conn, counter, member, ts, cutoff)
+            self._add(conn, pairs, ts, cutoff)
             if _one_in(64):
                 conn.execute("DELETE FROM recorded WHERE ts < ?", (cutoff,))
         return True
@@ -349,11 +377,15 @@ class SqliteVelocity:
         checked = _check_queries(queries)
         if not checked:
             return []
+        # A statement of scalar subqueries per chunk: one trip through the sqlite3 module instead of
+        # one per counter (a request asks ~20).
+        counts: list[int] = []
         with self._tx(immediate=False) as conn:
-            return [
-                int(conn.execute("SELECT count(*) FROM vset WHERE counter = ? AND ts >= ?", q).fetchone()[0])
-                for q in checked
-            ]
+            for start in range(0, len(checked), _CHUNK):
+                chunk = checked[start : start + _CHUNK]
+                sql = "SELECT " + ", ".join([_COUNT_SINCE] * len(chunk))
+                counts.extend(int(n) for n in conn.execute(sql, [v for q in chunk for v in q]).fetchone())
+        return counts
 
     def reserve(
         self,
@@ -453,7 +485,10 @@ class SqliteVelocity:
         return True
 
     def close(self) -> None:
-        """Close every thread's connection."""
+        """Stop the checkpointer and close every thread's connection."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from features.walcheckpoint import Checkpointer, disable_autocheckpoint
+
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS scores (
         request_id TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, ts TEXT NOT NULL,
@@ -88,8 +90,14 @@ def _clean_features(features: Mapping[str, float | None]) -> dict[str, float | N
 class Records:
     """SQLite-backed scoring log, outcomes and feedback; safe to share across threads."""
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 2000) -> None:
-        """Open (and create) the database at ``path``."""
+    def __init__(
+        self, path: str | Path, busy_timeout_ms: int = 2000, checkpoint_interval_s: float | None = None
+    ) -> None:
+        """Open (and create) the database at ``path``.
+
+        With ``checkpoint_interval_s`` WAL checkpoints run in a background thread instead of inside a
+        request's commit (see :mod:`features.walcheckpoint`).
+        """
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -99,9 +107,16 @@ class Records:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         for statement in _SCHEMA:
             self._conn.execute(statement)
+        self._checkpointer: Checkpointer | None = None
+        if checkpoint_interval_s is not None:
+            disable_autocheckpoint(self._conn)
+            self._checkpointer = Checkpointer(self.path, checkpoint_interval_s)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the checkpointer and close the connection."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         with self._lock:
             self._conn.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,9 +164,10 @@ class FakeReservation:
 class FakeVelocity:
     """In-memory windowed sets and caps with the velocity store's interface."""
 
-    def __init__(self, fail: bool = False) -> None:
-        """Start empty."""
+    def __init__(self, fail: bool = False, read_delay_s: float = 0.0) -> None:
+        """Start empty; ``read_delay_s`` makes every read that slow."""
         self.fail = fail
+        self.read_delay_s = read_delay_s
         self.sets: dict[str, dict[str, float]] = {}
         self.recorded: set[str] = set()
         self.uses: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -188,6 +190,8 @@ class FakeVelocity:
     def read(self, queries: Sequence[tuple[str, float]]) -> list[int]:
         """Members seen since each query's time."""
         self._check()
+        if self.read_delay_s:
+            time.sleep(self.read_delay_s)
         return [sum(1 for t in self.sets.get(c, {}).values() if t >= since) for c, since in queries]
 
     def reserve(self, request_id: str, scope: str, identities: Sequence[str], limit: int, ttl_s: float,

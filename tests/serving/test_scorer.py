@@ -75,6 +75,13 @@ def test_feature_read_past_the_deadline_gives_a_rules_answer(tmp_path: Path, mod
     scorer.close()
 
 
+def test_velocity_read_past_the_deadline_gives_a_rules_answer(tmp_path: Path, model: LoadedModel) -> None:
+    scorer = _scorer(tmp_path, velocity=FakeVelocity(read_delay_s=0.1), model=model, feature_deadline_ms=20)
+    resp = scorer.score(_req())
+    assert resp.degraded is True and resp.fallback == "rules"
+    scorer.close()
+
+
 def test_no_model_answers_from_rules_using_live_features(tmp_path: Path) -> None:
     resp = _scorer(tmp_path).score(_req())
     assert resp.fallback == "rules"

@@ -1,0 +1,78 @@
+"""Background WAL checkpoints: writes reach the database file without any commit checkpointing."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from features.velocity import SqliteVelocity
+from features.walcheckpoint import Checkpointer, disable_autocheckpoint
+
+
+def _rows_in_database_file(path: Path) -> int:
+    # immutable=1 reads the database file alone, ignoring the WAL: only checkpointed rows show.
+    conn = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _writer(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    # The table is created before WAL mode so that the database file has it from the start.
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    conn.execute("PRAGMA journal_mode = WAL")
+    disable_autocheckpoint(conn)
+    return conn
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_without_a_checkpointer_commits_stay_in_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "plain.db"
+    conn = _writer(path)
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(2000)])
+    assert _rows_in_database_file(path) == 0
+    conn.close()
+
+
+def test_checkpointer_copies_committed_writes_into_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.db"
+    conn = _writer(path)
+    checkpointer = Checkpointer(path, interval_s=0.05)
+    try:
+        conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(2000)])
+        assert _wait_for(lambda: _rows_in_database_file(path) == 2000)
+        assert checkpointer.rounds > 0
+    finally:
+        checkpointer.close()
+        conn.close()
+
+
+def test_checkpointer_rejects_a_non_positive_interval(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="interval_s"):
+        Checkpointer(tmp_path / "x.db", interval_s=0)
+
+
+def test_velocity_store_with_background_checkpoints_keeps_its_counts(tmp_path: Path) -> None:
+    store = SqliteVelocity(tmp_path / "v.db", checkpoint_interval_s=0.05)
+    try:
+        for i in range(200):
+            store.record(f"r{i}", 1000.0 + i, [("code:X|attempts", f"r{i}"), ("code:X|devices", f"d{i % 7}")])
+        assert store.read([("code:X|attempts", 0.0), ("code:X|devices", 0.0)]) == [200, 7]
+    finally:
+        store.close()
+    reopened = SqliteVelocity(tmp_path / "v.db")
+    assert reopened.read([("code:X|attempts", 1100.0)]) == [100]
+    reopened.close()
