@@ -84,18 +84,22 @@ def _need(path: Path, hint: str) -> Path:
 
 @features_app.command("build")
 def features_build(
-    engine: str | None = typer.Option(None, help="duckdb (default) or spark; overrides PROMOGUARD_ENGINE."),
+    engine: str | None = typer.Option(
+        None, help="numpy (default), duckdb (the SQL, in process) or spark; overrides PROMOGUARD_ENGINE."
+    ),
     root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
 ) -> None:
     """Resolve identities and compute point-in-time aggregates into data/features/."""
     from features.events import validate_events, validate_labels
     from features.identity import resolve_frame
-    from features.pipeline import build_features, row_counts, write_features
+    from features.pipeline import ENGINES, build_features, row_counts, write_features
 
     settings = _settings(root)
     chosen = engine or settings.pipeline_engine
-    if chosen not in ("duckdb", "spark"):
-        raise typer.BadParameter(f"expected duckdb or spark, got {chosen!r}", param_hint="--engine")
+    if chosen not in ENGINES:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(ENGINES)}, got {chosen!r}", param_hint="--engine"
+        )
     events_path = _need(
         settings.raw_dir / "events.parquet", "run `promoguard simulate` or export your events"
     )

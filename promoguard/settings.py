@@ -16,7 +16,7 @@ from typing import Literal
 from features import DEV_PEPPER
 
 OnlineStore = Literal["sqlite", "redis"]
-Engine = Literal["duckdb", "spark"]
+Engine = Literal["numpy", "duckdb", "spark"]
 
 
 def _bool(value: str | None, default: bool) -> bool:
@@ -32,7 +32,7 @@ class Settings:
     root: Path
     pepper: str = DEV_PEPPER
     default_phone_region: str = "US"
-    pipeline_engine: Engine = "duckdb"
+    pipeline_engine: Engine = "numpy"
     online_store: OnlineStore = "sqlite"
     velocity_backend: OnlineStore = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -108,11 +108,11 @@ class Settings:
         base = (root or Path(env.get("PROMOGUARD_ROOT", ".") or ".")).resolve()
         tracking = env.get("PROMOGUARD_MLFLOW_URI") or f"sqlite:///{base / 'mlflow' / 'mlflow.db'}"
         keys = tuple(k for k in env.get("PROMOGUARD_API_KEYS", "").split(",") if k.strip())
-        engine = env.get("PROMOGUARD_ENGINE", "duckdb")
+        engine = env.get("PROMOGUARD_ENGINE", "numpy")
         online = env.get("PROMOGUARD_ONLINE_STORE", "sqlite")
         velocity = env.get("PROMOGUARD_VELOCITY", online)
         for name, value, allowed in (
-            ("PROMOGUARD_ENGINE", engine, ("duckdb", "spark")),
+            ("PROMOGUARD_ENGINE", engine, ("numpy", "duckdb", "spark")),
             ("PROMOGUARD_ONLINE_STORE", online, ("sqlite", "redis")),
             ("PROMOGUARD_VELOCITY", velocity, ("sqlite", "redis")),
         ):

@@ -19,7 +19,7 @@ from features.definitions import (
     view,
 )
 from features.events import ContractError
-from features.pipeline import KEY_COLUMNS, build_features, write_features
+from features.pipeline import KEY_COLUMNS, build_features, encode_keys, write_features
 
 T0 = pd.Timestamp("2026-03-01 12:00:00", tz="UTC")
 HOUR = pd.Timedelta(hours=1)
@@ -433,19 +433,123 @@ def random_history() -> tuple[pd.DataFrame, pd.DataFrame]:
     return synthetic_keys(300, seed=7)
 
 
-def test_duckdb_matches_the_literal_definitions_on_a_random_history(
-    random_history: tuple[pd.DataFrame, pd.DataFrame],
+@pytest.fixture(scope="module")
+def random_reference(random_history: tuple[pd.DataFrame, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    keys, labels = random_history
+    return reference(keys, labels, keys["ts"].max() + SEC)
+
+
+# "numpy" computes in numpy (features.pointintime); "duckdb" runs the SQL that Spark runs.
+@pytest.mark.parametrize("engine", ["numpy", "duckdb"])
+def test_local_engines_match_the_literal_definitions_on_a_random_history(
+    random_history: tuple[pd.DataFrame, pd.DataFrame], random_reference: dict[str, pd.DataFrame], engine: str
 ) -> None:
     keys, labels = random_history
-    built = build_features(keys, labels)
-    as_of = keys["ts"].max() + SEC
-    expected = reference(keys, labels, as_of)
+    built = build_features(keys, labels, engine=engine)  # type: ignore[arg-type]
+    expected = random_reference
     for v in feature_views():
         pd.testing.assert_frame_equal(
             normalised(built[v.name], v.join_keys),
             normalised(expected[v.name], v.join_keys),
             check_exact=False,
         )
+
+
+# ------------------------------------------------------------- the numpy computation equals the SQL
+
+
+def edge_history(seed: int, n: int = 600) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A history built to hit the edges: times on a coarse grid over 60 days, so many events tie and
+    many gaps are exactly 1h, 24h or 7d; two busy values per key among a long tail of rare ones; a
+    fifth of the keys null; labels arriving before, at and after their event, some after as_of."""
+    rng = np.random.default_rng(seed)
+    days = rng.integers(0, 60, n)
+    slots = rng.choice([0, 1800, 3600, 5400, 86_400 - 1, 86_400 + 3600], n)  # seconds into the day
+    seconds = np.sort(days * 86_400 + slots)
+    view_keys = ("device", "household", "payment", "phone", "email", "network", "local_ip", "account")
+
+    def pick(prefix: str) -> str | None:
+        draw = rng.random()
+        if draw < 0.2:
+            return None
+        if draw < 0.7:
+            return f"{prefix}-busy{rng.integers(0, 2)}"
+        return f"{prefix}-{rng.integers(0, 150)}"
+
+    rows = []
+    for i, s in enumerate(seconds):
+        guest = bool(rng.random() < 0.3)
+        keys = {f"{e}_key": pick(e) for e in view_keys}
+        if guest:
+            keys["account_key"] = None
+        created = None if guest else T0 + (int(s) - int(rng.integers(0, 14 * 86_400))) * SEC
+        rows.append(
+            event(
+                f"e{i:04d}",
+                T0 + int(s) * SEC,
+                **keys,
+                promo_code=f"C{rng.integers(0, 4)}",
+                promo_valid=bool(rng.random() > 0.2),
+                outcome=str(rng.choice(["redeemed", "abandoned", "rejected"])),
+                is_guest=guest,
+                account_created_at=created,
+            )
+        )
+    keys_df = keys_frame(rows)
+    picked = keys_df.sample(frac=0.4, random_state=seed)
+    offsets = rng.choice([-86_400, -3600, 0, 1, 3600, 86_400, 20 * 86_400], len(picked))
+    labels = labels_frame(
+        [
+            (r, str(rng.choice(["abuse", "abuse", "legit"])), ts + int(o) * SEC)
+            for r, ts, o in zip(picked["request_id"], picked["ts"], offsets, strict=True)
+        ]
+    )
+    return keys_df, labels
+
+
+@pytest.mark.parametrize(
+    ("seed", "as_of_day"),
+    [(1, 50), (2, 61), (3, 45), (4, -1)],  # -1: before every event, so every view is empty
+)
+def test_numpy_computation_equals_the_sql_on_duckdb(seed: int, as_of_day: int) -> None:
+    keys, labels = edge_history(seed)
+    as_of = T0 + pd.Timedelta(days=as_of_day)
+    fast = build_features(keys, labels, as_of=as_of, engine="numpy")
+    sql = build_features(keys, labels, as_of=as_of, engine="duckdb")
+    assert list(fast) == list(sql)
+    for v in feature_views():
+        pd.testing.assert_frame_equal(fast[v.name], sql[v.name], check_exact=True)
+    if as_of_day < 0:
+        assert all(frame.empty for frame in fast.values())
+    else:
+        # The history does reach the edges it was built for: idle entities left out, labels counted.
+        device = fast["device_stats"]
+        assert device["abuse_labels"].max() > 0 and device["distinct_accounts_30d"].max() > 1
+        snapshots = device[device["event_timestamp"] == as_of]
+        assert 0 < len(snapshots) < device["device_key"].nunique()
+
+
+def test_key_codes_follow_the_sort_order_of_the_strings() -> None:
+    strings = ["b", None, "é", "Z", "a", "aa", "b", np.nan, "\U0001f600", "ｚ"]
+    base = pd.DataFrame({"device_key": strings, "promo_code": ["X"] * len(strings)})
+    encoded, books = encode_keys(base)
+    present = [s for s in strings if isinstance(s, str)]
+    assert list(books["device_key"]) == sorted(set(present))
+    codes = encoded["device_key"]
+    assert codes.isna().tolist() == [not isinstance(s, str) for s in strings]
+    assert [books["device_key"][c] for c in codes.dropna()] == present
+    # Keys that are not strings (outside the contract) still encode, through pandas.
+    numbers = pd.DataFrame({"device_key": [3, 1, None, 2], "promo_code": ["X"] * 4})
+    encoded, books = encode_keys(numbers)
+    assert list(books["device_key"]) == [1, 2, 3] and encoded["device_key"].tolist()[:2] == [2, 0]
+    raw = pd.DataFrame({"device_key": [b"b", b"a", None, b"a"], "promo_code": ["X"] * 4})
+    encoded, books = encode_keys(raw)
+    assert list(books["device_key"]) == [b"a", b"b"]  # bytes stay bytes
+    odd = pd.DataFrame({"device_key": ["b", "\ud800", "a"], "promo_code": ["X"] * 3})
+    assert list(encode_keys(odd)[1]["device_key"]) == ["a", "b", "\ud800"]  # no UTF-8 form: pandas
+    nothing = pd.DataFrame({"device_key": [None, None], "promo_code": ["X", "Y"]})
+    encoded, books = encode_keys(nothing)
+    assert encoded["device_key"].isna().all() and len(books["device_key"]) == 0
 
 
 # -------------------------------------------------------------------------------------- Spark parity
