@@ -254,7 +254,8 @@ class SqliteVelocity:
         self.retention_s = float(retention_s)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
+        #: Every open connection, by the thread that opened it.
+        self._all: dict[threading.Thread, sqlite3.Connection] = {}
         self._pid = os.getpid()
         self._checkpoint_interval_s = checkpoint_interval_s
         self._checkpointer: Checkpointer | None = None
@@ -273,7 +274,7 @@ class SqliteVelocity:
         if self._pid != os.getpid():
             # A forked child must not reuse the parent's connections.
             self._local = threading.local()
-            self._all = []
+            self._all = {}
             self._lock = threading.Lock()
             self._pid = os.getpid()
             # Threads do not survive a fork: the child checkpoints for itself.
@@ -300,7 +301,11 @@ class SqliteVelocity:
                 raise VelocityUnavailable(f"velocity store {self.path!r} cannot be opened: {exc}") from exc
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                # Server thread pools retire idle threads (anyio after 10 s), and a retired thread's
+                # connection would stay open until close(): close those as new threads arrive.
+                for thread in [t for t in self._all if not t.is_alive()]:
+                    self._all.pop(thread).close()
+                self._all[threading.current_thread()] = conn
         return conn
 
     @contextmanager
@@ -490,7 +495,7 @@ class SqliteVelocity:
             self._checkpointer.close()
             self._checkpointer = None
         with self._lock:
-            conns, self._all = self._all, []
+            conns, self._all = list(self._all.values()), {}
         for conn in conns:
             conn.close()
         self._local = threading.local()

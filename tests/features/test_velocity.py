@@ -448,3 +448,24 @@ def test_unreachable_redis_surfaces_as_unavailable() -> None:
     store = RedisVelocity(redis_client(f"redis://127.0.0.1:{port}/0"), prefix=_unique_prefix())
     with pytest.raises(VelocityUnavailable):
         store.read([("code:X", NOW)])
+
+
+def test_a_finished_threads_connection_is_closed_when_another_thread_connects(tmp_path: Path) -> None:
+    store = SqliteVelocity(tmp_path / "threads.sqlite")
+    opened: list[sqlite3.Connection] = []
+
+    def use_once() -> None:
+        store.read([("c", 0.0)])
+        opened.append(store._conn())
+
+    first = threading.Thread(target=use_once)
+    first.start()
+    first.join()
+    second = threading.Thread(target=use_once)
+    second.start()
+    second.join()
+    # The first thread is gone: its connection was closed, the second one's is still usable.
+    with pytest.raises(sqlite3.ProgrammingError):
+        opened[0].execute("SELECT 1")
+    assert opened[1].execute("SELECT 1").fetchone() == (1,)
+    store.close()
