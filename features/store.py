@@ -538,7 +538,7 @@ class OnlineFeatures:
     def _sqlite_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            path = Path(self._cfg.feast_dir) / "online.db"
+            path = Path(self._store.config.online_store.path)
             if not path.exists():
                 raise FeatureStoreUnavailable(f"no online store at {path}")
             # Read-only and private to this thread: serving never writes here, and SQLite connections
