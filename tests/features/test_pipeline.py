@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +328,37 @@ def test_bad_input_names_the_field() -> None:
 # ------------------------------------------------------- a brute-force reference on a random history
 
 
+def random_events(
+    rng: np.random.Generator,
+    seconds: np.ndarray,
+    draw_keys: Callable[[], dict[str, str | None]],
+    *,
+    prefix: str,
+    codes: int,
+) -> list[dict[str, Any]]:
+    """One event per second offset, keys from ``draw_keys``; a third are guests (no account key)."""
+    rows = []
+    for i, s in enumerate(seconds):
+        guest = bool(rng.random() < 0.3)
+        keys = draw_keys()
+        if guest:
+            keys["account_key"] = None
+        created = None if guest else T0 + (int(s) - int(rng.integers(0, 14 * 86_400))) * SEC
+        rows.append(
+            event(
+                f"{prefix}{i:04d}",
+                T0 + int(s) * SEC,
+                **keys,
+                promo_code=f"C{rng.integers(0, codes)}",
+                promo_valid=bool(rng.random() > 0.2),
+                outcome=str(rng.choice(["redeemed", "abandoned", "rejected"])),
+                is_guest=guest,
+                account_created_at=created,
+            )
+        )
+    return rows
+
+
 def synthetic_keys(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Random keys from small pools over ten days, with ties, nulls and late labels."""
     rng = np.random.default_rng(seed)
@@ -343,28 +374,13 @@ def synthetic_keys(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     }
     seconds = np.sort(rng.integers(0, 10 * 86_400, n))
     seconds[5:15] = seconds[5]  # a burst of identical timestamps
-    rows = []
-    for i, s in enumerate(seconds):
-        guest = bool(rng.random() < 0.3)
-        keys = {
+
+    def draw_keys() -> dict[str, str | None]:
+        return {
             k: (None if rng.random() < 0.15 else f"{k[:2]}{rng.integers(0, p)}") for k, p in pools.items()
         }
-        if guest:
-            keys["account_key"] = None
-        created = None if guest else T0 + (int(s) - int(rng.integers(0, 14 * 86_400))) * SEC
-        rows.append(
-            event(
-                f"r{i:04d}",
-                T0 + int(s) * SEC,
-                **keys,
-                promo_code=f"C{rng.integers(0, 3)}",
-                promo_valid=bool(rng.random() > 0.2),
-                outcome=str(rng.choice(["redeemed", "abandoned", "rejected"])),
-                is_guest=guest,
-                account_created_at=created,
-            )
-        )
-    keys_df = keys_frame(rows)
+
+    keys_df = keys_frame(random_events(rng, seconds, draw_keys, prefix="r", codes=3))
     picked = keys_df.sample(frac=0.3, random_state=seed)
     labels = labels_frame(
         [
@@ -476,26 +492,10 @@ def edge_history(seed: int, n: int = 600) -> tuple[pd.DataFrame, pd.DataFrame]:
             return f"{prefix}-busy{rng.integers(0, 2)}"
         return f"{prefix}-{rng.integers(0, 150)}"
 
-    rows = []
-    for i, s in enumerate(seconds):
-        guest = bool(rng.random() < 0.3)
-        keys = {f"{e}_key": pick(e) for e in view_keys}
-        if guest:
-            keys["account_key"] = None
-        created = None if guest else T0 + (int(s) - int(rng.integers(0, 14 * 86_400))) * SEC
-        rows.append(
-            event(
-                f"e{i:04d}",
-                T0 + int(s) * SEC,
-                **keys,
-                promo_code=f"C{rng.integers(0, 4)}",
-                promo_valid=bool(rng.random() > 0.2),
-                outcome=str(rng.choice(["redeemed", "abandoned", "rejected"])),
-                is_guest=guest,
-                account_created_at=created,
-            )
-        )
-    keys_df = keys_frame(rows)
+    def draw_keys() -> dict[str, str | None]:
+        return {f"{e}_key": pick(e) for e in view_keys}
+
+    keys_df = keys_frame(random_events(rng, seconds, draw_keys, prefix="e", codes=4))
     picked = keys_df.sample(frac=0.4, random_state=seed)
     offsets = rng.choice([-86_400, -3600, 0, 1, 3600, 86_400, 20 * 86_400], len(picked))
     labels = labels_frame(
