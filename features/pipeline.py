@@ -170,29 +170,18 @@ def _event_attributes(keys: pd.DataFrame, labels: pd.DataFrame) -> dict[str, obj
 
 
 def base_frame(keys: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """The one table both engines read: keys, epoch-µs time and 0/1 event attributes.
+    """The one table every engine reads: keys, epoch-µs time and 0/1 event attributes.
 
     Columns: the key columns used by some view, ``promo_code``, ``t`` (event time, µs), ``redeemed``,
     ``invalid``, ``is_new`` (guest, or account created within 7 days before the attempt) and
-    ``abuse_t`` (µs when an ``abuse`` label arrived for this event, else null). Raises
-    :class:`ContractError` naming the field when the input breaks the contract.
+    ``abuse_t`` (µs when an ``abuse`` label arrived for this event, else null). A null key is None or
+    NaN as the input had it (:func:`encode_keys` reads both as null). Raises :class:`ContractError`
+    naming the field when the input breaks the contract.
     """
-    return _base_frame(keys, labels, none_for_null=True)
-
-
-def _base_frame(keys: pd.DataFrame, labels: pd.DataFrame, *, none_for_null: bool) -> pd.DataFrame:
     attributes = _event_attributes(keys, labels)
-
-    def key(column: str) -> np.ndarray:
-        values = keys[column]
-        if none_for_null:
-            return values.astype(object).where(values.notna(), None).to_numpy()
-        # Encoding reads None and NaN alike as null, so a build skips this copy of every key column.
-        return values.to_numpy()
-
     return pd.DataFrame(
         {
-            **{c: key(c) for c in _key_columns_needed()},
+            **{c: keys[c].to_numpy() for c in _key_columns_needed()},
             "promo_code": keys["promo_code"].astype(str).to_numpy(),
             **attributes,
         }
@@ -541,7 +530,7 @@ def build_features(
     if as_of.tzinfo is None:
         raise ContractError("as_of: expected a timezone-aware UTC timestamp")
     as_of = as_of.tz_convert("UTC").floor("us")
-    base, books = encode_keys(_base_frame(keys, labels, none_for_null=False))
+    base, books = encode_keys(base_frame(keys, labels))
     as_of_us = int(as_of.value // 1000)
     views = feature_views()
     if engine == "numpy":
