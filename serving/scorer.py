@@ -123,6 +123,10 @@ class VelocityLike(Protocol):
         """Free a hold."""
         ...
 
+    def close(self) -> None:
+        """Release connections and background threads."""
+        ...
+
 
 # --- velocity counters: which ones a request reads and writes ---------------------------------------
 

@@ -410,8 +410,10 @@ class PromoGuard:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Stop the read pool and close the scoring log."""
+        """Stop the read pool, close the velocity store (its last WAL checkpoint) and the scoring log."""
         self.scorer.close()
+        if self.scorer.velocity is not None:
+            self.scorer.velocity.close()
         self.scorer.records.close()
 
 

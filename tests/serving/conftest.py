@@ -187,6 +187,9 @@ class FakeVelocity:
             self.sets.setdefault(counter, {})[member] = ts
         return True
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def read(self, queries: Sequence[tuple[str, float]]) -> list[int]:
         """Members seen since each query's time."""
         self._check()
