@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from features.sqlitewrite import WriteLock
 from features.walcheckpoint import Checkpointer, disable_autocheckpoint
 
 _SCHEMA = (
@@ -101,6 +103,9 @@ class Records:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        # Worker processes share the file: writes take its lock without SQLite's sleeping busy handler.
+        self._writes = WriteLock(busy_timeout_ms / 1000)
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -119,6 +124,17 @@ class Records:
             self._checkpointer = None
         with self._lock:
             self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction on the shared connection (the caller holds ``self._lock``)."""
+        with self._writes.transaction(self._conn, self._busy_timeout_ms):
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def lookup(self, request_id: str, body_sha256: str) -> dict[str, Any] | None:
         """The stored response for a retry, None when new; IdempotencyConflict for a changed body."""
@@ -143,7 +159,7 @@ class Records:
             _json(dict(rec.response)),
         )
         try:
-            with self._lock:
+            with self._lock, self._write():
                 self._conn.execute(
                     "INSERT INTO scores (request_id, body_sha256, ts, promo_code, promo_type, score, band, "
                     "decision, fallback, degraded, model_version, latency_ms, signals_json, features_json, "
@@ -167,7 +183,7 @@ class Records:
 
     def add_outcome(self, request_id: str, outcome: str, reservation: str, ts: datetime) -> None:
         """Log what checkout did with an attempt."""
-        with self._lock:
+        with self._lock, self._write():
             self._conn.execute(
                 "INSERT INTO outcomes (request_id, outcome, reservation, ts) VALUES (?,?,?,?)",
                 (request_id, outcome, reservation, ts.astimezone(UTC).isoformat()),
@@ -175,7 +191,7 @@ class Records:
 
     def add_feedback(self, request_id: str, label: str, source: str, ts: datetime) -> None:
         """Store a label in the label contract's shape."""
-        with self._lock:
+        with self._lock, self._write():
             self._conn.execute(
                 "INSERT INTO feedback (request_id, label, label_source, label_ts) VALUES (?,?,?,?)",
                 (request_id, label, source, ts.astimezone(UTC).isoformat()),

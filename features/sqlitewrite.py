@@ -1,0 +1,77 @@
+"""Taking a SQLite file's write lock promptly when threads and processes share it.
+
+SQLite lets one writer at a time into a file. A connection that finds the lock taken calls its busy
+handler, and the stock one behind ``busy_timeout`` sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and
+then 100 ms between attempts, without being woken when the lock frees. A serving write holds the lock
+for well under a millisecond, so a request that loses one race usually sleeps far longer than it
+waits: with two worker processes and eight threads each writing on every request, that is what the
+serving p99 was made of (hundreds of milliseconds at 200 requests/s).
+
+:class:`WriteLock` replaces the sleeps with two cheaper waits. Threads of one process queue on a
+:class:`threading.Lock`, which hands over the moment it is released. The one thread that holds it then
+asks SQLite for the file lock with the busy handler off and polls every ``poll_s`` (0.2 ms) while
+another process writes. Both waits are bounded by the same timeout, after which the caller gets the
+``sqlite3.OperationalError`` ("database is locked") it would have got from SQLite.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: Seconds between two attempts at a file lock held by another process.
+DEFAULT_POLL_S = 0.0002
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class WriteLock:
+    """Write transactions on one SQLite file: one thread per process at a time, quick to hand over.
+
+    Every connection that writes to the file from this process must go through the same instance,
+    which is what makes the in-process queue fair; other processes may use their own.
+    """
+
+    def __init__(self, timeout_s: float, poll_s: float = DEFAULT_POLL_S) -> None:
+        """Wait at most ``timeout_s`` for the lock, polling other processes every ``poll_s``."""
+        if timeout_s < 0:
+            raise ValueError(f"timeout_s must be >= 0, got {timeout_s}")
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be > 0, got {poll_s}")
+        self.timeout_s = float(timeout_s)
+        self.poll_s = float(poll_s)
+        self._threads = threading.Lock()
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` on ``conn`` (an autocommit connection) and hold it for the block.
+
+        The block commits or rolls back itself; this only guarantees that the thread queue is left,
+        and that ``conn``'s own busy timeout (``busy_timeout_ms``, which its reads rely on) is back in
+        place, whatever happens.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        if not self._threads.acquire(timeout=self.timeout_s):
+            raise sqlite3.OperationalError("database is locked (by a thread of this process)")
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                while True:
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if not _busy(exc) or time.monotonic() + self.poll_s > deadline:
+                            raise
+                    time.sleep(self.poll_s)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            yield conn
+        finally:
+            self._threads.release()

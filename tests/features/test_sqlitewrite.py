@@ -1,0 +1,93 @@
+"""WriteLock: write transactions that wait for the file lock by polling, never by SQLite's sleeps."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from features.sqlitewrite import WriteLock
+
+
+def _open(path: Path, busy_timeout_ms: int = 1000) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    return conn
+
+
+def _busy_timeout(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+
+
+def test_write_waits_for_another_connection_to_release_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    holder, conn = _open(path), _open(path)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    # Released from another thread while the write below is polling for the lock.
+    threading.Timer(0.05, lambda: holder.execute("COMMIT")).start()
+    with WriteLock(timeout_s=5).transaction(conn, busy_timeout_ms=1000):
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.execute("COMMIT")
+    assert sorted(r[0] for r in conn.execute("SELECT x FROM t")) == [1, 2]
+    assert _busy_timeout(conn) == 1000
+    holder.close()
+    conn.close()
+
+
+def test_write_gives_up_with_database_locked_after_its_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    holder, conn = _open(path), _open(path, busy_timeout_ms=700)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    lock = WriteLock(timeout_s=0.05)
+    with pytest.raises(sqlite3.OperationalError, match="locked"), lock.transaction(conn, 700):
+        pass
+    assert time.monotonic() - started >= 0.05
+    assert not conn.in_transaction
+    # The connection's own busy timeout, which its reads rely on, is back.
+    assert _busy_timeout(conn) == 700
+    holder.execute("ROLLBACK")
+    holder.close()
+    conn.close()
+
+
+def test_threads_of_one_process_take_turns_and_lose_no_write(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    lock = WriteLock(timeout_s=10)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        conn = _open(path)
+        try:
+            for i in range(50):
+                with lock.transaction(conn, 1000):
+                    conn.execute("INSERT INTO t VALUES (?)", (n * 1000 + i,))
+                    conn.execute("COMMIT")
+        except BaseException as exc:  # collected: a thread's exception would otherwise vanish
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    _open(path).close()
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    check = _open(path)
+    assert check.execute("SELECT count(DISTINCT x) FROM t").fetchone()[0] == 8 * 50
+    check.close()
+
+
+def test_write_lock_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="timeout_s"):
+        WriteLock(timeout_s=-1)
+    with pytest.raises(ValueError, match="poll_s"):
+        WriteLock(timeout_s=1, poll_s=0)
