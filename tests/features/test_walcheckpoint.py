@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -76,3 +77,45 @@ def test_velocity_store_with_background_checkpoints_keeps_its_counts(tmp_path: P
     reopened = SqliteVelocity(tmp_path / "v.db")
     assert reopened.read([("code:X|attempts", 1100.0)]) == [100]
     reopened.close()
+
+
+def test_checkpointer_rewinds_a_log_that_readers_and_writers_keep_busy(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    writer = _writer(path)
+    stop = threading.Event()
+
+    def keep_reading() -> None:
+        reader = sqlite3.connect(path, isolation_level=None)
+        while not stop.is_set():
+            reader.execute("SELECT count(*) FROM t").fetchone()
+        reader.close()
+
+    readers = [threading.Thread(target=keep_reading) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    checkpointer = Checkpointer(path, interval_s=0.02, restart_frames=50, restart_wait_s=0.05)
+    try:
+        deadline = time.monotonic() + 20
+        commits = 0
+        while checkpointer.restarts == 0 and time.monotonic() < deadline:
+            writer.execute("INSERT INTO t VALUES (?)", (commits,))
+            commits += 1
+        assert checkpointer.restarts > 0
+        # A rewound log is reused from its start: it stays far smaller than one frame per commit.
+        for i in range(2000):
+            writer.execute("INSERT INTO t VALUES (?)", (i,))
+        assert _wait_for(lambda: checkpointer.restarts > 1)
+        assert (tmp_path / "busy.db-wal").stat().st_size < (commits + 2000) * 4096 / 4
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+        checkpointer.close()
+        writer.close()
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("restart_frames", {"restart_frames": -1}),
+                                              ("restart_wait_s", {"restart_wait_s": -0.1})])
+def test_checkpointer_rejects_negative_restart_settings(tmp_path: Path, name: str, kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=name):
+        Checkpointer(tmp_path / "x.db", **kwargs)
