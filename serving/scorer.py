@@ -429,6 +429,7 @@ class Scorer:
             fallback=fallback,
             latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
         )
+        logged = response.model_dump(mode="json")
         stored_now = self.records.append(
             ScoreRecord(
                 request_id=req.request_id, body_sha256=digest, ts=datetime.fromtimestamp(now, UTC),
@@ -437,10 +438,11 @@ class Scorer:
                 model_version=response.model_version, latency_ms=response.latency_ms,
                 signals=[s.model_dump() for s in signals], features=reads.features,
                 keys={k: v for k, v in keys.items()}, rules_version=self.rules.version,
-                response=response.model_dump(mode="json"),
+                response=logged,
             )
         )
-        return ScoreResponse.model_validate(stored_now)
+        # A concurrent twin of this request may have logged its answer first: that one is the answer.
+        return response if stored_now == logged else ScoreResponse.model_validate(stored_now)
 
     def _reserve(self, req: ScoreRequest, row: Mapping[str, Any], now: float) -> str | None:
         """None when reserved (or nothing to reserve), the blocked kind, or ``unavailable``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from serving.artifact import LoadedModel
 from serving.records import IdempotencyConflict, Records
 from serving.rules import default_rules
 from serving.schemas import OutcomeRequest, ScoreRequest
-from serving.scorer import Scorer, ScorerConfig, decide
+from serving.scorer import Scorer, ScorerConfig, body_sha256, decide
 from tests.serving.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 SHARED_DEVICE = {"device_stats__distinct_accounts_24h": 6.0, "household_stats__distinct_accounts_30d": 2.0,
@@ -105,6 +107,33 @@ def test_retry_returns_the_first_answer_and_a_changed_body_conflicts(tmp_path: P
     assert again == first
     with pytest.raises(IdempotencyConflict, match="same"):
         scorer.score(_req("same", email="other@example.com"))
+
+
+class _RacingRecords(Records):
+    """A log whose first lookups wait for each other, so two twins both miss and both score."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.waits = 2
+
+    def lookup(self, request_id: str, body_sha256: str) -> dict[str, Any] | None:
+        found = super().lookup(request_id, body_sha256)
+        if self.waits > 0:
+            self.waits -= 1
+            self.barrier.wait()
+        return found
+
+
+def test_concurrent_twins_of_one_request_both_get_the_answer_logged_first(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path)
+    scorer.records = _RacingRecords(tmp_path / "racing.db")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(lambda _: scorer.score(_req("twin")), range(2)))
+    assert scorer.records.count("scores") == 1
+    # latency_ms alone differs between two scorings: equal answers mean the second returned the first's.
+    assert answers[0] == answers[1]
+    assert answers[0].model_dump(mode="json") == scorer.records.lookup("twin", body_sha256(_req("twin")))
 
 
 def test_single_use_code_is_reserved_once_then_refused(tmp_path: Path) -> None:
