@@ -3,7 +3,10 @@
 Prints one table: per profile (bare BentoML endpoint, promoguard on SQLite, promoguard on Redis when
 Redis answers) and rate (default 50, 100, 200 requests/s for ``--seconds`` each), the p50/p90/p99/p99.9
 latency measured from each request's *scheduled* send time (so a stalled server shows up as queueing,
-not as fewer requests: open loop), the errors and the share of answers from the rules fallback.
+not as fewer requests: open loop), the errors, the share of answers from the rules fallback, and the
+service's CPU time per request (all its processes, user + system). Latency on a shared 2-core host
+moves with the host's speed from hour to hour; CPU per request moves less and says how many requests
+a core can take.
 
 Usage: ``python benchmarks/serve.py [--root EXISTING_WORLD] [--seconds 60] [--rates 50,100,200]``.
 Without ``--root`` (or ``PROMOGUARD_BENCH_ROOT``) a world is built in a temporary folder with the same
@@ -292,19 +295,36 @@ async def _open_loop(url: str, bodies: list[dict[str, Any]], rate: float, second
     return latencies, total, counts["errors"], counts["fallback"]
 
 
+def service_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process's children: the running service."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def run_load(
     url: str, bodies: list[dict[str, Any]], rate: float, seconds: float, label: str
 ) -> dict[str, Any]:
     """One measured load step after a short warm-up; a table row."""
     asyncio.run(_open_loop(url, bodies, WARMUP_RATE, WARMUP_S, f"{label}-warm"))
+    cpu_before = service_cpu_s()
     latencies, sent, errors, fallback = asyncio.run(_open_loop(url, bodies, rate, seconds, label))
+    cpu_ms = (service_cpu_s() - cpu_before) * 1000.0 / sent if sent else float("nan")
     ms = sorted(x * 1000.0 for x in latencies)
 
     def pct(q: float) -> float:
         return ms[min(len(ms) - 1, max(0, math.ceil(q * len(ms)) - 1))] if ms else float("nan")
 
     return {"rate": rate, "sent": sent, "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
-            "p999": pct(0.999), "errors": errors, "fallback": fallback / sent if sent else 0.0}
+            "p999": pct(0.999), "errors": errors, "fallback": fallback / sent if sent else 0.0,
+            "cpu_ms": cpu_ms}
 
 
 def print_table(rows: list[tuple[str, dict[str, Any]]], seconds: float) -> None:
@@ -312,10 +332,11 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], seconds: float) -> None:
     load = os.getloadavg()
     print(f"/score over HTTP, open loop, {seconds:g} s per rate, latency from the scheduled send; host load "
           f"average {load[0]:.2f} on {os.cpu_count()} CPUs (load generator and service share them)")
-    header = ("profile", "req/s", "sent", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "fallback")
+    header = ("profile", "req/s", "sent", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "fallback",
+              "CPU ms/req")
     lines = [header] + [
         (name, f"{r['rate']:g}", str(r["sent"]), f"{r['p50']:.1f}", f"{r['p90']:.1f}", f"{r['p99']:.1f}",
-         f"{r['p999']:.1f}", str(r["errors"]), f"{100 * r['fallback']:.1f}%")
+         f"{r['p999']:.1f}", str(r["errors"]), f"{100 * r['fallback']:.1f}%", f"{r['cpu_ms']:.2f}")
         for name, r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -358,6 +379,9 @@ def main() -> None:
             env = {"PROMOGUARD_ONLINE_STORE": "redis", "PROMOGUARD_VELOCITY": "redis"}
             profiles.append(("promoguard redis", lambda: promoguard_service(redis_root, env)))
 
+        # The copies above leave gigabytes of dirty pages (the online store alone is ~2 GB on the demo
+        # world); written back during a step, they slowed every fsync of the service measured.
+        os.sync()
         rows: list[tuple[str, dict[str, Any]]] = []
         for name, start in profiles:
             with start() as url:
