@@ -81,6 +81,9 @@ class Checkpointer:
                     conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
                 _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if frames > self.restart_frames:
+                    # A second passive pass copies what writers appended during the first, so that the
+                    # restart, which holds writers back while it copies, has only a few frames left.
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self._restart(conn)
                 self.rounds += 1
             except sqlite3.Error as exc:
