@@ -327,11 +327,21 @@ def run_load(
             "cpu_ms": cpu_ms}
 
 
-def print_table(rows: list[tuple[str, dict[str, Any]]], seconds: float) -> None:
+def speed_probe_s() -> float:
+    """Seconds a fixed pure-Python loop takes here: how fast the shared host runs at the moment."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    return time.perf_counter() - started
+
+
+def print_table(rows: list[tuple[str, dict[str, Any]]], seconds: float, probes: tuple[float, float]) -> None:
     """The one table this script prints."""
     load = os.getloadavg()
     print(f"/score over HTTP, open loop, {seconds:g} s per rate, latency from the scheduled send; host load "
-          f"average {load[0]:.2f} on {os.cpu_count()} CPUs (load generator and service share them)")
+          f"average {load[0]:.2f} on {os.cpu_count()} CPUs (load generator and service share them); speed "
+          f"probe (3M-step Python loop) {probes[0]:.2f} s before, {probes[1]:.2f} s after")
     header = ("profile", "req/s", "sent", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "fallback",
               "CPU ms/req")
     lines = [header] + [
@@ -382,13 +392,14 @@ def main() -> None:
         # The copies above leave gigabytes of dirty pages (the online store alone is ~2 GB on the demo
         # world); written back during a step, they slowed every fsync of the service measured.
         os.sync()
+        probe_before = speed_probe_s()
         rows: list[tuple[str, dict[str, Any]]] = []
         for name, start in profiles:
             with start() as url:
                 for rate in rates:
                     print(f"measuring {name} at {rate:g} req/s", file=sys.stderr)
                     rows.append((name, run_load(url, bodies, rate, args.seconds, name.split()[-1])))
-        print_table(rows, args.seconds)
+        print_table(rows, args.seconds, (probe_before, speed_probe_s()))
         if not redis_answers():
             print("(Redis did not answer on 127.0.0.1:6379: the Redis profile was left out)")
 
