@@ -180,6 +180,43 @@ def _realtime(f: Feature, v: FeatureView) -> bool:
     return f.window in REALTIME_WINDOWS and f.kind in ("count", "distinct") and f.only != "redeemed"
 
 
+@dataclass(frozen=True)
+class _RealtimePlan:
+    """What one view contributes to the velocity store, worked out once from the catalog."""
+
+    view: FeatureView
+    counts_invalid: bool
+    #: ``(target, plural suffix)`` of its distinct features, each target once.
+    targets: tuple[tuple[str, str], ...]
+    #: ``(qualified feature, counter suffix, window seconds)`` of every real-time feature.
+    queries: tuple[tuple[str, str, float], ...]
+
+
+@cache
+def _realtime_plans() -> tuple[_RealtimePlan, ...]:
+    # Serving asks for these twice per request; the catalog never changes within a process.
+    plans = []
+    for v in feature_views():
+        realtime = [f for f in v.features if _realtime(f, v)]
+        targets = dict.fromkeys(f.target for f in realtime if f.kind == "distinct" and f.target)
+        queries = []
+        for f in realtime:
+            assert f.window is not None
+            if f.kind == "distinct":
+                assert f.target is not None
+                suffix = DISTINCT_TARGETS[f.target]
+            else:
+                suffix = "invalid" if f.only == "invalid" else "attempts"
+            queries.append((f"{v.name}__{f.name}", suffix, WINDOWS[f.window]))
+        plans.append(_RealtimePlan(
+            view=v,
+            counts_invalid=any(f.only == "invalid" for f in realtime),
+            targets=tuple((t, DISTINCT_TARGETS[t]) for t in targets),
+            queries=tuple(queries),
+        ))
+    return tuple(plans)
+
+
 def velocity_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The ``(counter, member)`` adds one scored attempt makes, for every view whose keys it has.
 
@@ -189,20 +226,19 @@ def velocity_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     request_id = _member(row, "request_id")
     if request_id is None:
         raise ValueError("request_id: required to record velocity updates")
+    invalid = not row.get("promo_valid", True)
     updates: list[tuple[str, str]] = []
-    for v in feature_views():
-        prefix = _counter_prefix(v, row)
+    for plan in _realtime_plans():
+        prefix = _counter_prefix(plan.view, row)
         if prefix is None:
             continue
         updates.append((f"{prefix}|attempts", request_id))
-        realtime = [f for f in v.features if _realtime(f, v)]
-        if not row.get("promo_valid", True) and any(f.only == "invalid" for f in realtime):
+        if invalid and plan.counts_invalid:
             updates.append((f"{prefix}|invalid", request_id))
-        targets = dict.fromkeys(f.target for f in realtime if f.kind == "distinct" and f.target)
-        for target in targets:
+        for target, plural in plan.targets:
             member = _member(row, f"{target}_key")
             if member is not None:
-                updates.append((f"{prefix}|{DISTINCT_TARGETS[target]}", member))
+                updates.append((f"{prefix}|{plural}", member))
     return updates
 
 
@@ -225,18 +261,9 @@ def velocity_queries(row: Mapping[str, Any], now: float) -> list[tuple[str, str,
     matches the batch pipeline's ``[ts - w, ts)`` when read before the attempt is recorded.
     """
     queries: list[tuple[str, str, float]] = []
-    for v in feature_views():
-        prefix = _counter_prefix(v, row)
+    for plan in _realtime_plans():
+        prefix = _counter_prefix(plan.view, row)
         if prefix is None:
             continue
-        for f in v.features:
-            if not _realtime(f, v):
-                continue
-            assert f.window is not None
-            if f.kind == "distinct":
-                assert f.target is not None
-                suffix = DISTINCT_TARGETS[f.target]
-            else:
-                suffix = "invalid" if f.only == "invalid" else "attempts"
-            queries.append((f"{v.name}__{f.name}", f"{prefix}|{suffix}", now - WINDOWS[f.window]))
+        queries.extend((name, f"{prefix}|{suffix}", now - window) for name, suffix, window in plan.queries)
     return queries

@@ -33,7 +33,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -640,9 +640,12 @@ class IdentityKeys:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the keys and flags as a plain dict (column name -> value)."""
-        return asdict(self)
+        # Every value is a str, bool, None or float: a shallow dict equals dataclasses.asdict's deep
+        # copy at a fifth of its cost, which is paid on every scored request.
+        return {name: getattr(self, name) for name in _IDENTITY_FIELDS}
 
 
+_IDENTITY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(IdentityKeys))
 KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(IdentityKeys) if f.name.endswith("_key"))
 FLAG_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(IdentityKeys) if not f.name.endswith("_key"))
 IDENTITY_COLUMNS: tuple[str, ...] = KEY_COLUMNS + FLAG_COLUMNS

@@ -157,7 +157,17 @@ def _check_ts(field: str, value: object) -> float:
     return float(value)
 
 
+def _valid_pairs(pairs: Sequence[Any], second: type) -> bool:
+    """True when every item is already a (non-empty str, ``second``) tuple: the common, fast case."""
+    return all(
+        type(p) is tuple and len(p) == 2 and type(p[0]) is str and p[0] and type(p[1]) is second
+        for p in pairs
+    )
+
+
 def _check_updates(updates: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    if _valid_pairs(updates, str) and all(member for _, member in updates):
+        return list(updates)
     checked = []
     for i, pair in enumerate(updates):
         if not isinstance(pair, tuple | list) or len(pair) != 2:
@@ -169,6 +179,8 @@ def _check_updates(updates: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _check_queries(queries: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    if _valid_pairs(queries, float) and all(math.isfinite(since) for _, since in queries):
+        return list(queries)
     checked = []
     for i, pair in enumerate(queries):
         if not isinstance(pair, tuple | list) or len(pair) != 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 
@@ -314,6 +315,7 @@ def test_resolve_joins_variants_and_sets_flags(resolver: IdentityResolver) -> No
     assert a.referrer_key == resolver.resolve(_record(account_id="acct-9")).account_key
     assert not a.ip_is_datacenter and a.ip_provider is None
     assert set(a.as_dict()) == set(KEY_COLUMNS) | set(FLAG_COLUMNS)
+    assert list(a.as_dict().items()) == list(dataclasses.asdict(a).items())
 
 
 def test_resolve_flags_risky_ips_and_missing_identity(resolver: IdentityResolver) -> None:
