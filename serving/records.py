@@ -134,7 +134,13 @@ class Records:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                # A failed commit (a full disk, say) must not leave the shared connection mid-transaction.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def lookup(self, request_id: str, body_sha256: str) -> dict[str, Any] | None:
         """The stored response for a retry, None when new; IdempotencyConflict for a changed body."""
