@@ -12,6 +12,8 @@ serving p99 was made of (hundreds of milliseconds at 200 requests/s).
 asks SQLite for the file lock with the busy handler off and polls every ``poll_s`` (0.2 ms) while
 another process writes. Both waits are bounded by the same timeout, after which the caller gets the
 ``sqlite3.OperationalError`` ("database is locked") it would have got from SQLite.
+
+:func:`transaction` is the same commit-or-roll-back block for reads, which need no lock.
 """
 
 from __future__ import annotations
@@ -31,11 +33,32 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+@contextmanager
+def _committed(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # Commit an open transaction after the block; roll it back when the block or the commit fails, so
+    # that the connection is never left mid-transaction (a failed COMMIT, on a full disk say, can).
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A deferred transaction on ``conn`` (an autocommit connection) around the block: one snapshot."""
+    conn.execute("BEGIN")
+    with _committed(conn):
+        yield conn
+
+
 class WriteLock:
     """Write transactions on one SQLite file: one thread per process at a time, quick to hand over.
 
-    Every connection that writes to the file from this process must go through the same instance,
-    which is what makes the in-process queue fair; other processes may use their own.
+    The connections of one process that write to the file should share an instance: its threads then
+    queue fairly; connections with an instance of their own poll each other like other processes.
     """
 
     def __init__(self, timeout_s: float, poll_s: float = DEFAULT_POLL_S) -> None:
@@ -50,11 +73,11 @@ class WriteLock:
 
     @contextmanager
     def transaction(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` on ``conn`` (an autocommit connection) and hold it for the block.
+        """A ``BEGIN IMMEDIATE`` transaction on ``conn`` (an autocommit connection) around the block.
 
-        The block commits or rolls back itself; this only guarantees that the thread queue is left,
-        and that ``conn``'s own busy timeout (``busy_timeout_ms``, which its reads rely on) is back in
-        place, whatever happens.
+        It commits after the block and rolls back when the block or the commit fails. Whatever
+        happens, the thread queue is left and ``conn``'s own busy timeout (``busy_timeout_ms``, which
+        its reads rely on) is back in place.
         """
         deadline = time.monotonic() + self.timeout_s
         if not self._threads.acquire(timeout=self.timeout_s):
@@ -72,6 +95,7 @@ class WriteLock:
                     time.sleep(self.poll_s)
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            yield conn
+            with _committed(conn):
+                yield conn
         finally:
             self._threads.release()

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -35,7 +35,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from features.sqlitewrite import WriteLock
+from features.sqlitewrite import WriteLock, transaction
 from features.walcheckpoint import Checkpointer, disable_autocheckpoint
 
 DEFAULT_RETENTION_S = 31 * 86_400
@@ -326,32 +326,14 @@ class SqliteVelocity:
     @contextmanager
     def _tx(self, immediate: bool) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        with ExitStack() as held:
-            try:
-                if immediate:
-                    # Writers take the file's lock through WriteLock rather than SQLite's busy handler,
-                    # whose sleeps (up to 100 ms, never woken early) made the serving tail.
-                    held.enter_context(self._writes.transaction(conn, self.busy_timeout_ms))
-                else:
-                    conn.execute("BEGIN")
-            except sqlite3.Error as exc:
-                raise VelocityUnavailable(f"velocity store busy or failing: {exc}") from exc
-            try:
+        # Writers take the file's lock through WriteLock rather than SQLite's busy handler, whose
+        # sleeps (up to 100 ms, never woken early) made the serving tail.
+        tx = self._writes.transaction(conn, self.busy_timeout_ms) if immediate else transaction(conn)
+        try:
+            with tx:
                 yield conn
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise VelocityUnavailable(f"velocity store failed: {exc}") from exc
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise VelocityUnavailable(f"velocity store commit failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise VelocityUnavailable(f"velocity store busy or failing: {exc}") from exc
 
     @staticmethod
     def _add(conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]], ts: float, cutoff: float) -> None:

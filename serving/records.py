@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,7 +106,7 @@ class Records:
         # Worker processes share the file: writes take its lock without SQLite's sleeping busy handler.
         self._writes = WriteLock(busy_timeout_ms / 1000)
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         for statement in _SCHEMA:
@@ -124,23 +123,6 @@ class Records:
             self._checkpointer = None
         with self._lock:
             self._conn.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[None]:
-        """One write transaction on the shared connection (the caller holds ``self._lock``)."""
-        with self._writes.transaction(self._conn, self._busy_timeout_ms):
-            try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error:
-                # A failed commit (a full disk, say) must not leave the shared connection mid-transaction.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
 
     def lookup(self, request_id: str, body_sha256: str) -> dict[str, Any] | None:
         """The stored response for a retry, None when new; IdempotencyConflict for a changed body."""
@@ -165,7 +147,7 @@ class Records:
             _json(dict(rec.response)),
         )
         try:
-            with self._lock, self._write():
+            with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
                 self._conn.execute(
                     "INSERT INTO scores (request_id, body_sha256, ts, promo_code, promo_type, score, band, "
                     "decision, fallback, degraded, model_version, latency_ms, signals_json, features_json, "
@@ -189,7 +171,7 @@ class Records:
 
     def add_outcome(self, request_id: str, outcome: str, reservation: str, ts: datetime) -> None:
         """Log what checkout did with an attempt."""
-        with self._lock, self._write():
+        with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
             self._conn.execute(
                 "INSERT INTO outcomes (request_id, outcome, reservation, ts) VALUES (?,?,?,?)",
                 (request_id, outcome, reservation, ts.astimezone(UTC).isoformat()),
@@ -197,7 +179,7 @@ class Records:
 
     def add_feedback(self, request_id: str, label: str, source: str, ts: datetime) -> None:
         """Store a label in the label contract's shape."""
-        with self._lock, self._write():
+        with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
             self._conn.execute(
                 "INSERT INTO feedback (request_id, label, label_source, label_ts) VALUES (?,?,?,?)",
                 (request_id, label, source, ts.astimezone(UTC).isoformat()),

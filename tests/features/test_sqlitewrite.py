@@ -33,7 +33,6 @@ def test_write_waits_for_another_connection_to_release_the_lock(tmp_path: Path) 
     threading.Timer(0.05, lambda: holder.execute("COMMIT")).start()
     with WriteLock(timeout_s=5).transaction(conn, busy_timeout_ms=1000):
         conn.execute("INSERT INTO t VALUES (2)")
-        conn.execute("COMMIT")
     assert sorted(r[0] for r in conn.execute("SELECT x FROM t")) == [1, 2]
     assert _busy_timeout(conn) == 1000
     holder.close()
@@ -57,6 +56,23 @@ def test_write_gives_up_with_database_locked_after_its_timeout(tmp_path: Path) -
     conn.close()
 
 
+def test_a_failing_block_is_rolled_back_and_the_lock_freed(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    conn, other = _open(path, busy_timeout_ms=300), _open(path)
+    lock = WriteLock(timeout_s=1)
+    with pytest.raises(RuntimeError, match="checkout"), lock.transaction(conn, 300):
+        conn.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("checkout went away")
+    assert not conn.in_transaction
+    assert _busy_timeout(conn) == 300
+    # Both the thread queue and the file lock are free again: another writer gets in at once.
+    with lock.transaction(other, 1000):
+        other.execute("INSERT INTO t VALUES (2)")
+    assert [r[0] for r in conn.execute("SELECT x FROM t")] == [2]
+    conn.close()
+    other.close()
+
+
 def test_threads_of_one_process_take_turns_and_lose_no_write(tmp_path: Path) -> None:
     path = tmp_path / "w.db"
     lock = WriteLock(timeout_s=10)
@@ -68,7 +84,6 @@ def test_threads_of_one_process_take_turns_and_lose_no_write(tmp_path: Path) -> 
             for i in range(50):
                 with lock.transaction(conn, 1000):
                     conn.execute("INSERT INTO t VALUES (?)", (n * 1000 + i,))
-                    conn.execute("COMMIT")
         except BaseException as exc:  # collected: a thread's exception would otherwise vanish
             errors.append(exc)
         finally:
