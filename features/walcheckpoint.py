@@ -99,8 +99,8 @@ class Checkpointer:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             conn.close()
 
-    def _restart(self, conn: sqlite3.Connection) -> bool:
-        """Copy the last frames and rewind the log; True when it was rewound.
+    def _restart(self, conn: sqlite3.Connection) -> None:
+        """Copy the last frames and rewind the log (counted in ``restarts``) unless readers stay on it.
 
         Each ``RESTART`` attempt takes the write lock, copies what the passive round left and gives up
         at once when a reader still uses the log (no busy handler); the attempts are repeated every
@@ -111,9 +111,9 @@ class Checkpointer:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if not busy:
                 self.restarts += 1
-                return True
+                return
             if time.monotonic() > deadline:
-                return False
+                return
             time.sleep(0.0005)
 
     def close(self) -> None:

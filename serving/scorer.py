@@ -350,7 +350,7 @@ class Scorer:
             return ScoreResponse.model_validate(stored)
         now = self.clock()
         try:
-            keys: dict[str, Any] = dict(self.resolver.resolve(to_event_record(req)).as_dict())
+            keys: dict[str, Any] = self.resolver.resolve(to_event_record(req)).as_dict()
             identity_ok = True
         except Exception as exc:
             logger.warning("identity resolution failed: %s", type(exc).__name__)
@@ -437,7 +437,7 @@ class Scorer:
                 band=response.band, decision=decision, fallback=fallback, degraded=response.degraded,
                 model_version=response.model_version, latency_ms=response.latency_ms,
                 signals=[s.model_dump() for s in signals], features=reads.features,
-                keys={k: v for k, v in keys.items()}, rules_version=self.rules.version,
+                keys=keys, rules_version=self.rules.version,
                 response=logged,
             )
         )
