@@ -13,6 +13,11 @@ statement over Feast's online tables on a per-thread read-only connection (Feast
 reader issues one query per view and converts every row's timestamp, which serving never reads; that
 was 1.6 ms of a request). Every failure of Feast or of the online store surfaces as
 :class:`FeatureStoreUnavailable` so that the caller can fall back to rules.
+
+A serving read is bounded by its caller's deadline without a watchdog thread: on SQLite the wait for
+a writer's lock (``feast materialize`` commits while serving reads; the store is in rollback-journal
+mode) is cut to the time left, and on Redis the socket timeout bounds the single round trip. The
+caller runs the read in its own thread, which saves a hand-off per request.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import runpy
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -369,6 +375,10 @@ def _check_row(row: Mapping[str, str | None], keys: Sequence[str]) -> None:
             raise TypeError(f"{key}: expected a string or None, got {type(value).__name__}")
 
 
+#: How long a read without a deadline waits for a writer's lock on the SQLite online store.
+_LOCK_WAIT_MS = 5000
+
+
 class OnlineFeatures:
     """Online reads of the feature service for serving; build one per process and share it.
 
@@ -443,19 +453,27 @@ class OnlineFeatures:
         """Stop the registry refresher."""
         self._closed.set()
 
-    def read(self, entity_rows: Mapping[str, str | None]) -> dict[str, float]:
-        """Every feature of the service for one request's join-key values."""
-        return self.read_many([entity_rows])[0]
+    def read(self, entity_rows: Mapping[str, str | None], deadline: float | None = None) -> dict[str, float]:
+        """Every feature of the service for one request's join-key values (see :meth:`read_many`)."""
+        return self.read_many([entity_rows], deadline)[0]
 
-    def read_many(self, rows: Sequence[Mapping[str, str | None]]) -> list[dict[str, float]]:
-        """Features for several requests at once (one online-store round trip per view or less)."""
+    def read_many(
+        self, rows: Sequence[Mapping[str, str | None]], deadline: float | None = None
+    ) -> list[dict[str, float]]:
+        """Features for several requests at once (one online-store round trip per view or less).
+
+        ``deadline`` is a ``time.perf_counter()`` value: a read that would wait for a lock past it
+        raises :class:`FeatureStoreUnavailable` instead (SQLite); Redis is bounded by its socket timeout.
+        """
         for row in rows:
             _check_row(row, self._keys)
         if not rows:
             return []
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise FeatureStoreUnavailable("online feature read: the deadline passed before it started")
         try:
             if self._fast:
-                return self._read_fast(rows)
+                return self._read_fast(rows, deadline)
             return self._read_sdk(rows)
         except Exception as exc:
             raise FeatureStoreUnavailable(f"online feature read failed: {type(exc).__name__}: {exc}") from exc
@@ -492,7 +510,9 @@ class OnlineFeatures:
             entity_values=[ValueProto(string_val=v) for v in values],
         )
 
-    def _read_fast(self, rows: Sequence[Mapping[str, str | None]]) -> list[dict[str, float]]:
+    def _read_fast(
+        self, rows: Sequence[Mapping[str, str | None]], deadline: float | None
+    ) -> list[dict[str, float]]:
         plans = self._plans
         config = self._store.config
         online: Any = self._store._get_provider().online_store
@@ -519,7 +539,7 @@ class OnlineFeatures:
         if self._cfg.online_store == "redis":
             read_rows = self._redis_read_all(online, config, plans, keys_per_view)
         else:
-            read_rows = self._sqlite_read_all(config, plans, keys_per_view)
+            read_rows = self._sqlite_read_all(config, plans, keys_per_view, deadline)
 
         out: list[dict[str, float]] = [{} for _ in rows]
         for plan, found, idx in zip(plans, read_rows, index_per_view, strict=True):
@@ -552,6 +572,7 @@ class OnlineFeatures:
         config: RepoConfig,
         plans: Sequence[_ViewPlan],
         keys_per_view: Sequence[list[EntityKeyProto]],
+        deadline: float | None,
     ) -> list[list[tuple[Any, Any]]]:
         # One statement for every view: Feast's tables hold one row per (entity key, feature).
         version = config.entity_key_serialization_version
@@ -570,9 +591,12 @@ class OnlineFeatures:
                 params.extend(blobs)
         found: list[dict[bytes, dict[str, ValueProto]]] = [{} for _ in plans]
         if parts:
-            for v, entity_key, feature_name, value in self._sqlite_conn().execute(
-                " UNION ALL ".join(parts), params
-            ):
+            conn = self._sqlite_conn()
+            # Wait for a materialization's lock only as long as the caller can: the connection's
+            # busy timeout is what a locked read waits, so it is set to the time left on each read.
+            left_ms = _LOCK_WAIT_MS if deadline is None else (deadline - time.perf_counter()) * 1000
+            conn.execute(f"PRAGMA busy_timeout = {max(0, int(left_ms))}")
+            for v, entity_key, feature_name, value in conn.execute(" UNION ALL ".join(parts), params):
                 proto = ValueProto()
                 proto.ParseFromString(value)
                 found[v].setdefault(bytes(entity_key), {})[feature_name] = proto

@@ -417,11 +417,8 @@ class PromoGuard:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Stop the read pool, close the velocity store (its last WAL checkpoint) and the scoring log."""
+        """Close the online reader, the velocity store (its last WAL checkpoint) and the scoring log."""
         self.scorer.close()
-        if self.scorer.velocity is not None:
-            self.scorer.velocity.close()
-        self.scorer.records.close()
 
 
 PromoGuard.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -197,6 +198,31 @@ def test_bad_key_type_names_the_field(sqlite_store) -> None:
     online = OnlineFeatures(cfg, refresh_registry=False)
     with pytest.raises(TypeError, match="email_key"):
         online.read({**_row_keys(1), "email_key": 12})  # type: ignore[dict-item]
+
+
+def test_read_locked_by_a_materialization_gives_up_at_its_deadline(sqlite_store) -> None:
+    cfg, frames = sqlite_store
+    online = OnlineFeatures(cfg, refresh_registry=False)
+    writer = sqlite3.connect(cfg.feast_dir / "online.db", isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # what a materialization holds while it commits
+    try:
+        started = time.monotonic()
+        with pytest.raises(FeatureStoreUnavailable, match="locked"):
+            online.read(_row_keys(2), deadline=time.perf_counter() + 0.05)
+        # Far below the 5 s a read without a deadline waits for the lock.
+        assert time.monotonic() - started < 2.0
+        with pytest.raises(FeatureStoreUnavailable, match="deadline"):
+            online.read(_row_keys(2), deadline=time.perf_counter() - 0.001)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    # The same connection reads again once the lock is gone.
+    got = online.read(_row_keys(2), deadline=time.perf_counter() + 5.0)
+    for view in feature_views():
+        latest = _latest(frames, view.name, 2)
+        for f in view.features:
+            want = float(latest[f.name]) if pd.notna(latest[f.name]) else math.nan
+            assert _same(got[f"{view.name}__{f.name}"], want), f"{view.name}__{f.name}"
 
 
 def test_fast_path_matches_feast_sdk(sqlite_store) -> None:

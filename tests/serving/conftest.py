@@ -139,17 +139,24 @@ class FakeOnline:
         self.fail = fail
         self.delay_s = delay_s
         self.rows: list[Mapping[str, str | None]] = []
+        self.deadlines: list[float | None] = []
+        self.closed = False
 
-    def read(self, entity_rows: Mapping[str, str | None]) -> dict[str, float]:
-        """Return the configured values (or fail/sleep)."""
+    def read(self, entity_rows: Mapping[str, str | None], deadline: float | None = None) -> dict[str, float]:
+        """Return the configured values (or fail, or answer late: the delay ignores the deadline)."""
         import time
 
         self.rows.append(dict(entity_rows))
+        self.deadlines.append(deadline)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail:
             raise RuntimeError("online store down")
         return dict(self.values)
+
+    def close(self) -> None:
+        """Remember that the scorer closed it."""
+        self.closed = True
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,7 @@ class FakeVelocity:
         self.recorded: set[str] = set()
         self.uses: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.held: dict[str, tuple[str, list[str]]] = {}
+        self.closed = False
 
     def _check(self) -> None:
         if self.fail:
@@ -188,7 +196,8 @@ class FakeVelocity:
         return True
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Remember that the scorer closed it."""
+        self.closed = True
 
     def read(self, queries: Sequence[tuple[str, float]]) -> list[int]:
         """Members seen since each query's time."""

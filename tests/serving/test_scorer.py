@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,26 @@ def test_feature_read_past_the_deadline_gives_a_rules_answer(tmp_path: Path, mod
     resp = scorer.score(_req())
     assert resp.degraded is True and resp.fallback == "rules"
     scorer.close()
+
+
+def test_feature_read_is_given_the_request_deadline(tmp_path: Path, model: LoadedModel) -> None:
+    online = FakeOnline(SHARED_DEVICE)
+    scorer = _scorer(tmp_path, online=online, model=model, feature_deadline_ms=50)
+    before = time.perf_counter()
+    scorer.score(_req())
+    (deadline,) = online.deadlines
+    # The reader runs in the request's thread and must stop waiting by then.
+    assert deadline is not None and before < deadline <= before + 0.050 + (time.perf_counter() - before)
+
+
+def test_closing_the_scorer_closes_its_dependencies(tmp_path: Path) -> None:
+    online, velocity = FakeOnline(SHARED_DEVICE), FakeVelocity()
+    scorer = _scorer(tmp_path, online=online, velocity=velocity)
+    scorer.score(_req())
+    scorer.close()
+    assert online.closed and velocity.closed
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        scorer.records.lookup("r1", "x")
 
 
 def test_velocity_read_past_the_deadline_gives_a_rules_answer(tmp_path: Path, model: LoadedModel) -> None:
