@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,7 +227,11 @@ class LoadedModel:
 
 
 def _newest_cached(cache_dir: Path) -> Path | None:
-    candidates = [p for p in cache_dir.iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file()]
+    # Dot folders are downloads in progress.
+    candidates = [
+        p for p in cache_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+    ]
     if not candidates:
         return None
 
@@ -234,6 +239,18 @@ def _newest_cached(cache_dir: Path) -> Path | None:
         return (int(p.name) if p.name.isdigit() else -1, p.stat().st_mtime)
 
     return max(candidates, key=order)
+
+
+def _install(found: Path, target: Path) -> None:
+    """Rename a complete download to ``target`` unless another process installed it first."""
+    try:
+        os.rename(found, target)
+    except OSError:
+        if (target / MANIFEST_FILE).is_file():
+            return
+        # A folder without a manifest is what an interrupted older install left behind.
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(found, target)
 
 
 def fetch_champion(
@@ -257,19 +274,23 @@ def fetch_champion(
         version = client.get_model_version_by_alias(model_name, alias)
         target = cache / str(version.version)
         if not (target / MANIFEST_FILE).is_file():
-            staging = cache / f".{version.version}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            mlflow.set_tracking_uri(tracking_uri)
-            source = version.source or f"models:/{model_name}/{version.version}"
-            downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging)))
-            # The artifact files may sit one level down depending on how training logged them.
-            found = next((p.parent for p in downloaded.rglob(MANIFEST_FILE)), None)
-            if found is None:
-                raise ArtifactError(f"model {model_name} version {version.version}: no {MANIFEST_FILE}")
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.move(str(found), str(target))
-            shutil.rmtree(staging, ignore_errors=True)
+            # Every worker of a service fetches at start, at the same moment: each downloads into its
+            # own staging folder and installs it with one rename, so a worker never sees (or deletes)
+            # another's half-written copy. The first rename wins; the others drop their copy.
+            staging = Path(tempfile.mkdtemp(prefix=f".{version.version}.partial-", dir=cache))
+            try:
+                mlflow.set_tracking_uri(tracking_uri)
+                source = version.source or f"models:/{model_name}/{version.version}"
+                downloaded = Path(
+                    mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging))
+                )
+                # The artifact files may sit one level down depending on how training logged them.
+                found = next((p.parent for p in downloaded.rglob(MANIFEST_FILE)), None)
+                if found is None:
+                    raise ArtifactError(f"model {model_name} version {version.version}: no {MANIFEST_FILE}")
+                _install(found, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return target
     except ArtifactError:
         raise
