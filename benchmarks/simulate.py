@@ -12,8 +12,8 @@ import sys
 
 _CHILD = """
 import json, resource, sys, time
-from features.simulate import SimulationConfig, simulate_history
-from features.simulate import _ip_space
+from simulation.simulate import SimulationConfig, simulate_history
+from simulation.simulate import _ip_space
 _ip_space()  # one-time decode of the shipped cloud ranges, not per-history work
 started = time.perf_counter()
 history = simulate_history(SimulationConfig(n_events=int(sys.argv[1])))

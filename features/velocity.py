@@ -35,8 +35,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from features.sqlitewrite import WriteLock, transaction
-from features.walcheckpoint import Checkpointer, disable_autocheckpoint
+from sqlitekit.sqlitewrite import WriteLock, transaction
+from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
 
 DEFAULT_RETENTION_S = 31 * 86_400
 DEFAULT_PREFIX = "pg:"
@@ -256,7 +256,7 @@ class SqliteVelocity:
         """Open (and create if needed) the store at ``path``.
 
         With ``checkpoint_interval_s`` WAL checkpoints run in a background thread at that interval
-        instead of inside whichever write fills the log (see :mod:`features.walcheckpoint`).
+        instead of inside whichever write fills the log (see :mod:`sqlitekit.walcheckpoint`).
         """
         if busy_timeout_ms < 0:
             raise ValueError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")

@@ -44,7 +44,7 @@ def simulate(
     root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
 ) -> None:
     """Generate a labeled redemption history with every abuse pattern into data/raw/."""
-    from features.simulate import SimulationConfig, simulate_history, summarize, write_history
+    from simulation.simulate import SimulationConfig, simulate_history, summarize, write_history
 
     settings = _settings(root)
     started = time.perf_counter()
@@ -192,7 +192,7 @@ def train(
     from functools import partial
 
     from features.store import StoreConfig, historical_features
-    from serving.rules import rules_score_frame
+    from scoring.rules import rules_score_frame
     from training.dataset import assemble_training_frame, presume_unlabeled_legit
     from training.run import train_model
 

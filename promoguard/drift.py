@@ -17,7 +17,7 @@ NOTHING_TO_COMPARE = 3
 
 def current_frame(settings: Settings, days: float) -> pd.DataFrame:
     """The last ``days`` of the service's scoring log (hashed keys stay behind)."""
-    from serving.records import scoring_frame
+    from scoring.records import scoring_frame
 
     log = settings.serving_dir / "scores.db"
     if not log.exists():
@@ -31,7 +31,7 @@ def current_frame(settings: Settings, days: float) -> pd.DataFrame:
 
 def drift_report(settings: Settings, *, days: float, events: Path | None, console: Console) -> int:
     """Write the drift report and return the scheduler exit status (0 green, 1 amber, 2 red, 3 none)."""
-    from training.drift import drift_features, exit_code, run_drift
+    from monitoring.drift import drift_features, exit_code, run_drift
     from training.registry import reference_scoring_frame
 
     if events is not None and not events.exists():

@@ -3,7 +3,7 @@
 Used by ``promoguard drift --events PATH``: a batch exported from the store (or simulated) is resolved into
 identity keys, its point-in-time features are built over the batch itself, each event is joined to its
 own pre-event row of every view, the request-time flags are added and the champion scores the result.
-The output is a *scoring frame* in the shape :mod:`training.drift` compares.
+The output is a *scoring frame* in the shape :mod:`monitoring.drift` compares.
 
 :func:`join_pre_event_features` and :func:`batch_window` are pure; :func:`score_events` is the edge that
 reads the batch and downloads the champion.
@@ -122,7 +122,9 @@ def score_events(
     from features.events import LABEL_SCHEMA, validate_events, validate_labels
     from features.identity import build_resolver, resolve_frame
     from features.pipeline import build_features
-    from training.registry import CHAMPION, load_artifact, scoring_frame
+    from scoring.artifact import LoadedModel
+    from scoring.batch import score_frame
+    from training.registry import CHAMPION, load_artifact
 
     events_path = Path(events_path)
     if not events_path.exists():
@@ -156,6 +158,6 @@ def score_events(
         return pd.DataFrame()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = load_artifact(settings.mlflow_tracking_uri, settings.model_name, CHAMPION, Path(tmp))
-        scored = scoring_frame(model_dir, window)
+        scored = score_frame(LoadedModel.from_dir(model_dir), window)
     scored["label_ts"] = window["label_ts"].to_numpy()
     return scored

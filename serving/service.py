@@ -6,7 +6,7 @@ The service starts and answers from the rules when there is no model yet, no Fea
 ``/readyz`` means "a model or the rules are loaded", never "every backend answers", because checkout
 must get an answer either way.
 
-Request bodies are flat JSON validated by the pydantic models of :mod:`serving.schemas` (unknown
+Request bodies are flat JSON validated by the pydantic models of :mod:`scoring.schemas` (unknown
 fields are a 400 naming the field). In front of the endpoints an ASGI guard checks the body size,
 the ``X-API-Key`` header (constant-time compare, on unless ``PROMOGUARD_REQUIRE_API_KEY=false``) and a
 per-key token bucket. The bucket lives in each worker process (one per CPU), so with N workers a
@@ -33,10 +33,10 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from features import DEV_PEPPER
-from serving.artifact import ArtifactError, LoadedModel, fetch_champion
-from serving.records import IdempotencyConflict, Records
-from serving.rules import default_rules, load_rules
-from serving.schemas import (
+from scoring.artifact import ArtifactError, LoadedModel
+from scoring.records import IdempotencyConflict, Records
+from scoring.rules import default_rules, load_rules
+from scoring.schemas import (
     FeedbackRequest,
     FeedbackResponse,
     OutcomeRequest,
@@ -44,7 +44,8 @@ from serving.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from serving.scorer import Scorer, ScorerConfig, VelocityLike
+from scoring.scorer import Scorer, ScorerConfig, VelocityLike
+from serving.model_cache import fetch_champion
 
 logger = logging.getLogger("promoguard.serving")
 

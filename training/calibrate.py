@@ -1,7 +1,8 @@
-"""Probability calibration, scores, bands and cost-based decision thresholds per promotion type.
+"""Fitting the calibrator and choosing cost-based decision thresholds per promotion type.
 
 The calibrator is fitted on a held-out calibration window (never the training or early-stopping data)
-and exported as plain numbers in the manifest, so serving applies it with ``numpy.interp`` alone.
+and exported as plain numbers in the manifest; applying it, scores, bands and decisions are defined
+once in :mod:`scoring` and used here as everywhere else.
 Thresholds are chosen per promotion type by expected cost: letting an abuser through costs the discount
 at risk, verifying a legit shopper costs friction, refusing one costs a multiple of the discount plus
 the churn of an angry customer. The cheaper a promotion, the later it pays to intervene.
@@ -17,8 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
-DEFAULT_BANDS: dict[str, int] = {"clean": 0, "low": 10, "medium": 30, "high": 60}
-NEVER = 101  # a threshold no 0-100 score reaches
+from scoring.calibration import logit
+from scoring.policy import DEFAULT_BANDS, NEVER
 
 
 @dataclass(frozen=True)
@@ -56,38 +57,9 @@ def fit_platt(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Fit Platt scaling on the booster's raw margin (logit of its probability)."""
     from sklearn.linear_model import LogisticRegression
 
-    margin = _logit(np.asarray(p, dtype=np.float64)).reshape(-1, 1)
+    margin = logit(np.asarray(p, dtype=np.float64)).reshape(-1, 1)
     lr = LogisticRegression(C=1e6, max_iter=1000).fit(margin, np.asarray(y))
     return {"kind": "platt", "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-12, 1 - 1e-12)
-    return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
-
-
-def apply_calibrator(cal: Mapping[str, Any], p: np.ndarray) -> np.ndarray:
-    """Calibrated probability for booster probabilities ``p`` (isotonic: np.interp; Platt: on the margin)."""
-    p = np.asarray(p, dtype=np.float64)
-    if cal["kind"] == "isotonic":
-        return np.asarray(np.interp(p, np.asarray(cal["x"]), np.asarray(cal["y"])), dtype=np.float64)
-    if cal["kind"] == "platt":
-        z = float(cal["a"]) * _logit(p) + float(cal["b"])
-        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
-    raise ValueError(f"calibrator kind {cal['kind']!r}: expected 'isotonic' or 'platt'")
-
-
-def to_score(prob: np.ndarray) -> np.ndarray:
-    """Score 0-100: round(100 * calibrated probability), clipped."""
-    return np.clip(np.round(100.0 * np.asarray(prob, dtype=np.float64)), 0, 100).astype(np.int64)
-
-
-def band(scores: np.ndarray, bands: Mapping[str, int] | None = None) -> np.ndarray:
-    """Band name per score from band lower bounds."""
-    b = sorted((bands or DEFAULT_BANDS).items(), key=lambda kv: kv[1])
-    names = np.array([k for k, _ in b], dtype=object)
-    idx = np.searchsorted(np.array([v for _, v in b]), np.asarray(scores), side="right") - 1
-    return np.asarray(names[np.clip(idx, 0, len(names) - 1)])
 
 
 def _best_thresholds(
@@ -142,27 +114,3 @@ def choose_thresholds(
         v, r, _ = _best_thresholds(s[m], y[m], d[m], c, watch)
         out[ptype] = {"watch": watch, "verify": v, "refuse": r}
     return out
-
-
-def decide(
-    scores: np.ndarray, promo_types: np.ndarray, thresholds: Mapping[str, Mapping[str, int]]
-) -> np.ndarray:
-    """Decision per row (allow | watch | verify | refuse) from its promotion type's thresholds."""
-    s = np.asarray(scores)
-    watch, verify, refuse = (
-        threshold_per_row(promo_types, thresholds, a) for a in ("watch", "verify", "refuse")
-    )
-    out = np.where(
-        s >= refuse, "refuse", np.where(s >= verify, "verify", np.where(s >= watch, "watch", "allow"))
-    )
-    return np.asarray(out, dtype=object)
-
-
-def threshold_per_row(
-    promo_types: np.ndarray, thresholds: Mapping[str, Mapping[str, int]], action: str
-) -> np.ndarray:
-    """The ``action`` threshold that applies to each row's promotion type."""
-    default = thresholds["default"][action]
-    lookup = {k: v.get(action, default) for k, v in thresholds.items()}
-    mapped = pd.Series(np.asarray(promo_types, dtype=object)).astype(str).map(lookup)
-    return mapped.fillna(default).to_numpy(np.int64)

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from training.calibrate import CostModel, apply_calibrator, threshold_per_row, to_score
+from scoring.calibration import apply_calibrator, to_score
+from scoring.policy import threshold_per_row
+from training.calibrate import CostModel
 from training.train import matrix, predict_proba
 
 Scorer = Callable[[pd.DataFrame], np.ndarray]

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features import definitions
+from scoring.artifact import tree_shap
 from training.dataset import FLAG_COLUMNS
 
 _ENTITY_WORDS = {
@@ -52,7 +53,7 @@ _FLAG_TEXT = {
 
 def contributions(booster: lgb.Booster, x: np.ndarray, *, num_threads: int = 2) -> np.ndarray:
     """Exact TreeSHAP per row: ``(n, features + 1)``, last column the expected value; sums to the margin."""
-    return np.asarray(booster.predict(x, pred_contrib=True, num_threads=num_threads), dtype=np.float64)
+    return tree_shap(booster, x, num_threads=num_threads)
 
 
 def global_importance(contrib: np.ndarray, feature_names: Sequence[str]) -> pd.DataFrame:

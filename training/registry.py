@@ -1,38 +1,31 @@
-"""The MLflow edge: the model artifact directory, run logging, registration, loading and promotion.
+"""The MLflow edge of training: run logging, registration, downloading an artifact, and promotion.
 
-The artifact is exactly what docs/contracts.md promises serving: ``model.txt`` (LightGBM native text,
-never a pickle) and ``manifest.json`` (feature order, calibrator, bands, thresholds, signals, 100 golden
-predictions, sha256 of model.txt). ``verify_artifact`` is what makes that promise checkable: the booster
-read back from disk must reproduce the golden predictions bit for bit.
+The artifact itself (``model.txt`` + ``manifest.json``, written by :func:`scoring.artifact.write_artifact`
+and verified by :meth:`scoring.artifact.LoadedModel.from_dir`) is defined in :mod:`scoring`; this
+module only moves it in and out of the registry.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from training.calibrate import apply_calibrator, to_score
+from scoring.artifact import LoadedModel, read_manifest
+from scoring.batch import feature_matrix, score_frame
+from scoring.calibration import to_score
 from training.evaluate import trap_fpr
-from training.train import matrix
 
 MODEL_DIR = "model"
 TEST_WINDOW_PATH = "evaluation/test_window.parquet"
 CHAMPION = "champion"
-
-
-class ArtifactError(RuntimeError):
-    """A model artifact is incomplete, tampered with, or does not reproduce its golden predictions."""
 
 
 @dataclass(frozen=True)
@@ -42,111 +35,6 @@ class PromotionDecision:
     promoted: bool
     reasons: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _json_floats(row: np.ndarray) -> list[float | None]:
-    # JSON has no NaN: missing is null, and serving reads null back as NaN.
-    return [None if math.isnan(v) else float(v) for v in row.tolist()]
-
-
-def write_artifact(
-    dst_dir: Path,
-    booster: lgb.Booster,
-    *,
-    feature_names: Sequence[str],
-    calibrator: Mapping[str, Any],
-    bands: Mapping[str, int],
-    thresholds: Mapping[str, Mapping[str, int]],
-    signals: Mapping[str, Mapping[str, str]],
-    golden_x: np.ndarray,
-    model_version: str,
-    feature_service: str,
-) -> Path:
-    """Write model.txt and manifest.json into ``dst_dir``; golden rows are scored by the saved booster."""
-    if list(booster.feature_name()) != list(feature_names):
-        raise ArtifactError("booster feature names differ from the manifest feature order")
-    missing = [f for f in feature_names if f not in signals]
-    if missing:
-        raise ArtifactError(f"no signal for feature(s) {missing[:5]}")
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    model_path = dst_dir / "model.txt"
-    model_path.write_text(booster.model_to_string(), encoding="utf-8")
-    # Golden values come from the booster as serving will load it (from the text file), not from memory.
-    saved = lgb.Booster(model_file=str(model_path))
-    x = np.asarray(golden_x, dtype=np.float64)[:100]
-    raw = np.asarray(saved.predict(x, raw_score=True, num_threads=1), dtype=np.float64)
-    prob = apply_calibrator(calibrator, np.asarray(saved.predict(x, num_threads=1), dtype=np.float64))
-    scores = to_score(prob)
-    manifest = {
-        "model_version": model_version,
-        "created_at": datetime.now(UTC).isoformat(),
-        "feature_service": feature_service,
-        "feature_names": list(feature_names),
-        "calibrator": dict(calibrator),
-        "bands": dict(bands),
-        "thresholds": {k: dict(v) for k, v in thresholds.items()},
-        "signals": {k: dict(v) for k, v in signals.items()},
-        "golden": [
-            {
-                "x": _json_floats(x[i]),
-                "raw": float(raw[i]),
-                "probability": float(prob[i]),
-                "score": int(scores[i]),
-            }
-            for i in range(len(x))
-        ],
-        "model_sha256": sha256_file(model_path),
-    }
-    (dst_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False), encoding="utf-8")
-    return dst_dir
-
-
-def read_manifest(model_dir: Path) -> dict[str, Any]:
-    """Parse manifest.json of an artifact directory."""
-    path = Path(model_dir) / "manifest.json"
-    if not path.exists():
-        raise ArtifactError(f"{path} is missing")
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
-
-
-def verify_artifact(model_dir: Path) -> None:
-    """Check model.txt's sha256 and that it reproduces every golden prediction exactly.
-
-    Raises ArtifactError naming the first mismatch.
-    """
-    model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    model_path = model_dir / "model.txt"
-    if not model_path.exists():
-        raise ArtifactError(f"{model_path} is missing")
-    digest = sha256_file(model_path)
-    if digest != manifest.get("model_sha256"):
-        raise ArtifactError(f"model.txt sha256 {digest[:12]}... differs from the manifest's model_sha256")
-    booster = lgb.Booster(model_file=str(model_path))
-    if list(booster.feature_name()) != list(manifest["feature_names"]):
-        raise ArtifactError("model.txt feature names differ from manifest feature_names")
-    golden = manifest.get("golden") or []
-    if not golden:
-        raise ArtifactError("manifest has no golden predictions")
-    x = np.array([g["x"] for g in golden], dtype=np.float64)
-    raw = np.asarray(booster.predict(x, raw_score=True, num_threads=1), dtype=np.float64)
-    prob = apply_calibrator(
-        manifest["calibrator"], np.asarray(booster.predict(x, num_threads=1), dtype=np.float64)
-    )
-    scores = to_score(prob)
-    for i, g in enumerate(golden):
-        if raw[i] != g["raw"] or prob[i] != g["probability"] or int(scores[i]) != g["score"]:
-            raise ArtifactError(
-                f"golden row {i}: expected raw={g['raw']!r} probability={g['probability']!r} "
-                f"score={g['score']}, "
-                f"got raw={raw[i]!r} probability={prob[i]!r} score={int(scores[i])}"
-            )
 
 
 def normalize_tracking_uri(uri: str) -> str:
@@ -300,10 +188,8 @@ def load_artifact(tracking_uri: str, name: str, alias_or_version: str | int, dst
 
 def score_with_artifact(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
     """Calibrated probabilities for ``frame`` with the artifact in ``model_dir`` (its own feature order)."""
-    manifest = read_manifest(model_dir)
-    booster = lgb.Booster(model_file=str(Path(model_dir) / "model.txt"))
-    p = np.asarray(booster.predict(matrix(frame, manifest["feature_names"])), dtype=np.float64)
-    return apply_calibrator(manifest["calibrator"], p)
+    model = LoadedModel.from_dir(model_dir, verify=False)
+    return model.predict_many(feature_matrix(frame, model.feature_names), num_threads=2)[0]
 
 
 def psi(expected_scores: np.ndarray, actual_scores: np.ndarray, bins: int = 10) -> float:
@@ -352,7 +238,7 @@ def promote(
         cand_dir = _download(tracking_uri, str(cand.run_id), MODEL_DIR, tdir / "candidate")
         champ_dir = _download(tracking_uri, str(champ.run_id), MODEL_DIR, tdir / "champion")
         window = pd.read_parquet(_download(tracking_uri, str(cand.run_id), TEST_WINDOW_PATH, tdir / "window"))
-        verify_artifact(cand_dir)
+        LoadedModel.from_dir(cand_dir)  # verified: sha256 and golden rows
         p_cand = score_with_artifact(cand_dir, window)
         p_champ = score_with_artifact(champ_dir, window)
         th_cand = read_manifest(cand_dir)["thresholds"]
@@ -397,47 +283,4 @@ def reference_scoring_frame(tracking_uri: str, name: str, dst_dir: Path, *, top:
     model_dir = load_artifact(tracking_uri, name, CHAMPION, Path(dst_dir))
     mv = _version(_client(tracking_uri), name, CHAMPION)
     window_path = _download(tracking_uri, str(mv.run_id), TEST_WINDOW_PATH, Path(dst_dir) / "evaluation")
-    return scoring_frame(model_dir, pd.read_parquet(window_path), top=top)
-
-
-def scoring_frame(model_dir: Path, window: pd.DataFrame, *, top: int = 3) -> pd.DataFrame:
-    """Score a frame of attempts with an artifact the way serving does, in the drift report's shape.
-
-    ``window`` needs request_id, ts, promo_type and the model's features (promo_code, label and pattern
-    when present). Returns ts, request_id, promo_code, promo_type, campaign, score, band, decision,
-    fallback (None), top_signals (names of the largest positive contributions), label, pattern and every
-    model feature.
-    """
-    from training.calibrate import band, decide
-    from training.explain import contributions
-
-    manifest = read_manifest(model_dir)
-    names = list(manifest["feature_names"])
-    booster = lgb.Booster(model_file=str(Path(model_dir) / "model.txt"))
-    x = matrix(window, names)
-    prob = np.asarray(booster.predict(x), dtype=np.float64)
-    scores = to_score(apply_calibrator(manifest["calibrator"], prob))
-    contrib = contributions(booster, x)[:, : len(names)]
-    signal_names = [manifest["signals"].get(n, {}).get("name", n) for n in names]
-    order = np.argsort(-contrib, axis=1)[:, :top]
-    top_signals = [[signal_names[j] for j in row if contrib[i, j] > 0] for i, row in enumerate(order)]
-    codes = window["promo_code"] if "promo_code" in window.columns else window["promo_type"]
-    out = pd.DataFrame(
-        {
-            "ts": pd.to_datetime(window["ts"], utc=True).to_numpy(),
-            "request_id": window["request_id"].astype(str).to_numpy(),
-            "promo_code": codes.astype(str).to_numpy(),
-            "promo_type": window["promo_type"].astype(str).to_numpy(),
-            "score": scores,
-            "band": band(scores, manifest.get("bands")),
-            "decision": decide(scores, window["promo_type"].to_numpy(), manifest["thresholds"]),
-            "fallback": None,
-            "top_signals": top_signals,
-            "label": window["label"].astype("float64").to_numpy() if "label" in window.columns else np.nan,
-        }
-    )
-    out["ts"] = pd.to_datetime(out["ts"], utc=True)
-    out["campaign"] = out["promo_code"]
-    if "pattern" in window.columns:
-        out["pattern"] = window["pattern"].to_numpy()
-    return pd.concat([out, pd.DataFrame(x, columns=names, index=out.index)], axis=1)
+    return score_frame(LoadedModel.from_dir(model_dir), pd.read_parquet(window_path), top=top)

@@ -21,6 +21,9 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from features.definitions import FEATURE_SERVICE
+from scoring.artifact import write_artifact
+from scoring.calibration import apply_calibrator, to_score
+from scoring.policy import DEFAULT_BANDS
 from training import calibrate, evaluate, explain, registry
 from training.dataset import EVALUATION_COLUMNS, model_feature_names, validate_training_frame
 from training.split import Split, abusers_seen_in_train, time_split
@@ -94,7 +97,7 @@ def train_model(
     """
     p = params or TrainParams()
     c = costs or calibrate.CostModel()
-    b = dict(bands or calibrate.DEFAULT_BANDS)
+    b = dict(bands or DEFAULT_BANDS)
     names = model_feature_names(feature_names)
     say = progress or (lambda msg: log.info(msg))
     timings: dict[str, float] = {}
@@ -124,22 +127,22 @@ def train_model(
     # history cut test PR-AUC from 0.98 to 0.89 and left no threshold at 0.5% false positives.
     cal = calibrate.fit_platt(p_calib, split.calib["label"].to_numpy())
     thresholds = calibrate.choose_thresholds(
-        split.calib, calibrate.to_score(calibrate.apply_calibrator(cal, p_calib)), costs=c, bands=b
+        split.calib, to_score(apply_calibrator(cal, p_calib)), costs=c, bands=b
     )
     lap("calibrate")
 
     test = split.test
     x_test = matrix(test, names)
     p_raw = predict_proba(booster, x_test, num_threads=p.num_threads)
-    prob = calibrate.apply_calibrator(cal, p_raw)
-    scores = calibrate.to_score(prob)
+    prob = apply_calibrator(cal, p_raw)
+    scores = to_score(prob)
     y = test["label"].to_numpy()
     metrics: dict[str, Any] = {
         "test": evaluate.core_metrics(test, prob, thresholds, costs=c, review_per_day=review_per_day)
     }
     metrics["calib"] = {
         "ece": evaluate.expected_calibration_error(
-            split.calib["label"].to_numpy(), calibrate.apply_calibrator(cal, p_calib)
+            split.calib["label"].to_numpy(), apply_calibrator(cal, p_calib)
         )
     }
     by_model: dict[str, np.ndarray] = {"model": prob, "logistic_regression": lr.predict_proba(x_test)[:, 1]}
@@ -170,7 +173,7 @@ def train_model(
         artifact_version = (
             f"{model_name}-{pd.Timestamp.now(tz='UTC').strftime('%Y%m%d%H%M%S')}-{booster.num_trees()}t"
         )
-        model_dir = registry.write_artifact(
+        model_dir = write_artifact(
             tdir / "model",
             booster,
             feature_names=names,

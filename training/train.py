@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from scoring.batch import feature_matrix as matrix
 from training.dataset import feature_kind
 
 INCREASING_KINDS = frozenset({"count", "distinct", "labels"})
@@ -84,17 +85,6 @@ def monotone_constraints(feature_names: Sequence[str]) -> list[int]:
 
 #: Views that describe a promo code's popularity rather than one shopper's behaviour.
 POPULARITY_VIEWS = ("code_stats__",)
-
-
-def matrix(frame: pd.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
-    """Float64 feature matrix in model order; absent columns are all-missing (NaN)."""
-    out = np.full((len(frame), len(feature_names)), np.nan, dtype=np.float64)
-    for j, name in enumerate(feature_names):
-        if name in frame.columns:
-            out[:, j] = pd.to_numeric(frame[name], errors="coerce").to_numpy(
-                dtype=np.float64, na_value=np.nan
-            )
-    return out
 
 
 def train_booster(

@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.simulate import DriftConfig, SimulationConfig, simulate_history, write_history
+from monitoring.drift import DriftResult, drift_features, exit_code, run_drift
 from promoguard.cli import app
 from promoguard.drift import NOTHING_TO_COMPARE
 from promoguard.offline import score_events
 from promoguard.settings import Settings
+from simulation.simulate import DriftConfig, SimulationConfig, simulate_history, write_history
 from tests.e2e.conftest import WORLD_DAYS, WORLD_EVENTS
-from training.drift import DriftResult, drift_features, exit_code, run_drift
 from training.registry import reference_scoring_frame
 
 pytestmark = [pytest.mark.xdist_group("world"), pytest.mark.slow]

@@ -1,20 +1,12 @@
-"""Calibration, scores, bands and cost-based thresholds."""
+"""Fitting calibrators and choosing cost-based thresholds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from training.calibrate import (
-    CostModel,
-    apply_calibrator,
-    band,
-    choose_thresholds,
-    decide,
-    fit_isotonic,
-    fit_platt,
-    to_score,
-)
+from scoring.calibration import apply_calibrator
+from training.calibrate import CostModel, choose_thresholds, fit_isotonic, fit_platt
 
 
 def _noisy(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -46,20 +38,6 @@ def test_platt_calibrator_is_monotone_in_probability() -> None:
     cal = fit_platt(p, y)
     out = apply_calibrator(cal, np.linspace(0.001, 0.999, 200))
     assert (np.diff(out) > 0).all() and set(cal) == {"kind", "a", "b"}
-
-
-def test_scores_round_and_clip_and_bands_use_lower_bounds() -> None:
-    assert list(to_score(np.array([0.0, 0.094, 0.095, 0.5, 1.2]))) == [0, 9, 10, 50, 100]
-    assert list(band(np.array([0, 9, 10, 29, 30, 59, 60, 100]))) == [
-        "clean",
-        "clean",
-        "low",
-        "low",
-        "medium",
-        "medium",
-        "high",
-        "high",
-    ]
 
 
 def _calibration_window(discount: float, n: int = 20000, seed: int = 1) -> tuple[pd.DataFrame, np.ndarray]:
@@ -94,12 +72,3 @@ def test_types_with_too_few_rows_fall_back_to_the_pooled_default() -> None:
     frame.loc[:10, "promo_type"] = "wholesale"
     th = choose_thresholds(frame, s)
     assert th["wholesale"] == th["default"]
-
-
-def test_decisions_follow_each_promotion_types_thresholds() -> None:
-    th = {
-        "default": {"watch": 30, "verify": 60, "refuse": 85},
-        "welcome": {"watch": 30, "verify": 40, "refuse": 70},
-    }
-    out = decide(np.array([10, 35, 45, 75, 45]), np.array(["welcome"] * 4 + ["referral"]), th)
-    assert list(out) == ["allow", "watch", "verify", "refuse", "watch"]

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.calibrate import CostModel, apply_calibrator, fit_isotonic, to_score
+from scoring.calibration import apply_calibrator, to_score
+from training.calibrate import CostModel, fit_isotonic
 from training.evaluate import (
     EVASION_GROUPS,
     compare_at_equal_fpr,

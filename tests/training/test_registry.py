@@ -11,17 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.calibrate import DEFAULT_BANDS, fit_isotonic
+from scoring.artifact import ArtifactError, LoadedModel, read_manifest, write_artifact
+from scoring.policy import DEFAULT_BANDS
+from training.calibrate import fit_isotonic
 from training.explain import signal_catalog
-from training.registry import (
-    ArtifactError,
-    load_artifact,
-    promote,
-    psi,
-    read_manifest,
-    verify_artifact,
-    write_artifact,
-)
+from training.registry import load_artifact, promote, psi
 from training.run import train_model
 from training.train import TrainParams, matrix, predict_proba
 
@@ -62,7 +56,7 @@ def test_artifact_follows_the_contract_and_reproduces_its_golden_predictions(
     assert manifest["calibrator"]["kind"] == "isotonic"
     assert set(manifest["golden"][0]) >= {"x", "raw", "probability", "score"}
     assert any(g["x"][i] is None for g in manifest["golden"] for i in range(len(names)))
-    verify_artifact(model_dir)
+    LoadedModel.from_dir(model_dir)
 
 
 def test_a_tampered_model_file_fails_verification(trained: tuple, names: list[str], tmp_path: Path) -> None:
@@ -70,7 +64,7 @@ def test_a_tampered_model_file_fails_verification(trained: tuple, names: list[st
     text = (model_dir / "model.txt").read_text()
     (model_dir / "model.txt").write_text(text.replace("shrinkage=", "shrinkage=0", 1))
     with pytest.raises(ArtifactError, match="sha256"):
-        verify_artifact(model_dir)
+        LoadedModel.from_dir(model_dir)
 
 
 def test_a_golden_mismatch_fails_verification_even_with_a_matching_hash(
@@ -81,7 +75,7 @@ def test_a_golden_mismatch_fails_verification_even_with_a_matching_hash(
     manifest["golden"][3]["raw"] += 1e-12
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="golden row 3"):
-        verify_artifact(model_dir)
+        LoadedModel.from_dir(model_dir)
 
 
 def test_psi_is_zero_for_identical_scores_and_grows_with_shift() -> None:
@@ -114,7 +108,7 @@ def test_train_log_register_load_and_promote(frame: pd.DataFrame, store: str, tm
     assert full.metrics["test.pr_auc"] > crippled.metrics["test.pr_auc"]
 
     loaded = load_artifact(store, name, "2", tmp_path / "v2")
-    verify_artifact(loaded)
+    LoadedModel.from_dir(loaded)
     manifest = read_manifest(loaded)
     assert manifest["feature_names"] == full.booster.feature_name()
     assert manifest["thresholds"] == full.thresholds
@@ -176,5 +170,5 @@ def test_log_register_and_load_through_a_postgres_tracking_store(
     )
     version = register(uri, f"promo-abuse-test-{tag}", run_id)
     loaded = load_artifact(uri, f"promo-abuse-test-{tag}", version, tmp_path / "loaded")
-    verify_artifact(loaded)
+    LoadedModel.from_dir(loaded)
     assert read_manifest(loaded)["model_sha256"] == read_manifest(model_dir)["model_sha256"]

@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features.sqlitewrite import WriteLock
-from features.walcheckpoint import Checkpointer, disable_autocheckpoint
+from scoring.signals import top_signal_names
+from sqlitekit.sqlitewrite import WriteLock
+from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS scores (
@@ -97,7 +98,7 @@ class Records:
         """Open (and create) the database at ``path``.
 
         With ``checkpoint_interval_s`` WAL checkpoints run in a background thread instead of inside a
-        request's commit (see :mod:`features.walcheckpoint`).
+        request's commit (see :mod:`sqlitekit.walcheckpoint`).
         """
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,16 +196,17 @@ class Records:
 
 def _top_signal_names(signals_json: str, top: int = 3) -> list[str]:
     signals = json.loads(signals_json)
-    ranked = sorted((s for s in signals if s.get("points", 0) > 0), key=lambda s: -s["points"])
-    return [str(s["name"]) for s in ranked[:top]]
+    names = [str(s["name"]) for s in signals]
+    return top_signal_names(names, [float(s.get("points", 0)) for s in signals], top)
 
 
 def scoring_frame(path: str | Path, since: datetime | None = None) -> Any:
     """The scoring log as a drift/retraining frame: one row per attempt, features as columns.
 
     Columns: ts, request_id, promo_code, promo_type, campaign (= promo_code), score, band, decision,
-    fallback, model_version, top_signals (names of the three largest positive signals), label (1/0 from
-    /feedback, NaN when none arrived), label_ts, and every logged feature. Hashed keys stay behind.
+    fallback, model_version, top_signals (the three largest positive signals, pseudo-signals excluded),
+    label (1/0 from /feedback, NaN when none arrived), label_ts, and every logged feature. Hashed keys
+    stay behind.
     """
     import pandas as pd
 

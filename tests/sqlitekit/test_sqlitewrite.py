@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from features.sqlitewrite import WriteLock
+from sqlitekit.sqlitewrite import WriteLock
 
 
 def _open(path: Path, busy_timeout_ms: int = 1000) -> sqlite3.Connection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serving.schemas import FeedbackRequest, OutcomeRequest, ScoreRequest, to_event_record
+from scoring.schemas import FeedbackRequest, OutcomeRequest, ScoreRequest, to_event_record
 
 
 def _error_locations(exc: ValidationError) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from features.velocity import SqliteVelocity
-from features.walcheckpoint import Checkpointer, disable_autocheckpoint
+from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
 
 
 def _rows_in_database_file(path: Path) -> int:

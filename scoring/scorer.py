@@ -7,7 +7,7 @@ promotions -> velocity counters and the hashed scoring log -> response.
 
 A dependency that fails or runs past its deadline never becomes an error for checkout: the answer
 comes from the rules with ``degraded: true, fallback: "rules"``. Only a reused ``request_id`` with a
-different body is an error (:class:`serving.records.IdempotencyConflict`).
+different body is an error (:class:`scoring.records.IdempotencyConflict`).
 
 Design choices worth knowing:
 
@@ -41,16 +41,16 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from features.definitions import HARD_IDENTITIES, redemption_updates, velocity_queries, velocity_updates
-from serving.artifact import DEFAULT_BANDS, DEFAULT_THRESHOLDS, LoadedModel, band_for
-from serving.records import Records, ScoreRecord
-from serving.rules import RulesOutcome, RulesTable, evaluate_rules
-from serving.schemas import OutcomeRequest, OutcomeResponse, ScoreRequest, ScoreResponse, to_event_record
-from serving.signals import merge_signals, model_signals, rule_signals
+from scoring.artifact import LoadedModel
+from scoring.policy import DEFAULT_BANDS, DEFAULT_THRESHOLDS, band_for, decide, stricter
+from scoring.records import Records, ScoreRecord
+from scoring.rules import RulesOutcome, RulesTable, evaluate_rules
+from scoring.schemas import OutcomeRequest, OutcomeResponse, ScoreRequest, ScoreResponse, to_event_record
+from scoring.signals import merge_signals, model_signals, rule_signals
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-_DECISION_ORDER = {"allow": 0, "watch": 1, "verify": 2, "refuse": 3}
 _XREF_WINDOW_S = 30 * 86_400
 #: The single-use identity of features.velocity: one global use, whoever redeems it.
 GLOBAL_IDENTITY = "*"
@@ -181,23 +181,6 @@ class ScorerConfig:
 def body_sha256(req: ScoreRequest) -> str:
     """Canonical hash of a request body (field order and whitespace do not matter)."""
     return hashlib.sha256(req.model_dump_json(exclude_none=True).encode()).hexdigest()
-
-
-def decide(score: int, promo_type: str, thresholds: Mapping[str, Mapping[str, int]]) -> str:
-    """Decision for a score from the per-promotion-type thresholds (``default`` when absent)."""
-    table = thresholds.get(promo_type) or thresholds.get("default") or DEFAULT_THRESHOLDS["default"]
-    for decision in ("refuse", "verify", "watch"):
-        limit = table.get(decision)
-        if limit is not None and score >= limit:
-            return decision
-    return "allow"
-
-
-def stricter(a: str, b: str | None) -> str:
-    """The stricter of two decisions."""
-    if b is None:
-        return a
-    return a if _DECISION_ORDER[a] >= _DECISION_ORDER[b] else b
 
 
 def rule_inputs(

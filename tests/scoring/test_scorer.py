@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from serving.artifact import LoadedModel
-from serving.records import IdempotencyConflict, Records
-from serving.rules import default_rules
-from serving.schemas import OutcomeRequest, ScoreRequest
-from serving.scorer import Scorer, ScorerConfig, body_sha256, decide
-from tests.serving.conftest import FakeOnline, FakeResolver, FakeVelocity
+from scoring.artifact import LoadedModel
+from scoring.records import IdempotencyConflict, Records
+from scoring.rules import default_rules
+from scoring.schemas import OutcomeRequest, ScoreRequest
+from scoring.scorer import Scorer, ScorerConfig, body_sha256
+from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 SHARED_DEVICE = {"device_stats__distinct_accounts_24h": 6.0, "household_stats__distinct_accounts_30d": 2.0,
                  "code_stats__attempts_1h": 1.0}
@@ -216,12 +216,3 @@ def test_velocity_counts_attempts_seconds_apart(tmp_path: Path) -> None:
     assert "3 invalid codes" in spray.description
     crowd = next(s for s in resp.signals if s.name == "device_many_accounts")
     assert "3 accounts" in crowd.description
-
-
-def test_decision_thresholds_follow_the_promotion_type() -> None:
-    thresholds = {"default": {"watch": 30, "verify": 60, "refuse": 85},
-                  "welcome": {"watch": 10, "refuse": 50}}
-    assert decide(20, "welcome", thresholds) == "watch"
-    assert decide(55, "welcome", thresholds) == "refuse"
-    assert decide(55, "sitewide", thresholds) == "watch"
-    assert decide(5, "sitewide", thresholds) == "allow"

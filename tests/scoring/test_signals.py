@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.artifact import LoadedModel
-from serving.rules import RuleHit
-from serving.signals import merge_signals, model_signals, rule_signals, split_points
+from scoring.artifact import LoadedModel
+from scoring.rules import RuleHit
+from scoring.signals import merge_signals, model_signals, rule_signals, split_points
 
 
 @given(st.integers(-100, 100), st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=30))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.records import IdempotencyConflict, Records, ScoreRecord
-from serving.rules import default_rules
-from serving.schemas import ScoreRequest
-from serving.scorer import Scorer, ScorerConfig, body_sha256
-from tests.serving.conftest import FakeOnline, FakeResolver, FakeVelocity
+from scoring.records import IdempotencyConflict, Records, ScoreRecord
+from scoring.rules import default_rules
+from scoring.schemas import ScoreRequest
+from scoring.scorer import Scorer, ScorerConfig, body_sha256
+from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 RAW = {
     "email": "jane.doe+promo@example.com",

@@ -13,7 +13,7 @@ from pandas.testing import assert_frame_equal
 
 from features.events import validate_events, validate_labels, validate_promotions
 from features.ipintel import cloud_ranges
-from features.simulate import (
+from simulation.simulate import (
     UA_DRIFT_FARM,
     DriftConfig,
     SimulatedHistory,

@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from serving.rules import RuleHit
-from serving.schemas import Signal
+from scoring.rules import RuleHit
+from scoring.schemas import Signal
 
 OTHER = "other factors"
 BASELINE = "baseline"
@@ -111,3 +111,19 @@ def merge_signals(*groups: Sequence[Signal]) -> list[Signal]:
     """One list, strongest first (ties by name so the order is deterministic)."""
     merged = [s for group in groups for s in group]
     return sorted(merged, key=lambda s: (-s.points, s.name))
+
+
+#: Signals that name no cause: the typical risk and the remainder. They never rank as a top signal.
+PSEUDO_SIGNALS = frozenset({BASELINE, OTHER})
+
+
+def top_signal_names(names: Sequence[str], weights: Sequence[float], top: int = 3) -> list[str]:
+    """The ``top`` names with the largest positive weight (points or contributions), pseudo-signals excluded.
+
+    The one definition behind the ``top_signals`` column of the scoring log and of batch scoring.
+    """
+    ranked = sorted(
+        (i for i, w in enumerate(weights) if float(w) > 0 and names[i] not in PSEUDO_SIGNALS),
+        key=lambda i: (-float(weights[i]), i),
+    )
+    return [str(names[i]) for i in ranked[:top]]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from features.definitions import feature_names
-from training.drift import (
+from monitoring.drift import (
     DriftThresholds,
     build_suite,
     compute_drift,
@@ -351,8 +351,8 @@ def test_a_campaign_whose_verify_share_jumps_is_flagged_and_named(reference, res
 
 
 def test_drift_features_are_the_model_features_the_frame_carries_in_model_order():
+    from monitoring.drift import drift_features
     from training.dataset import model_feature_names
-    from training.drift import drift_features
 
     order = model_feature_names()
     frame = pd.DataFrame(columns=["score", "decision", order[5], "ip_is_tor", order[0], "pattern"])

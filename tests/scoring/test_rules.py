@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.rules import RulesError, default_rules, evaluate_rules, parse_rules, rules_score_frame
+from scoring.rules import RulesError, default_rules, evaluate_rules, parse_rules, rules_score_frame
 
 CLEAN: dict[str, Any] = {
     "promo_type": "welcome", "promo_limited": False, "promo_single_use": False, "device_missing": False,

@@ -1,0 +1,1 @@
+"""Readers of the scoring log: drift reports for the fraud team."""

@@ -1,0 +1,1 @@
+"""SQLite helpers shared by the velocity store and the scoring log: write lock and WAL checkpointer."""
