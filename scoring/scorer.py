@@ -45,7 +45,15 @@ from scoring.artifact import LoadedModel
 from scoring.policy import DEFAULT_BANDS, DEFAULT_THRESHOLDS, band_for, decide, stricter
 from scoring.records import Records, ScoreRecord
 from scoring.rules import RulesOutcome, RulesTable, evaluate_rules
-from scoring.schemas import OutcomeRequest, OutcomeResponse, ScoreRequest, ScoreResponse, to_event_record
+from scoring.schemas import (
+    OutcomeRequest,
+    OutcomeResponse,
+    Promotion,
+    ScoreRequest,
+    ScoreResponse,
+    Signal,
+    to_event_record,
+)
 from scoring.signals import merge_signals, model_signals, rule_signals
 
 logger = logging.getLogger(__name__)
@@ -183,24 +191,46 @@ def body_sha256(req: ScoreRequest) -> str:
     return hashlib.sha256(req.model_dump_json(exclude_none=True).encode()).hexdigest()
 
 
+ReservationStatus = Literal["not_needed", "reserved", "blocked", "unavailable"]
+
+
+@dataclass(frozen=True)
+class ReservationOutcome:
+    """What step 8's atomic reservation of a capped promotion gave."""
+
+    status: ReservationStatus
+    #: The identity kind at its limit (``device``, ``household``, ``*`` for a spent single-use code).
+    blocked_kind: str | None = None
+
+
+NO_RESERVATION = ReservationOutcome("not_needed")
+
+
 def rule_inputs(
-    req: ScoreRequest, keys: Mapping[str, Any], features: Mapping[str, float], shared_kind: str | None
+    req: ScoreRequest,
+    keys: Mapping[str, Any],
+    features: Mapping[str, float],
+    shared_kind: str | None,
+    reservation: ReservationOutcome | None = None,
 ) -> dict[str, Any]:
-    """Every named input the rules table may use, from the request, its keys and its features."""
+    """Every named input the rules table may use: the request, its keys, its features and its reservation."""
     promo = req.promotion
     account = req.account
     is_guest = account is None or account.is_guest or not account.account_id
     segment = None if account is None else account.segment
+    held = reservation or NO_RESERVATION
     inputs: dict[str, Any] = dict(features)
     inputs.update({k: v for k, v in keys.items() if not k.endswith("_key")})
     inputs.update({f"has_{k}": bool(v) for k, v in keys.items() if k.endswith("_key")})
     redeemed_before = features.get("code_stats__redeemed_total")
+    spent_before = redeemed_before is not None and not math.isnan(redeemed_before) and redeemed_before >= 1
+    blocked = held.status == "blocked"
     inputs.update(
         promo_type=promo.type,
         promo_valid=promo.valid,
         promo_single_use=promo.single_use,
         promo_per_customer_limit=promo.per_customer_limit,
-        promo_limited=promo.single_use or promo.per_customer_limit is not None,
+        promo_limited=promo_is_limited(promo),
         promo_eligible_segment=promo.eligible_segment,
         account_segment=("guest" if is_guest else segment) or "none",
         account_is_guest=is_guest,
@@ -208,14 +238,29 @@ def rule_inputs(
         and (is_guest or segment != promo.eligible_segment),
         referral_shares_hard_identity=shared_kind is not None,
         referral_shared_kind=shared_kind,
-        single_use_spent=promo.single_use
-        and redeemed_before is not None
-        and not math.isnan(redeemed_before)
-        and redeemed_before >= 1,
-        customer_cap_reached=False,
-        cap_blocked_kind=None,
+        single_use_spent=promo.single_use and (spent_before or blocked),
+        customer_cap_reached=blocked and not promo.single_use,
+        cap_blocked_kind=held.blocked_kind if blocked and not promo.single_use else None,
     )
     return inputs
+
+
+def promo_is_limited(promo: Promotion) -> bool:
+    """True when the promotion caps its uses (single-use, or a per-customer limit)."""
+    return promo.single_use or promo.per_customer_limit is not None
+
+
+def logged_inputs(features: Mapping[str, float], keys: Mapping[str, Any]) -> dict[str, float]:
+    """What the scoring log keeps as the request's model inputs: features and the identity flags as 0/1.
+
+    Flags travel in the identity keys, not in the feature reads; without them every live drift report
+    would find the flags missing.
+    """
+    out = dict(features)
+    for name, value in keys.items():
+        if not name.endswith("_key") and isinstance(value, bool | int | float) and name not in out:
+            out[name] = float(value)
+    return out
 
 
 def feature_row(names: Sequence[str], features: Mapping[str, float], keys: Mapping[str, Any]) -> np.ndarray:
@@ -231,11 +276,55 @@ def feature_row(names: Sequence[str], features: Mapping[str, float], keys: Mappi
     return row
 
 
+@dataclass(frozen=True)
+class ModelAnswer:
+    """The model path's score and its signals (points summing to the score)."""
+
+    score: int
+    signals: list[Signal]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision path's answer before it is recorded."""
+
+    score: int
+    decision: str
+    signals: list[Signal]
+    rules: RulesOutcome
+
+
 @dataclass
-class _Reads:
-    features: dict[str, float]
-    shared_kind: str | None
-    failed: list[str]
+class RequestContext:
+    """One request as it moves through the decision path: each step reads it and fills its part."""
+
+    req: ScoreRequest
+    digest: str
+    started: float
+    now: float
+    keys: dict[str, Any]
+    identity_ok: bool
+    #: The request's join keys plus its ids: what velocity and the online store are asked about.
+    row: dict[str, Any]
+    features: dict[str, float] = field(default_factory=dict)
+    shared_kind: str | None = None
+    failed: list[str] = field(default_factory=list)
+    model: ModelAnswer | None = None
+    model_failed: bool = False
+    reservation: ReservationOutcome = NO_RESERVATION
+    record_failed: bool = False
+
+    @property
+    def degraded(self) -> bool:
+        """True when any dependency failed or ran late, or the model did not answer."""
+        return (
+            bool(self.failed)
+            or not self.identity_ok
+            or self.model_failed
+            or self.model is None
+            or self.reservation.status == "unavailable"
+            or self.record_failed
+        )
 
 
 class Scorer:
@@ -299,8 +388,11 @@ class Scorer:
             logger.warning("%s read ran past the %.0f ms deadline", name, self.config.feature_deadline_ms)
         return value
 
-    def _read_all(self, row: Mapping[str, Any], now: float, deadline: float) -> _Reads:
-        failed: list[str] = []
+    def _read_all(self, ctx: RequestContext) -> None:
+        """Step 4: online features and velocity counts, each bounded by the feature deadline."""
+        row, now = ctx.row, ctx.now
+        deadline = ctx.started + self.config.feature_deadline_ms / 1000.0
+        failed = ctx.failed
         # Both reads run in the request's thread, one after the other, each bounded on its own: the
         # online read by the deadline it is given (lock wait) or Redis's socket timeout, the velocity
         # read because SQLite reads in WAL mode never wait for writers and Redis has a socket timeout.
@@ -329,7 +421,7 @@ class Scorer:
         # A referrer that is the redeemer's own account shares every identity.
         if row.get("referrer_key") and row.get("referrer_key") == row.get("account_key"):
             shared = "account"
-        return _Reads(merged, shared, failed)
+        ctx.features, ctx.shared_kind = merged, shared
 
     # -- the request ----------------------------------------------------------------------------------
 
@@ -340,7 +432,16 @@ class Scorer:
         stored = self.records.lookup(req.request_id, digest)
         if stored is not None:
             return ScoreResponse.model_validate(stored)
-        now = self.clock()
+        ctx = self._resolve(req, digest, started)
+        self._read_all(ctx)
+        ctx.model = self._model_answer(ctx)
+        ctx.reservation = self._reserve(ctx)
+        verdict = self._verdict(ctx)
+        self._record_attempt(ctx)
+        return self._respond(ctx, verdict)
+
+    def _resolve(self, req: ScoreRequest, digest: str, started: float) -> RequestContext:
+        """Step 2: identity keys and flags; a resolver failure degrades the answer, never fails it."""
         try:
             keys: dict[str, Any] = self.resolver.resolve(to_event_record(req)).as_dict()
             identity_ok = True
@@ -349,98 +450,42 @@ class Scorer:
             keys, identity_ok = {}, False
         row: dict[str, Any] = {k: v for k, v in keys.items() if k.endswith("_key")}
         row.update(request_id=req.request_id, promo_code=req.promotion.code, promo_valid=req.promotion.valid)
+        return RequestContext(req, digest, started, self.clock(), keys, identity_ok, row)
 
-        reads = self._read_all(row, now, started + self.config.feature_deadline_ms / 1000.0)
-        inputs = rule_inputs(req, keys, reads.features, reads.shared_kind)
-        degraded = bool(reads.failed) or not identity_ok
-
+    def _model_answer(self, ctx: RequestContext) -> ModelAnswer | None:
+        """Steps 5-6: booster + calibrator -> score, TreeSHAP -> signals; None when unavailable or late."""
         model = self.model
-        model_answer: tuple[int, list[Any]] | None = None
-        if model is not None and not degraded:
-            try:
-                x = feature_row(model.feature_names, reads.features, keys)
-                model_score, contrib = model.explain(x)
-                baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
-                sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
-                                     model.signal_specs, self.config.top_k_signals)
-                model_answer = (model_score, sigs)
-            except Exception as exc:
-                logger.warning("model prediction failed: %s", type(exc).__name__)
-                degraded = True
-            if (time.perf_counter() - started) * 1000.0 > self.config.request_deadline_ms:
-                logger.warning("model path ran past the %.0f ms deadline", self.config.request_deadline_ms)
-                model_answer, degraded = None, True
+        if model is None or ctx.failed or not ctx.identity_ok:
+            return None
+        try:
+            x = feature_row(model.feature_names, ctx.features, ctx.keys)
+            model_score, contrib = model.explain(x)
+            baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
+            sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
+                                 model.signal_specs, self.config.top_k_signals)
+        except Exception as exc:
+            logger.warning("model prediction failed: %s", type(exc).__name__)
+            ctx.model_failed = True
+            return None
+        if (time.perf_counter() - ctx.started) * 1000.0 > self.config.request_deadline_ms:
+            logger.warning("model path ran past the %.0f ms deadline", self.config.request_deadline_ms)
+            ctx.model_failed = True
+            return None
+        return ModelAnswer(model_score, sigs)
 
-        outcome = evaluate_rules(inputs, self.rules)
-        bands = model.bands if model is not None else dict(self.config.bands)
-        thresholds = model.thresholds if model is not None else dict(self.config.thresholds)
+    def _reserve(self, ctx: RequestContext) -> ReservationOutcome:
+        """Step 8's reservation: take one use of a capped promotion on its scope, atomically.
 
-        def assemble(rules_outcome: RulesOutcome) -> tuple[int, str, list[Any]]:
-            if model_answer is not None:
-                score, sigs = model_answer
-                signals = merge_signals(sigs, rule_signals(rules_outcome.signals, priced=False))
-            else:
-                score = rules_outcome.score
-                signals = merge_signals(rule_signals(rules_outcome.signals, priced=True))
-            decision = stricter(decide(score, req.promotion.type, thresholds), rules_outcome.hard_decision)
-            return score, decision, signals
-
-        score, decision, signals = assemble(outcome)
-        # Step 8: capped promotions take their use atomically whenever the attempt may still be honored.
-        # A verify attempt is honored once the shopper passes the check, so it must hold a use too:
-        # otherwise a shopper who passes verification (an own phone for the OTP) redeems past the cap.
-        if decision != "refuse" and req.promotion.valid and inputs["promo_limited"]:
-            blocked = self._reserve(req, row, now)
-            if blocked == "unavailable":
-                degraded = True
-            elif blocked is not None:
-                if req.promotion.single_use:
-                    inputs["single_use_spent"] = True
-                else:
-                    inputs["customer_cap_reached"] = True
-                    inputs["cap_blocked_kind"] = blocked
-                outcome = evaluate_rules(inputs, self.rules)
-                score, decision, signals = assemble(outcome)
-
-        if self.velocity is not None:
-            try:
-                self.velocity.record(req.request_id, now, velocity_updates(row) + referral_updates(row))
-            except Exception as exc:
-                degraded = True
-                logger.warning("velocity record failed: %s", type(exc).__name__)
-
-        fallback: Literal["rules"] | None = None if model_answer is not None else "rules"
-        response = ScoreResponse(
-            request_id=req.request_id,
-            score=score,
-            band=band_for(score, bands),  # type: ignore[arg-type]
-            decision=decision,  # type: ignore[arg-type]
-            signals=signals,
-            model_version=model.version if model_answer is not None and model is not None else None,
-            degraded=degraded or model_answer is None,
-            fallback=fallback,
-            latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
-        )
-        logged = response.model_dump(mode="json")
-        stored_now = self.records.append(
-            ScoreRecord(
-                request_id=req.request_id, body_sha256=digest, ts=datetime.fromtimestamp(now, UTC),
-                promo_code=req.promotion.code, promo_type=req.promotion.type, score=score,
-                band=response.band, decision=decision, fallback=fallback, degraded=response.degraded,
-                model_version=response.model_version, latency_ms=response.latency_ms,
-                signals=logged["signals"], features=reads.features,
-                keys=keys, rules_version=self.rules.version,
-                response=logged,
-            )
-        )
-        # A concurrent twin of this request may have logged its answer first: that one is the answer.
-        return response if stored_now == logged else ScoreResponse.model_validate(stored_now)
-
-    def _reserve(self, req: ScoreRequest, row: Mapping[str, Any], now: float) -> str | None:
-        """None when reserved (or nothing to reserve), the blocked kind, or ``unavailable``."""
+        Every attempt at a valid capped code asks, so the rules see the answer as one of their inputs;
+        an attempt the rules then refuse gives its hold back (:meth:`_verdict`). A verify attempt keeps
+        its hold: it is honoured once the shopper passes the check, and must count against the cap.
+        """
+        promo = ctx.req.promotion
+        if not promo.valid or not promo_is_limited(promo):
+            return NO_RESERVATION
         if self.velocity is None:
-            return "unavailable"
-        promo = req.promotion
+            return ReservationOutcome("unavailable")
+        row = ctx.row
         if promo.single_use:
             identities, limit = [GLOBAL_IDENTITY], 1
         else:
@@ -450,17 +495,83 @@ class Scorer:
             identities = [f"{k}:{row[f'{k}_key']}" for k in kinds]
             limit = int(promo.per_customer_limit or 1)
         if not identities:
-            return None
+            return NO_RESERVATION
         try:
             res = self.velocity.reserve(
-                req.request_id, f"promo:{promo.code}", identities, limit, self.config.reservation_ttl_s, now
+                ctx.req.request_id, f"promo:{promo.code}", identities, limit, self.config.reservation_ttl_s,
+                ctx.now,
             )
         except Exception as exc:
             logger.warning("reservation failed: %s", type(exc).__name__)
-            return "unavailable"
+            return ReservationOutcome("unavailable")
         if res.status == "reserved":
-            return None
-        return (res.blocked_by or "identity").split(":", 1)[0]
+            return ReservationOutcome("reserved")
+        return ReservationOutcome("blocked", (res.blocked_by or "identity").split(":", 1)[0])
+
+    def _verdict(self, ctx: RequestContext) -> Verdict:
+        """Step 7-8: the rules, evaluated once, and the decision from score, thresholds and hard rules."""
+        inputs = rule_inputs(ctx.req, ctx.keys, ctx.features, ctx.shared_kind, ctx.reservation)
+        outcome = evaluate_rules(inputs, self.rules)
+        thresholds = self.model.thresholds if self.model is not None else dict(self.config.thresholds)
+        if ctx.model is not None:
+            score = ctx.model.score
+            signals = merge_signals(ctx.model.signals, rule_signals(outcome.signals, priced=False))
+        else:
+            score = outcome.score
+            signals = merge_signals(rule_signals(outcome.signals, priced=True))
+        decision = stricter(decide(score, ctx.req.promotion.type, thresholds), outcome.hard_decision)
+        if decision == "refuse" and ctx.reservation.status == "reserved":
+            self._give_back(ctx)
+        return Verdict(score, decision, signals, outcome)
+
+    def _give_back(self, ctx: RequestContext) -> None:
+        """Release the hold of an attempt that is refused: a refusal never uses up a shopper's cap."""
+        assert self.velocity is not None
+        try:
+            self.velocity.release(ctx.req.request_id)
+        except Exception as exc:
+            logger.warning("reservation release failed: %s", type(exc).__name__)
+
+    def _record_attempt(self, ctx: RequestContext) -> None:
+        """Step 9: count the attempt in the velocity counters (and the referral cross-references)."""
+        if self.velocity is None:
+            return
+        try:
+            updates = velocity_updates(ctx.row) + referral_updates(ctx.row)
+            self.velocity.record(ctx.req.request_id, ctx.now, updates)
+        except Exception as exc:
+            ctx.record_failed = True
+            logger.warning("velocity record failed: %s", type(exc).__name__)
+
+    def _respond(self, ctx: RequestContext, verdict: Verdict) -> ScoreResponse:
+        """Steps 9-10: the response, logged (hashed) once; a concurrent twin's logged answer wins."""
+        req, model = ctx.req, self.model
+        bands = model.bands if model is not None else dict(self.config.bands)
+        answered_by_model = ctx.model is not None and model is not None
+        response = ScoreResponse(
+            request_id=req.request_id,
+            score=verdict.score,
+            band=band_for(verdict.score, bands),  # type: ignore[arg-type]
+            decision=verdict.decision,  # type: ignore[arg-type]
+            signals=verdict.signals,
+            model_version=model.version if answered_by_model and model is not None else None,
+            degraded=ctx.degraded,
+            fallback=None if answered_by_model else "rules",
+            latency_ms=round((time.perf_counter() - ctx.started) * 1000.0, 3),
+        )
+        logged = response.model_dump(mode="json")
+        stored_now = self.records.append(
+            ScoreRecord(
+                request_id=req.request_id, body_sha256=ctx.digest, ts=datetime.fromtimestamp(ctx.now, UTC),
+                promo_code=req.promotion.code, promo_type=req.promotion.type, score=verdict.score,
+                band=response.band, decision=verdict.decision, fallback=response.fallback,
+                degraded=response.degraded, model_version=response.model_version,
+                latency_ms=response.latency_ms, signals=logged["signals"],
+                features=logged_inputs(ctx.features, ctx.keys), keys=ctx.keys,
+                rules_version=self.rules.version, response=logged,
+            )
+        )
+        return response if stored_now == logged else ScoreResponse.model_validate(stored_now)
 
     def outcome(self, req: OutcomeRequest) -> OutcomeResponse:
         """Confirm (redeemed) or release (abandoned, reversed) the reservation of a scored attempt."""

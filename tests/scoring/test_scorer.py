@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from scoring.artifact import LoadedModel
 from scoring.records import IdempotencyConflict, Records
 from scoring.rules import default_rules
-from scoring.schemas import OutcomeRequest, ScoreRequest
+from scoring.schemas import OutcomeRequest, ScoreRequest, to_event_record
 from scoring.scorer import Scorer, ScorerConfig, body_sha256
 from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
@@ -216,3 +217,67 @@ def test_velocity_counts_attempts_seconds_apart(tmp_path: Path) -> None:
     assert "3 invalid codes" in spray.description
     crowd = next(s for s in resp.signals if s.name == "device_many_accounts")
     assert "3 accounts" in crowd.description
+
+
+def test_the_rules_run_once_per_request_with_the_reservation_as_an_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scoring.scorer as scorer_module
+
+    seen: list[dict[str, Any]] = []
+    evaluate = scorer_module.evaluate_rules
+
+    def counting(inputs: Any, table: Any) -> Any:
+        seen.append(dict(inputs))
+        return evaluate(inputs, table)
+
+    monkeypatch.setattr(scorer_module, "evaluate_rules", counting)
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    promo = {"code": "SAMPLE", "type": "free_sample", "per_customer_limit": 1}
+    scorer.score(_req("a", promotion=promo))
+    scorer.score(_req("b", promotion=promo, account={"account_id": "acct-2"}))
+    assert len(seen) == 2
+    assert seen[0]["customer_cap_reached"] is False
+    assert seen[1]["customer_cap_reached"] is True and seen[1]["cap_blocked_kind"] == "device"
+
+
+def test_a_refused_attempt_gives_its_hold_back(tmp_path: Path) -> None:
+    velocity = FakeVelocity()
+    scorer = _scorer(tmp_path, online=FakeOnline({}), velocity=velocity)
+    # A guest using a segment-only code is refused by a hard rule: it must not use up the cap.
+    promo = {"code": "VIP-1", "type": "wholesale", "per_customer_limit": 1, "eligible_segment": "wholesale"}
+    refused = scorer.score(_req("guest", promotion=promo, account={"is_guest": True}))
+    assert refused.decision == "refuse"
+    assert velocity.held == {}
+    assert all(not uses for uses in velocity.uses.values())
+    allowed = scorer.score(_req("member", promotion=promo,
+                                account={"account_id": "acct-9", "segment": "wholesale"}))
+    assert allowed.decision != "refuse"
+    assert "member" in velocity.held
+
+
+def test_an_unreachable_reservation_is_a_typed_degraded_answer(tmp_path: Path) -> None:
+    class NoReservations(FakeVelocity):
+        def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("velocity down for writes")
+
+    scorer = _scorer(tmp_path, online=FakeOnline({}), velocity=NoReservations())
+    resp = scorer.score(_req("a", promotion={"code": "ONCE-3", "type": "sitewide", "single_use": True}))
+    assert resp.degraded is True
+    assert resp.decision != "refuse"
+
+
+def test_the_scoring_log_keeps_every_model_input_including_identity_flags(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path)
+    req = _req("logged", email="shopper+promo@example.com")
+    scorer.score(req)
+    row = scorer.records.scored("logged")
+    assert row is not None
+    logged = json.loads(row["features_json"])
+    for name, value in SHARED_DEVICE.items():
+        assert logged[name] == value
+    flags = FakeResolver().resolve(to_event_record(req)).as_dict()
+    assert flags["email_is_alias"] is True
+    for name, value in flags.items():
+        if not name.endswith("_key") and isinstance(value, bool):
+            assert logged[name] == float(value), name
