@@ -460,6 +460,15 @@ def _usaddress_line(line1: str) -> tuple[str, str] | None:
     return street_text, unit
 
 
+def us_street_line_readings(line1: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+    """Both parsers' ``(street_text, unit)`` for a US street line: ``(fast scan, usaddress)``, None if unread.
+
+    Address normalisation takes the fast scan's answer and falls back to usaddress; where both read a
+    line they must agree, which the tests hold them to through this function.
+    """
+    return _fast_us_line(line1), _usaddress_line(line1)
+
+
 @lru_cache(maxsize=131_072)
 def _normalize_address_cached(
     line1: str | None,
@@ -1014,14 +1023,31 @@ def build_resolver(
     default_phone_region: str = "US",
     tor_exit_list: str | None = None,
     proxy_list: str | None = None,
+    ipintel_url: str | None = None,
+    ipintel_api_key: str | None = None,
+    ipintel_timeout_s: float = 0.2,
+    ipintel_fail_open: bool = True,
+    allow_loopback_for_tests: bool = False,
 ) -> IdentityResolver:
-    """The resolver every deployable uses: offline IP intelligence plus keyed hashing.
+    """The resolver every deployable uses: offline IP intelligence (plus an HTTP provider) and keyed hashing.
 
-    Built from primitives so the command line and the service (which have their own settings
-    objects) construct exactly the same thing.
+    With ``ipintel_url`` the HTTP provider is asked about every IP the offline data does not flag
+    (:class:`features.ipintel.CombinedIpIntel`); its URL is checked against private and internal hosts
+    here, and ``allow_loopback_for_tests`` exists only for tests against a server on 127.0.0.1. Built
+    from primitives so that this module needs no settings object; deployables call
+    :func:`config.resolver.identity_resolver`, which passes their ``Settings``.
     """
-    from features.ipintel import OfflineIpIntel
+    from features.ipintel import CombinedIpIntel, HttpIpIntel, OfflineIpIntel
 
-    intel = OfflineIpIntel(tor_exit_list=tor_exit_list, proxy_list=proxy_list)
+    offline = OfflineIpIntel(tor_exit_list=tor_exit_list, proxy_list=proxy_list)
     config = IdentityConfig(pepper=pepper, default_phone_region=default_phone_region, dev_pepper=dev_pepper)
-    return IdentityResolver(config, intel)
+    if not ipintel_url:
+        return IdentityResolver(config, offline)
+    http = HttpIpIntel(
+        ipintel_url,
+        ipintel_api_key,
+        timeout_s=ipintel_timeout_s,
+        fail_open=ipintel_fail_open,
+        allow_loopback_for_tests=allow_loopback_for_tests,
+    )
+    return IdentityResolver(config, CombinedIpIntel(offline, http))

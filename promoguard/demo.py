@@ -23,11 +23,16 @@ SERVICE = "serving.service:PromoGuard"
 
 
 def service_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment the service process gets: settings root, telemetry off, caller overrides."""
+    """The environment the service process gets: settings root, registry and model, telemetry off, overrides.
+
+    The registry and the model name are passed explicitly so that the service loads the very model the
+    command line trains and promotes under these settings.
+    """
     env = {
         **os.environ,
         "PROMOGUARD_ROOT": str(settings.root),
         "PROMOGUARD_MLFLOW_URI": settings.mlflow_tracking_uri,
+        "PROMOGUARD_MODEL_NAME": settings.model_name,
         "BENTOML_DO_NOT_TRACK": "true",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "GX_ANALYTICS_ENABLED": "false",

@@ -119,8 +119,9 @@ def score_events(
     the label file labels, which is how the champion's reference (its labeled test window) is drawn.
     Simulator ground truth (``truth.parquet`` beside the events) adds the ``pattern`` column.
     """
+    from config.resolver import identity_resolver
     from features.events import LABEL_SCHEMA, validate_events, validate_labels
-    from features.identity import build_resolver, resolve_frame
+    from features.identity import resolve_frame
     from features.pipeline import build_features
     from scoring.artifact import LoadedModel
     from scoring.batch import score_frame
@@ -137,14 +138,7 @@ def score_events(
         labels = validate_labels(pd.read_parquet(labels_path))
     else:
         labels = pd.DataFrame({c: pd.Series(dtype=object) for c in LABEL_SCHEMA.columns})
-    resolver = build_resolver(
-        pepper=settings.pepper,
-        dev_pepper=settings.uses_dev_pepper,
-        default_phone_region=settings.default_phone_region,
-        tor_exit_list=settings.tor_exit_source,
-        proxy_list=settings.proxy_source,
-    )
-    keys = resolve_frame(events, resolver)
+    keys = resolve_frame(events, identity_resolver(settings))
     del events
     frames = build_features(keys, labels)
     joined = join_pre_event_features(keys, frames)

@@ -1,7 +1,8 @@
 """The promoguard scoring service: one BentoML class with /score, /outcome and /feedback.
 
-Start it with ``bentoml serve serving.service:PromoGuard``. Settings are read once, at start, from the
-``PROMOGUARD_*`` environment (:class:`ServiceSettings`; the same names as the command line's settings).
+Start it with ``bentoml serve serving.service:PromoGuard``. Settings are read once per worker, at start,
+from the ``PROMOGUARD_*`` environment into the one :class:`config.settings.Settings` the command line
+also uses, so the model the service loads is the one ``promoguard train`` registered under the same name.
 The service starts and answers from the rules when there is no model yet, no Feast store, or no Redis:
 ``/readyz`` means "a model or the rules are loaded", never "every backend answers", because checkout
 must get an answer either way.
@@ -20,11 +21,9 @@ import gc
 import hmac
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
-from features import DEV_PEPPER
+from config.settings import Settings
 from scoring.artifact import ArtifactError, LoadedModel
 from scoring.records import IdempotencyConflict, Records
 from scoring.rules import default_rules, load_rules
@@ -58,85 +57,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value.strip() == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """What the service reads from the environment, built explicitly once at start."""
-
-    root: Path
-    pepper: str = DEV_PEPPER
-    default_phone_region: str = "US"
-    online_store: str = "sqlite"
-    velocity_backend: str = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_socket_timeout_s: float = 0.05
-    mlflow_tracking_uri: str = ""
-    model_name: str = "promo-abuse"
-    model_dir: Path | None = None
-    rules_path: Path | None = None
-    tor_exit_list: str | None = None
-    proxy_list: str | None = None
-    api_keys: tuple[str, ...] = ()
-    require_api_key: bool = True
-    rate_limit_per_minute: int = 6000
-    max_body_bytes: int = 64 * 1024
-    feature_deadline_ms: float = 50.0
-    request_deadline_ms: float = 200.0
-
-    @property
-    def serving_dir(self) -> Path:
-        """Velocity counters, scoring log and the local model cache."""
-        return self.root / "data" / "serving"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
-        """Build from ``PROMOGUARD_*`` variables; raise ValueError naming a bad variable."""
-        env = dict(os.environ if environ is None else environ)
-        root = Path(env.get("PROMOGUARD_ROOT", ".") or ".").resolve()
-        online = env.get("PROMOGUARD_ONLINE_STORE", "sqlite")
-        velocity = env.get("PROMOGUARD_VELOCITY", online)
-        for name, value in (("PROMOGUARD_ONLINE_STORE", online), ("PROMOGUARD_VELOCITY", velocity)):
-            if value not in ("sqlite", "redis"):
-                raise ValueError(f"{name}={value!r}: expected one of sqlite, redis")
-
-        def number(name: str, default: str) -> float:
-            raw = env.get(name, default) or default
-            try:
-                return float(raw)
-            except ValueError:
-                raise ValueError(f"{name}={raw!r}: expected a number") from None
-
-        model_dir = env.get("PROMOGUARD_MODEL_DIR")
-        rules_path = env.get("PROMOGUARD_RULES")
-        tracking = env.get("PROMOGUARD_MLFLOW_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-        return cls(
-            root=root,
-            pepper=env.get("PROMOGUARD_PEPPER") or DEV_PEPPER,
-            default_phone_region=env.get("PROMOGUARD_PHONE_REGION", "US"),
-            online_store=online,
-            velocity_backend=velocity,
-            redis_url=env.get("PROMOGUARD_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            redis_socket_timeout_s=number("PROMOGUARD_REDIS_TIMEOUT_S", "0.05"),
-            mlflow_tracking_uri=tracking,
-            model_name=env.get("PROMOGUARD_MODEL_NAME", "promo-abuse"),
-            model_dir=Path(model_dir) if model_dir else None,
-            rules_path=Path(rules_path) if rules_path else None,
-            tor_exit_list=env.get("PROMOGUARD_TOR_EXIT_LIST") or _simulated_feed(root, "tor_exits.txt"),
-            proxy_list=env.get("PROMOGUARD_PROXY_LIST") or _simulated_feed(root, "proxies.txt"),
-            api_keys=tuple(k.strip() for k in env.get("PROMOGUARD_API_KEYS", "").split(",") if k.strip()),
-            require_api_key=_bool(env.get("PROMOGUARD_REQUIRE_API_KEY"), True),
-            rate_limit_per_minute=int(number("PROMOGUARD_RATE_LIMIT_PER_MINUTE", "6000")),
-            max_body_bytes=int(number("PROMOGUARD_MAX_BODY_BYTES", str(64 * 1024))),
-            feature_deadline_ms=number("PROMOGUARD_FEATURE_DEADLINE_MS", "50"),
-            request_deadline_ms=number("PROMOGUARD_REQUEST_DEADLINE_MS", "200"),
-        )
 
 
 # --- the guard in front of the endpoints -----------------------------------------------------------
@@ -179,9 +99,9 @@ class RequestGuard:
     """ASGI middleware: body size limit, API key and per-key rate limit on the scoring endpoints."""
 
     def __init__(self, app: ASGIApp) -> None:
-        """Read the guard's settings from the environment once."""
+        """Read the guard's settings from the environment once, when the worker builds its app."""
         self.app = app
-        self.settings = ServiceSettings.from_env()
+        self.settings = Settings.from_env()
         self.bucket = TokenBucket(self.settings.rate_limit_per_minute)
         if self.settings.require_api_key and not self.settings.api_keys:
             logger.error("PROMOGUARD_API_KEYS is empty while keys are required: every call gets 401")
@@ -226,23 +146,22 @@ class RequestGuard:
 # --- building the dependencies ---------------------------------------------------------------------
 
 
-def _simulated_feed(root: Path, name: str) -> str | None:
-    """The simulator's dated IP feed under data/raw/ipintel, when no feed is configured."""
-    path = root / "data" / "raw" / "ipintel" / name
-    return str(path) if path.exists() else None
-
-
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def load_model(settings: ServiceSettings) -> LoadedModel | None:
-    """The champion model (explicit directory first, then the registry or its cache), or None."""
+def load_model(settings: Settings) -> LoadedModel | None:
+    """The champion of ``settings.model_name`` (an explicit directory first, then the registry or its cache).
+
+    None when there is no usable model: the service then answers from the rules.
+    """
     try:
         if settings.model_dir is not None:
             return LoadedModel.from_dir(settings.model_dir)
         db = _sqlite_path(settings.mlflow_tracking_uri)
-        cache = settings.serving_dir / "models"
+        # One cache per model name: falling back to a cached version of another model would be
+        # answering with a model nobody promoted under this name.
+        cache = settings.serving_dir / "models" / settings.model_name
         if db is not None and not db.exists() and not any(cache.glob("*/manifest.json")):
             # No registry has ever been written here: do not create an empty one just to ask.
             logger.warning("no model registry at %s yet: answering from the rules", db)
@@ -253,7 +172,7 @@ def load_model(settings: ServiceSettings) -> LoadedModel | None:
         return None
 
 
-def build_velocity(settings: ServiceSettings) -> VelocityLike | None:
+def build_velocity(settings: Settings) -> VelocityLike | None:
     """The velocity store of the configured backend, or None (rules fallback) when it cannot open."""
     from features import velocity
 
@@ -274,9 +193,9 @@ def build_velocity(settings: ServiceSettings) -> VelocityLike | None:
         return None
 
 
-def build_online(settings: ServiceSettings) -> Any:
+def build_online(settings: Settings) -> Any:
     """Feast online features, or None when the store is not applied or cannot be opened."""
-    feast_dir = settings.root / "data" / "feast"
+    feast_dir = settings.feast_dir
     if not feast_dir.exists():
         # Checked before importing Feast, which alone takes seconds to import.
         logger.warning("no Feast store in %s yet: answering from the rules", feast_dir)
@@ -284,30 +203,17 @@ def build_online(settings: ServiceSettings) -> Any:
     try:
         from features.store import OnlineFeatures, StoreConfig
 
-        cfg = StoreConfig(
-            feast_dir=feast_dir,
-            features_dir=settings.root / "data" / "features",
-            online_store=settings.online_store,  # type: ignore[arg-type]
-            redis_url=settings.redis_url,
-            redis_socket_timeout_s=settings.redis_socket_timeout_s,
-        )
-        return OnlineFeatures(cfg)
+        return OnlineFeatures(StoreConfig.from_settings(settings))
     except Exception as exc:
         logger.warning("Feast online store unavailable (%s): answering from the rules", type(exc).__name__)
         return None
 
 
-def build_scorer(settings: ServiceSettings) -> Scorer:
+def build_scorer(settings: Settings) -> Scorer:
     """Wire every dependency of the scorer from the settings."""
-    from features.identity import build_resolver
+    from config.resolver import identity_resolver
 
-    resolver = build_resolver(
-        pepper=settings.pepper,
-        dev_pepper=settings.pepper == DEV_PEPPER,
-        default_phone_region=settings.default_phone_region,
-        tor_exit_list=settings.tor_exit_list,
-        proxy_list=settings.proxy_list,
-    )
+    resolver = identity_resolver(settings)
     rules = load_rules(settings.rules_path) if settings.rules_path else default_rules()
     model = load_model(settings)
     records = Records(settings.serving_dir / "scores.db", checkpoint_interval_s=0.5)
@@ -343,7 +249,7 @@ class PromoGuard:
 
     def __init__(self) -> None:
         """Build settings, dependencies and metric series once per worker."""
-        self.settings = ServiceSettings.from_env()
+        self.settings = Settings.from_env()
         self.scorer = build_scorer(self.settings)
         logger.info(
             "promoguard ready: model=%s rules=%s feast=%s velocity=%s",

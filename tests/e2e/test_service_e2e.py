@@ -52,7 +52,7 @@ RESPONSE_FIELDS = {
     "request_id", "score", "band", "decision", "signals", "model_version", "degraded", "fallback",
     "latency_ms",
 }
-#: The service's whole-request deadline (ServiceSettings.request_deadline_ms) plus room for HTTP and a
+#: The service's whole-request deadline (Settings.request_deadline_ms) plus room for HTTP and a
 #: machine shared with other work: an outage must cost a deadline, never a chain of socket retries.
 OUTAGE_ANSWER_LIMIT_S = 0.2 + 1.5
 

@@ -16,7 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.service import ServiceSettings, TokenBucket, key_matches
+from config.settings import InvalidSettings, Settings
+from features.ipintel import CombinedIpIntel, HttpIpIntel
+from scoring.artifact import LoadedModel
+from serving.service import RequestGuard, TokenBucket, build_scorer, key_matches, load_model
 
 API_KEY = "test-key-123"
 REPO = Path(__file__).resolve().parents[2]
@@ -175,8 +178,8 @@ def test_outcome_feedback_metrics_and_openapi(server: tuple[str, Path]) -> None:
     assert RAW_EMAIL not in text and RAW_IP not in text
 
 
-def test_settings_read_the_promoguard_environment(tmp_path: Path) -> None:
-    settings = ServiceSettings.from_env({
+def test_the_service_reads_the_one_settings_class_with_its_variable_names(tmp_path: Path) -> None:
+    settings = Settings.from_env({
         "PROMOGUARD_ROOT": str(tmp_path), "PROMOGUARD_API_KEYS": "a, b,",
         "PROMOGUARD_REQUIRE_API_KEY": "false",
         "PROMOGUARD_VELOCITY": "redis", "PROMOGUARD_FEATURE_DEADLINE_MS": "25",
@@ -185,9 +188,76 @@ def test_settings_read_the_promoguard_environment(tmp_path: Path) -> None:
     assert settings.velocity_backend == "redis" and settings.feature_deadline_ms == 25.0
     assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow' / 'mlflow.db'}"
     with pytest.raises(ValueError, match="PROMOGUARD_VELOCITY"):
-        ServiceSettings.from_env({"PROMOGUARD_VELOCITY": "memcached"})
+        Settings.from_env({"PROMOGUARD_VELOCITY": "memcached"})
     with pytest.raises(ValueError, match="PROMOGUARD_REQUEST_DEADLINE_MS"):
-        ServiceSettings.from_env({"PROMOGUARD_REQUEST_DEADLINE_MS": "fast"})
+        Settings.from_env({"PROMOGUARD_REQUEST_DEADLINE_MS": "fast"})
+
+
+async def _ok_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_the_guard_builds_its_settings_from_the_environment_when_constructed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMOGUARD_ROOT", str(tmp_path))
+    monkeypatch.setenv("PROMOGUARD_RATE_LIMIT_PER_MINUTE", "3")
+    monkeypatch.setenv("PROMOGUARD_MAX_BODY_BYTES", "512")
+    monkeypatch.setenv("PROMOGUARD_API_KEYS", "k1")
+    guard = RequestGuard(_ok_app)
+    assert guard.settings.max_body_bytes == 512 and guard.settings.api_keys == ("k1",)
+    assert guard.bucket.capacity == 3.0
+    # A misspelt variable stops the worker at start rather than leaving the limit at its default.
+    monkeypatch.setenv("PROMOGUARD_RATE_LIMIT_PER_MINUT", "3")
+    with pytest.raises(InvalidSettings, match="did you mean PROMOGUARD_RATE_LIMIT_PER_MINUTE"):
+        RequestGuard(_ok_app)
+
+
+def _register_champion(uri: str, name: str, model_dir: Path, artifacts: Path) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment(f"exp-{name}", artifact_location=artifacts.as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.log_artifacts(run_id, str(model_dir), "model")
+    client.create_registered_model(name)
+    version = client.create_model_version(
+        name, source=f"{client.get_run(run_id).info.artifact_uri}/model", run_id=run_id
+    ).version
+    client.set_registered_model_alias(name, "champion", version)
+    return str(version)
+
+
+def test_load_model_fetches_the_champion_of_the_configured_model_name(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
+    custom = Settings.from_env({"PROMOGUARD_MODEL_NAME": "promo-abuse-eu"}, root=tmp_path)
+    version = _register_champion(
+        custom.mlflow_tracking_uri, "promo-abuse-eu", artifact_dir, tmp_path / "mlflow" / "artifacts"
+    )
+    model = load_model(custom)
+    assert model is not None and model.version == LoadedModel.from_dir(artifact_dir).version
+    assert (custom.serving_dir / "models" / "promo-abuse-eu" / version / "manifest.json").is_file()
+    # Under the default name the registry has no champion, and another name's cached model is no stand-in.
+    assert load_model(Settings.from_env({}, root=tmp_path)) is None
+
+
+def test_build_scorer_wires_the_configured_http_ip_intelligence(tmp_path: Path) -> None:
+    # A literal public address: building the client opens no connection, and no model, Feast store or
+    # registry exists in this root, so the scorer is built on the rules without touching the network.
+    env = {"PROMOGUARD_IPINTEL_URL": "https://8.8.8.8/v1", "PROMOGUARD_IPINTEL_FAIL_OPEN": "false"}
+    settings = Settings.from_env(env, root=tmp_path)
+    scorer = build_scorer(settings)
+    try:
+        intel = scorer.resolver.ipintel
+        assert isinstance(intel, CombinedIpIntel) and isinstance(intel.http, HttpIpIntel)
+        assert intel.http.url == "https://8.8.8.8/v1" and intel.http.fail_open is False
+        assert scorer.model is None
+    finally:
+        scorer.close()
+    with pytest.raises(ValueError, match="not a public address"):
+        build_scorer(Settings.from_env({"PROMOGUARD_IPINTEL_URL": "http://10.1.2.3/v1"}, root=tmp_path))
 
 
 def test_token_bucket_limits_each_caller_separately() -> None:
