@@ -1,43 +1,53 @@
-"""Drift reports for the fraud team: how today's scoring compares with the champion's reference window.
+"""Drift for the fraud team: how today's scoring compares with the champion's reference window.
 
 Both sides are *scoring frames*: one row per scored request with ``score`` (0-100), ``band``,
 ``decision``, ``fallback``, ``top_signals``, ``promo_type``, ``campaign`` (falls back to
 ``promo_code``), optional ``label``/``label_ts``/``pattern``, ``ts`` and the model's feature columns.
-The reference is the champion's scored training/test window; the current side is recent rows of the
-service's scoring log or a batch of events scored offline.
+The reference is the champion's scored test window; the current side is recent rows of the service's
+scoring log or a batch of events scored offline. The scoring log has no ``pattern`` (that is simulator
+ground truth) and often no labels yet; both are optional on either side.
 
-Pure functions compute everything (:func:`compute_drift`, :func:`build_suite`, :func:`validate_current`);
-:func:`write_report` is the only edge that touches disk. :func:`run_drift` is the one call for the CLI
-and notebooks, and :func:`exit_code` turns the overall status into the process exit status that a
-scheduler alerts on:
+Everything here is pure: :func:`compute_drift` compares two frames. :mod:`monitoring.validation` checks
+the current window with great-expectations, :mod:`monitoring.render` writes the report and
+:mod:`monitoring.report` is the one call for the command line and notebooks.
 
-* ``0``: green, nothing moved beyond sampling noise;
-* ``1``: amber, something moved and a person should look this week;
-* ``2``: red, the model sees a different world than it was trained on; look today.
+**The badge** (``DriftResult.status``) follows what the fraud team acts on: the score distribution,
+the decision and band mix, the rules-fallback share and the verify/refuse share per promotion type and
+busy code. Feature drift explains a move and is shown in full, but on its own it raises the badge to
+amber at most: a red feature makes the badge amber ("look this week", never "look today"), amber
+features leave it as it is. The team cannot act on a feature, and a feature that moved without moving
+scores or decisions has not changed what checkout does. Failed data checks also make it amber. Top
+signals and labels are context only.
 
-Statuses deliberately need *both* a statistically significant change *and* a minimum effect size: on
-the hundreds of thousands of rows a busy store scores per day every p-value is tiny, and a report that is
-always amber teaches the fraud team to ignore it.
+**Exit codes** (:class:`ExitCode`) are what a scheduler alerts on:
+
+* ``0`` green: nothing the fraud team acts on moved beyond sampling noise;
+* ``1`` amber: something moved (or features or data checks did); a person should look this week;
+* ``2`` red: scores, decisions, bands, the fallback share or a promotion moved a lot; look today;
+* ``3`` nothing to compare: no champion, or nothing scored in the window (no report is written);
+* ``4`` failed: the run itself failed (bad input, unreadable files); no report is written.
+
+Statuses need *both* a statistically significant change *and* a minimum effect size: on the hundreds
+of thousands of rows a busy store scores per day every p-value is tiny, and a report that is always
+amber teaches the fraud team to ignore it.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import itertools
 import json
 import math
-import shutil
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
+from enum import IntEnum
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from monitoring.catalog import Comparison, compared_values, treatment
 
 Status = Literal["green", "amber", "red"]
 
@@ -45,6 +55,8 @@ _SEVERITY: dict[str, int] = {"green": 0, "amber": 1, "red": 2}
 DECISIONS: tuple[str, ...] = ("allow", "watch", "verify", "refuse")
 BANDS: tuple[str, ...] = ("clean", "low", "medium", "high")
 REQUIRED_COLUMNS: tuple[str, ...] = ("score", "band", "decision")
+#: The summary names at most this many findings; the detail stays in the sections below it.
+MAX_FINDINGS = 5
 
 # Plain words for the summary; the fraud team reads sentences, not column names.
 _DECISION_WORDS: dict[str, str] = {
@@ -53,6 +65,16 @@ _DECISION_WORDS: dict[str, str] = {
     "verify": "sent to verification",
     "refuse": "refused",
 }
+
+
+class ExitCode(IntEnum):
+    """Process exit status of a drift run; see the module docstring."""
+
+    GREEN = 0
+    AMBER = 1
+    RED = 2
+    NOTHING_TO_COMPARE = 3
+    FAILED = 4
 
 
 @dataclass(frozen=True)
@@ -73,7 +95,8 @@ class DriftThresholds:
     * ``missing_amber_pp``/``missing_red_pp``: percentage-point change of a feature's missing rate.
     * ``psi_bins``: quantile bins for PSI (NaN always gets a bin of its own).
     * ``max_categories``: features with at most this many distinct values are tested with chi-square.
-    * ``min_group_rows``: promotions/campaigns with fewer rows on either side are shown, never flagged.
+    * ``min_group_rows``: a code gets a row of its own only with at least this many requests on both
+      sides (the others fold into "<type>: other codes"); rows with fewer are shown, never flagged.
     """
 
     psi_amber: float = 0.1
@@ -93,6 +116,7 @@ class DriftThresholds:
     min_group_rows: int = 100
 
     def __post_init__(self) -> None:
+        """Reject thresholds whose amber line sits above their red line."""
         pairs = (
             ("psi", self.psi_amber, self.psi_red),
             ("share_pp", self.share_amber_pp, self.share_red_pp),
@@ -146,7 +170,11 @@ class FallbackDrift:
 
 @dataclass(frozen=True)
 class GroupDrift:
-    """Score mean and verify/refuse share of one promotion type or campaign, then vs now."""
+    """Score mean and verify/refuse share of one promotion type or code, then vs now.
+
+    ``dimension`` is ``promo_type`` (every request of a type), ``campaign`` (one busy code or campaign)
+    or ``other codes`` (the type's codes too small to judge alone, folded together).
+    """
 
     dimension: str
     value: str
@@ -158,11 +186,16 @@ class GroupDrift:
     flagged_share_current: float
     delta_pp: float
     status: Status
+    promo_type: str = ""
 
 
 @dataclass(frozen=True)
 class FeatureDrift:
-    """Drift of one model feature; ``bins``/``share_*`` are the PSI bins (plotted for the top features)."""
+    """Drift of one model feature; ``bins``/``share_*`` are the PSI bins (plotted for the top features).
+
+    ``comparison`` is ``rate`` for features that grow with the calendar (see :mod:`monitoring.catalog`);
+    ``rate`` then says what share was compared. ``display_name`` is the name the fraud team knows.
+    """
 
     name: str
     kind: Literal["continuous", "categorical"]
@@ -177,15 +210,30 @@ class FeatureDrift:
     bins: list[str]
     share_reference: list[float]
     share_current: list[float]
+    display_name: str = ""
+    comparison: Comparison = "distribution"
+    rate: str = ""
+
+
+@dataclass(frozen=True)
+class NotLogged:
+    """A model feature one side does not carry (e.g. not yet in the scoring log): shown, never drift."""
+
+    name: str
+    display_name: str
+    missing_from: Literal["reference", "current", "both"]
 
 
 @dataclass(frozen=True)
 class PatternRate:
-    """Abuse rate among labeled rows of one pattern (or of everything when no pattern column)."""
+    """Abuse rate among labeled rows of one pattern, or of all of them (``all labeled``).
+
+    A side without a ``pattern`` column (the scoring log) has ``None`` labeled counts for patterns.
+    """
 
     pattern: str
-    labeled_reference: int
-    labeled_current: int
+    labeled_reference: int | None
+    labeled_current: int | None
     abuse_rate_reference: float
     abuse_rate_current: float
 
@@ -214,7 +262,11 @@ class Violation:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """Everything a drift report shows; JSON-able through :func:`result_to_dict`."""
+    """Everything a drift report shows; JSON-able through :func:`monitoring.render.result_to_dict`.
+
+    ``summary`` holds the findings (at most :data:`MAX_FINDINGS`, most important first); ``notes`` the
+    context a reader needs to trust them (labels, features not logged).
+    """
 
     status: Status
     summary: list[str]
@@ -231,23 +283,18 @@ class DriftResult:
     labels: LabelSummary
     thresholds: DriftThresholds
     violations: list[Violation] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ReportPaths:
-    """Where :func:`write_report` put the report (``latest.*`` copies sit beside them)."""
-
-    html: Path
-    json: Path
+    not_logged: list[NotLogged] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------
 # statistics
 
 
-def _worst(statuses: Iterable[str]) -> Status:
-    worst = max((_SEVERITY[s] for s in statuses), default=0)
-    return ("green", "amber", "red")[worst]  # type: ignore[return-value]
+def worst(statuses: Iterable[str]) -> Status:
+    """The most severe of some statuses (green when there are none)."""
+    level = max((_SEVERITY[s] for s in statuses), default=0)
+    return ("green", "amber", "red")[level]  # type: ignore[return-value]
 
 
 def _level(value: float, amber: float, red: float) -> Status:
@@ -277,7 +324,7 @@ def quantile_cuts(reference: np.ndarray, bins: int) -> np.ndarray:
         return np.array([], dtype=float)
     qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
     # A cut at the minimum would leave an always-empty first bin.
-    return np.unique(qs[qs > values.min()]) if values.size else qs
+    return np.unique(qs[qs > values.min()])
 
 
 def binned_shares(
@@ -297,16 +344,17 @@ def binned_shares(
     return labels, out[0], out[1]
 
 
-def _fmt_num(x: float) -> str:
+def fmt_num(x: float) -> str:
+    """A number short enough for a bin label or a table cell."""
     return f"{x:g}" if abs(x) < 1e6 else f"{x:.3g}"
 
 
 def _bin_labels(cuts: np.ndarray) -> list[str]:
     if cuts.size == 0:
         return ["all"]
-    labels = [f"< {_fmt_num(cuts[0])}"]
-    labels += [f"{_fmt_num(lo)} to < {_fmt_num(hi)}" for lo, hi in itertools.pairwise(cuts)]
-    labels.append(f">= {_fmt_num(cuts[-1])}")
+    labels = [f"< {fmt_num(cuts[0])}"]
+    labels += [f"{fmt_num(lo)} to < {fmt_num(hi)}" for lo, hi in itertools.pairwise(cuts)]
+    labels.append(f">= {fmt_num(cuts[-1])}")
     return labels
 
 
@@ -351,7 +399,8 @@ def _share_change(
 # input checks
 
 
-def _check_frame(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+def check_frame(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+    """A copy with a float score and lower-case band/decision; ValueError naming the side and field."""
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{side}: expected a pandas DataFrame, got {type(frame).__name__}")
     if frame.empty:
@@ -372,7 +421,8 @@ def _check_frame(frame: pd.DataFrame, side: str) -> pd.DataFrame:
     return out
 
 
-def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
+def numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """One column as float64 (booleans as 0/1, anything unparseable as NaN); all NaN when absent."""
     if column not in frame.columns:
         return np.full(len(frame), np.nan)
     values = frame[column]
@@ -382,36 +432,37 @@ def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
     return out.to_numpy(dtype=float, na_value=np.nan)
 
 
+def _signal_items(items: Iterable[Any]) -> list[str]:
+    names: list[str] = []
+    for item in items:
+        if isinstance(item, dict):
+            if item.get("name"):
+                names.append(str(item["name"]))
+        elif item is not None and not (isinstance(item, float) and math.isnan(item)):
+            names.append(str(item))
+    return names
+
+
 def parse_signals(value: Any) -> list[str]:
     """Signal names from a list, a tuple, a numpy array or a JSON string of a list; anything else is none."""
-    if value is None:
-        return []
     if isinstance(value, str):
         text = value.strip()
         if not text:
             return []
         try:
-            parsed = json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError:
             # A bare comma-separated string is what a CSV export of the log gives.
             return [s.strip() for s in text.split(",") if s.strip()]
-        value = parsed
     if isinstance(value, dict):
         return [str(value.get("name"))] if value.get("name") else []
     if isinstance(value, list | tuple | np.ndarray):
-        names: list[str] = []
-        for item in value:
-            if isinstance(item, dict):
-                if item.get("name"):
-                    names.append(str(item["name"]))
-            elif item is not None and not (isinstance(item, float) and math.isnan(item)):
-                names.append(str(item))
-        return names
+        return _signal_items(value)
     return []
 
 
 # ---------------------------------------------------------------------------------------------------
-# the pieces of compute_drift
+# scores, decisions, fallback
 
 
 def score_drift(reference: pd.DataFrame, current: pd.DataFrame, th: DriftThresholds) -> ScoreDrift:
@@ -432,7 +483,7 @@ def score_drift(reference: pd.DataFrame, current: pd.DataFrame, th: DriftThresho
     ks = stats.ks_2samp(ref[np.isfinite(ref)], cur[np.isfinite(cur)])
     statistic, p = float(ks.statistic), float(ks.pvalue)
     effect = psi >= th.min_effect_psi or statistic >= th.min_effect_ks
-    status = _worst([_level(psi, th.psi_amber, th.psi_red), _test_status(p, effect, th)])
+    status = worst([_level(psi, th.psi_amber, th.psi_red), _test_status(p, effect, th)])
     return ScoreDrift(
         psi=psi,
         ks_statistic=statistic,
@@ -480,120 +531,169 @@ def fallback_drift(reference: pd.DataFrame, current: pd.DataFrame, th: DriftThre
     return FallbackDrift(r_ref, r_cur, _level(r_cur, th.fallback_amber, th.fallback_red))
 
 
-def _with_campaign(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame
-    if "campaign" not in out.columns or out["campaign"].isna().any():
-        out = out.copy()
-        fallback = out["promo_code"] if "promo_code" in out.columns else pd.Series(pd.NA, index=out.index)
-        base = out["campaign"] if "campaign" in out.columns else pd.Series(pd.NA, index=out.index)
-        out["campaign"] = base.fillna(fallback)
-    return out
+# ---------------------------------------------------------------------------------------------------
+# promotion types and codes
+
+_NO_TYPE = "unknown type"
+
+
+def _group_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    """type, campaign (falls back to the promo code; empty when neither), score and verify/refuse flag."""
+    nothing = pd.Series(pd.NA, index=frame.index, dtype="string")
+    types = frame["promo_type"].astype("string") if "promo_type" in frame.columns else nothing
+    campaign = frame["campaign"].astype("string") if "campaign" in frame.columns else nothing
+    if "promo_code" in frame.columns:
+        campaign = campaign.fillna(frame["promo_code"].astype("string"))
+    return pd.DataFrame(
+        {
+            "type": types.fillna(_NO_TYPE),
+            "campaign": campaign.fillna(""),
+            "score": frame["score"].to_numpy(dtype=float),
+            "flag": frame["decision"].isin(["verify", "refuse"]).to_numpy(dtype=float),
+        },
+        index=frame.index,
+    )
+
+
+def _tally(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+    keys = _group_keys(frame)
+    agg = keys.groupby(["type", "campaign"], sort=False).agg(
+        n=("score", "size"), score=("score", "sum"), flagged=("flag", "sum")
+    )
+    return agg.add_suffix(f"_{side}")
+
+
+def _group_row(
+    dimension: str, value: str, promo_type: str, counts: pd.Series, th: DriftThresholds, family: int
+) -> GroupDrift:
+    n_a, n_b = int(counts["n_ref"]), int(counts["n_cur"])
+    change = _share_change(value, counts["flagged_ref"], n_a, counts["flagged_cur"], n_b, th, family)
+    enough = n_a >= th.min_group_rows and n_b >= th.min_group_rows
+    return GroupDrift(
+        dimension=dimension,
+        value=value,
+        n_reference=n_a,
+        n_current=n_b,
+        mean_score_reference=float(counts["score_ref"] / n_a) if n_a else float("nan"),
+        mean_score_current=float(counts["score_cur"] / n_b) if n_b else float("nan"),
+        flagged_share_reference=change.share_reference,
+        flagged_share_current=change.share_current,
+        delta_pp=change.delta_pp if n_a and n_b else float("nan"),
+        status=change.status if enough else "green",
+        promo_type=promo_type,
+    )
+
+
+def _type_rows(promo_type: str, block: pd.DataFrame, min_rows: int) -> list[tuple[str, str, pd.Series]]:
+    """The rows of one promotion type: the type, its busy codes, then its other codes folded together."""
+    rows = [("promo_type", promo_type, block.sum())]
+    campaigns = np.asarray(block.index.get_level_values("campaign"), dtype=str)
+    own = ((block["n_ref"] >= min_rows) & (block["n_cur"] >= min_rows)).to_numpy() & (campaigns != "")
+    busy = block[own]
+    for i in np.argsort(campaigns[own], kind="stable"):
+        rows.append(("campaign", str(campaigns[own][i]), busy.iloc[i]))
+    # Without a busy code the folded row would only repeat the type's own row.
+    if own.any() and (~own).any():
+        rows.append(("other codes", f"{promo_type}: other codes", block[~own].sum()))
+    return rows
 
 
 def group_drift(reference: pd.DataFrame, current: pd.DataFrame, th: DriftThresholds) -> list[GroupDrift]:
-    """Per promotion type and per campaign: rows, mean score and verify/refuse share, then vs now."""
-    ref, cur = _with_campaign(reference), _with_campaign(current)
-    rows: list[GroupDrift] = []
-    for dim in ("promo_type", "campaign"):
-        if dim not in ref.columns and dim not in cur.columns:
-            continue
-        stats_by_side = []
-        for frame in (ref, cur):
-            if dim not in frame.columns or frame[dim].isna().all():
-                stats_by_side.append(pd.DataFrame(columns=["n", "mean", "flagged"]))
-                continue
-            g = frame.assign(_flag=frame["decision"].isin(["verify", "refuse"]).astype(float))
-            agg = g.groupby(g[dim].astype("string"), dropna=True).agg(
-                n=("score", "size"), mean=("score", "mean"), flagged=("_flag", "sum")
-            )
-            stats_by_side.append(agg)
-        a, b = stats_by_side
-        values = sorted(set(a.index) | set(b.index))
-        for value in values:
-            n_a = int(a["n"].get(value, 0))
-            n_b = int(b["n"].get(value, 0))
-            k_a = float(a["flagged"].get(value, 0.0))
-            k_b = float(b["flagged"].get(value, 0.0))
-            change = _share_change(str(value), k_a, n_a, k_b, n_b, th, family=len(values))
-            enough = n_a >= th.min_group_rows and n_b >= th.min_group_rows
-            rows.append(
-                GroupDrift(
-                    dimension=dim,
-                    value=str(value),
-                    n_reference=n_a,
-                    n_current=n_b,
-                    mean_score_reference=float(a["mean"].get(value, np.nan)),
-                    mean_score_current=float(b["mean"].get(value, np.nan)),
-                    flagged_share_reference=change.share_reference,
-                    flagged_share_current=change.share_current,
-                    delta_pp=change.delta_pp if n_a and n_b else float("nan"),
-                    status=change.status if enough else "green",
-                )
-            )
-    return rows
+    """Per promotion type, then per busy code: rows, mean score and verify/refuse share, then vs now.
+
+    A code (or campaign) gets its own row only with ``min_group_rows`` requests on both sides; one-off
+    and single-use codes are folded into "<type>: other codes", so the table stays the size of the
+    promotion calendar, not of the number of codes ever printed. Types come busiest first.
+    """
+    both = _tally(reference, "ref").join(_tally(current, "cur"), how="outer").fillna(0.0)
+    blocks = {str(t): b for t, b in both.groupby(level="type", sort=False)}
+    order = sorted(blocks, key=lambda t: (-float(blocks[t][["n_ref", "n_cur"]].to_numpy().sum()), t))
+    rows = [
+        (dim, value, t, counts)
+        for t in order
+        for dim, value, counts in _type_rows(t, blocks[t], th.min_group_rows)
+    ]
+    return [_group_row(dim, value, t, counts, th, len(rows)) for dim, value, t, counts in rows]
+
+
+# ---------------------------------------------------------------------------------------------------
+# features
+
+
+def _categorical_shares(
+    reference: np.ndarray, current: np.ndarray, distinct: np.ndarray
+) -> tuple[list[str], list[float], list[float], float, float]:
+    """Bins, shares, chi-square statistic and p-value for a flag or low-cardinality feature."""
+    # Values never seen in the reference share one "new values" bucket: that is exactly the news.
+    labels = [fmt_num(v) for v in distinct] + ["new values", "missing"]
+    shares: list[list[float]] = []
+    tables = []
+    for values in (reference, current):
+        finite = values[np.isfinite(values)]
+        known = [float(np.sum(finite == v)) for v in distinct]
+        counts = np.array([*known, float(finite.size - sum(known)), values.size - finite.size], dtype=float)
+        tables.append(counts)
+        shares.append((counts / max(values.size, 1)).tolist())
+    table = np.vstack(tables)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return labels, shares[0], shares[1], 0.0, 1.0
+    chi = stats.chi2_contingency(table, correction=False)
+    return labels, shares[0], shares[1], float(chi.statistic), float(chi.pvalue)
+
+
+def _continuous_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    ref_fin, cur_fin = reference[np.isfinite(reference)], current[np.isfinite(current)]
+    if not (ref_fin.size and cur_fin.size):
+        return 0.0, 1.0
+    ks = stats.ks_2samp(ref_fin, cur_fin)
+    return float(ks.statistic), float(ks.pvalue)
+
+
+def _missing_change(
+    reference: np.ndarray, current: np.ndarray, th: DriftThresholds
+) -> tuple[float, float, Status]:
+    """Missing rate then, now, and the status of the change (significant and large enough)."""
+    miss_ref_n = float(np.sum(~np.isfinite(reference)))
+    miss_cur_n = float(np.sum(~np.isfinite(current)))
+    miss_ref = miss_ref_n / max(reference.size, 1)
+    miss_cur = miss_cur_n / max(current.size, 1)
+    p = _two_proportion_p(miss_ref_n, reference.size, miss_cur_n, current.size)
+    status: Status = (
+        _level(abs(miss_cur - miss_ref) * 100, th.missing_amber_pp, th.missing_red_pp)
+        if p < th.p_amber
+        else "green"
+    )
+    return miss_ref, miss_cur, status
 
 
 def feature_drift(reference: np.ndarray, current: np.ndarray, name: str, th: DriftThresholds) -> FeatureDrift:
     """PSI on reference quantile bins (NaN its own bin), KS or chi-square, and the missing-rate change."""
-    ref_fin, cur_fin = reference[np.isfinite(reference)], current[np.isfinite(current)]
-    distinct = np.unique(ref_fin)
+    distinct = np.unique(reference[np.isfinite(reference)])
     # The kind depends on the reference alone so that a feature keeps its test from one run to the next.
     categorical = distinct.size <= th.max_categories
     if categorical:
-        # Values never seen in the reference share one "new values" bucket: that is exactly the news.
-        labels = [_fmt_num(v) for v in distinct] + ["new values", "missing"]
-        shares = []
-        tables = []
-        for values, finite in ((reference, ref_fin), (current, cur_fin)):
-            known = [float(np.sum(finite == v)) for v in distinct]
-            other = float(finite.size - sum(known))
-            counts = np.array([*known, other, values.size - finite.size], dtype=float)
-            tables.append(counts)
-            shares.append((counts / max(values.size, 1)).tolist())
-        s_ref, s_cur = shares
-        table = np.vstack(tables)
-        table = table[:, table.sum(axis=0) > 0]
-        if table.shape[1] < 2:
-            statistic, p = 0.0, 1.0
-        else:
-            chi = stats.chi2_contingency(table, correction=False)
-            statistic, p = float(chi.statistic), float(chi.pvalue)
+        labels, s_ref, s_cur, statistic, p = _categorical_shares(reference, current, distinct)
         effect_stat = 0.0
-        test: Literal["ks", "chi2"] = "chi2"
     else:
         labels, s_ref, s_cur = binned_shares(reference, current, th.psi_bins)
-        if ref_fin.size and cur_fin.size:
-            ks = stats.ks_2samp(ref_fin, cur_fin)
-            statistic, p = float(ks.statistic), float(ks.pvalue)
-        else:
-            statistic, p = 0.0, 1.0
+        statistic, p = _continuous_test(reference, current)
         effect_stat = statistic
-        test = "ks"
+    test: Literal["ks", "chi2"] = "chi2" if categorical else "ks"
     psi = psi_from_shares(s_ref, s_cur)
-    miss_ref = 1 - ref_fin.size / max(reference.size, 1)
-    miss_cur = 1 - cur_fin.size / max(current.size, 1)
-    effect = psi >= th.min_effect_psi or effect_stat >= th.min_effect_ks
     reasons: list[str] = []
     psi_status = _level(psi, th.psi_amber, th.psi_red)
     if psi_status != "green":
         reasons.append(f"PSI {psi:.2f}")
-    test_status = _test_status(p, effect, th)
+    test_status = _test_status(p, psi >= th.min_effect_psi or effect_stat >= th.min_effect_ks, th)
     # A significant test alone says "look" (amber). Red also needs a shift large enough to matter: PSI
     # past its red line, or for a flag or small category set a share that moved by share_red_pp.
     moved_pp = max((abs(a - b) * 100 for a, b in zip(s_ref, s_cur, strict=True)), default=0.0)
-    big_enough = psi_status == "red" or (categorical and moved_pp >= th.share_red_pp)
-    if test_status == "red" and not big_enough:
+    if test_status == "red" and not (psi_status == "red" or (categorical and moved_pp >= th.share_red_pp)):
         test_status = "amber"
     if test_status != "green":
         reasons.append(f"{'KS' if test == 'ks' else 'chi-square'} p={p:.1e}")
-    miss_p = _two_proportion_p(
-        reference.size - ref_fin.size, reference.size, current.size - cur_fin.size, current.size
-    )
-    miss_status = (
-        _level(abs(miss_cur - miss_ref) * 100, th.missing_amber_pp, th.missing_red_pp)
-        if miss_p < th.p_amber
-        else "green"
-    )
+    miss_ref, miss_cur, miss_status = _missing_change(reference, current, th)
     if miss_status != "green":
         reasons.append(f"missing {miss_ref:.0%} -> {miss_cur:.0%}")
     return FeatureDrift(
@@ -605,12 +705,63 @@ def feature_drift(reference: np.ndarray, current: np.ndarray, name: str, th: Dri
         p_value=p,
         missing_reference=miss_ref,
         missing_current=miss_cur,
-        status=_worst([psi_status, test_status, miss_status]),
+        status=worst([psi_status, test_status, miss_status]),
         reasons=reasons,
         bins=labels,
         share_reference=s_ref,
         share_current=s_cur,
+        display_name=name,
     )
+
+
+def split_logged(
+    reference: pd.DataFrame, current: pd.DataFrame, feature_names: Sequence[str], names: Mapping[str, str]
+) -> tuple[list[str], list[NotLogged]]:
+    """Features both sides carry (compared), and those a side does not carry at all (not logged).
+
+    A column that is absent is "not logged" (e.g. the scoring log of a service older than the model's
+    inputs); a column that is present but empty is logged as missing, and its missing rate is compared.
+    """
+    compared: list[str] = []
+    absent: list[NotLogged] = []
+    for name in feature_names:
+        in_ref, in_cur = name in reference.columns, name in current.columns
+        if in_ref and in_cur:
+            compared.append(name)
+            continue
+        side: Literal["reference", "current", "both"] = (
+            "both" if not (in_ref or in_cur) else "current" if in_ref else "reference"
+        )
+        absent.append(NotLogged(name, names.get(name, name), side))
+    return compared, absent
+
+
+def features_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    feature_names: Sequence[str],
+    th: DriftThresholds,
+    names: Mapping[str, str],
+) -> list[FeatureDrift]:
+    """Every feature both sides carry, compared as its catalog treatment says, most drifted first."""
+    # One test per feature: Bonferroni keeps a hundred-odd comparisons from crying wolf together.
+    family = max(len(feature_names), 1)
+    per_feature = replace(th, p_amber=th.p_amber / family, p_red=th.p_red / family)
+    out: list[FeatureDrift] = []
+    for name in feature_names:
+        how = treatment(name)
+        ref = compared_values(numeric(reference, name), how)
+        cur = compared_values(numeric(current, name), how)
+        drift = feature_drift(ref, cur, name, per_feature)
+        out.append(
+            replace(drift, display_name=names.get(name, name), comparison=how.comparison, rate=how.rate)
+        )
+    out.sort(key=lambda f: (-_SEVERITY[f.status], -f.psi, f.name))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# signals and labels
 
 
 def signal_drift(reference: pd.DataFrame, current: pd.DataFrame, th: DriftThresholds) -> list[ShareChange]:
@@ -647,55 +798,76 @@ def _labels_numeric(frame: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(raw, errors="coerce").astype(float)
 
 
+@dataclass(frozen=True)
+class _LabelSide:
+    """One side's labeled rows (``y`` 1.0 abuse / 0.0 legit, ``pattern`` when known)."""
+
+    share: float
+    delay_hours: float
+    y: pd.Series
+    pattern: pd.Series | None
+
+
+def _label_side(frame: pd.DataFrame) -> _LabelSide:
+    if "label" not in frame.columns:
+        return _LabelSide(0.0, float("nan"), pd.Series(dtype=float), None)
+    y = _labels_numeric(frame)
+    labeled = y.notna()
+    delay = float("nan")
+    if "label_ts" in frame.columns and "ts" in frame.columns:
+        gap = pd.to_datetime(frame["label_ts"], utc=True) - pd.to_datetime(frame["ts"], utc=True)
+        hours = gap[labeled].dt.total_seconds() / 3600
+        if hours.notna().any():
+            delay = float(hours.median())
+    pattern = frame.loc[labeled, "pattern"].astype("string") if "pattern" in frame.columns else None
+    return _LabelSide(float(labeled.mean()), delay, y[labeled], pattern)
+
+
+def _rate(side: _LabelSide, pattern: str | None) -> tuple[int | None, float]:
+    if pattern is None:
+        y = side.y
+    elif side.pattern is None:
+        return None, float("nan")
+    else:
+        y = side.y[(side.pattern == pattern).fillna(False).to_numpy()]
+    return int(y.size), float(y.mean()) if y.size else float("nan")
+
+
 def label_summary(reference: pd.DataFrame, current: pd.DataFrame) -> LabelSummary:
-    """Share of rows labeled, median label delay in hours, and the abuse rate per pattern where labeled."""
+    """Share of rows labeled, median label delay in hours, and the abuse rate overall and per pattern.
+
+    ``pattern`` is simulator ground truth: the scoring log never has it, and a side without it shows no
+    per-pattern counts rather than failing.
+    """
     if "label" not in reference.columns and "label" not in current.columns:
         return LabelSummary(False, 0.0, 0.0, float("nan"), float("nan"), [])
-    shares: list[float] = []
-    delays: list[float] = []
-    labeled: list[pd.DataFrame] = []
-    for frame in (reference, current):
-        if "label" not in frame.columns:
-            shares.append(0.0)
-            delays.append(float("nan"))
-            labeled.append(frame.iloc[0:0].assign(_y=pd.Series(dtype=float)))
-            continue
-        y = _labels_numeric(frame)
-        shares.append(float(y.notna().mean()))
-        delay = float("nan")
-        if "label_ts" in frame.columns and "ts" in frame.columns:
-            d = pd.to_datetime(frame["label_ts"], utc=True) - pd.to_datetime(frame["ts"], utc=True)
-            hours = d[y.notna()].dt.total_seconds() / 3600
-            if hours.notna().any():
-                delay = float(hours.median())
-        delays.append(delay)
-        labeled.append(frame.assign(_y=y)[y.notna()])
-    by_pattern: list[PatternRate] = []
-    has_pattern = all("pattern" in f.columns for f in labeled if len(f)) and any(len(f) for f in labeled)
-    keys: list[str]
-    if has_pattern:
-        keys = sorted({str(p) for f in labeled if "pattern" in f.columns for p in f["pattern"].dropna()})
-    else:
-        keys = ["all"]
-    for key in keys:
-        parts = []
-        for f in labeled:
-            part = f if key == "all" and not has_pattern else f[f["pattern"].astype("string") == key]
-            parts.append(part["_y"])
-        by_pattern.append(
-            PatternRate(
-                pattern=key,
-                labeled_reference=int(parts[0].size),
-                labeled_current=int(parts[1].size),
-                abuse_rate_reference=float(parts[0].mean()) if parts[0].size else float("nan"),
-                abuse_rate_current=float(parts[1].mean()) if parts[1].size else float("nan"),
-            )
-        )
-    return LabelSummary(True, shares[0], shares[1], delays[0], delays[1], by_pattern)
+    ref, cur = _label_side(reference), _label_side(current)
+    patterns = sorted({str(p) for s in (ref, cur) if s.pattern is not None for p in s.pattern.dropna()})
+    rows: list[PatternRate] = []
+    for key in (None, *patterns):
+        (n_ref, r_ref), (n_cur, r_cur) = _rate(ref, key), _rate(cur, key)
+        rows.append(PatternRate(key or "all labeled", n_ref, n_cur, r_ref, r_cur))
+    return LabelSummary(True, ref.share, cur.share, ref.delay_hours, cur.delay_hours, rows)
 
 
 # ---------------------------------------------------------------------------------------------------
-# summary sentences
+# the badge and the summary
+
+
+def acted_on_status(result: DriftResult) -> Status:
+    """The status of what the fraud team acts on: scores, decisions, bands, fallback, promotions."""
+    return worst(
+        [result.score.status, result.fallback.status]
+        + [c.status for c in (*result.decisions, *result.bands)]
+        + [g.status for g in result.groups]
+    )
+
+
+def overall_status(result: DriftResult) -> Status:
+    """The badge: what the fraud team acts on; red features or failed data checks raise it to amber."""
+    explains = [f.status for f in result.features] + ["red" if result.violations else "green"]
+    capped: Status = "amber" if worst(explains) == "red" else "green"
+    return worst([acted_on_status(result), capped])
 
 
 def pct(share: float) -> str:
@@ -709,61 +881,125 @@ def pct(share: float) -> str:
     return text.rstrip("0").rstrip(".") + "%"
 
 
-def _share_sentence(change: ShareChange, subject: str) -> str:
-    verb = "rose" if change.delta_pp > 0 else "fell"
-    return f"{subject} {verb} from {pct(change.share_reference)} to {pct(change.share_current)}"
-
-
-def _names(items: Sequence[str], limit: int = 6) -> str:
+def names_list(items: Sequence[str], limit: int = 3) -> str:
+    """``a, b, c and 4 more``."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def summarize(result: DriftResult) -> list[str]:
-    """Plain-words sentences for the fraud team, most important first."""
-    lines: list[str] = []
-    if result.violations:
-        cols = sorted({v.column for v in result.violations})
-        lines.append(f"{len(result.violations)} data check(s) failed on the current window: {_names(cols)}")
+def _moved(change: ShareChange) -> str:
+    return f"{pct(change.share_reference)} -> {pct(change.share_current)}"
+
+
+def _score_finding(result: DriftResult) -> str | None:
     s = result.score
-    if s.status != "green":
-        lines.append(
-            f"the score distribution shifted (PSI {s.psi:.2f}): mean score "
-            f"{s.mean_reference:.1f} then, {s.mean_current:.1f} now"
-        )
-    for change in result.decisions:
-        if change.status != "green":
-            words = _DECISION_WORDS.get(change.name, f"'{change.name}'")
-            lines.append(_share_sentence(change, f"the share of decisions {words}"))
-    for change in result.bands:
-        if change.status != "green":
-            lines.append(_share_sentence(change, f"the share of requests in the {change.name} band"))
+    if s.status == "green":
+        return None
+    return (
+        f"the score distribution shifted (PSI {s.psi:.2f}): mean score "
+        f"{s.mean_reference:.1f} then, {s.mean_current:.1f} now"
+    )
+
+
+def _largest_moves(changes: Sequence[ShareChange], limit: int = 2) -> list[ShareChange]:
+    moved = [c for c in changes if c.status != "green"]
+    return sorted(moved, key=lambda c: (-_SEVERITY[c.status], -abs(c.delta_pp)))[:limit]
+
+
+def _mix_finding(result: DriftResult) -> str | None:
+    """The two largest decision moves and the two largest band moves (the tables have the rest)."""
+    parts = [
+        f"{_DECISION_WORDS.get(c.name, repr(c.name))} {_moved(c)}" for c in _largest_moves(result.decisions)
+    ]
+    parts += [f"{c.name} band {_moved(c)}" for c in _largest_moves(result.bands)]
+    if not parts:
+        return None
+    return "decisions and bands moved: " + "; ".join(parts)
+
+
+def _fallback_finding(result: DriftResult) -> str | None:
     fb = result.fallback
-    if fb.status != "green":
+    if fb.status == "green":
+        return None
+    return (
+        f"the rules fallback answered {pct(fb.rate_current)} of requests "
+        f"(reference {pct(fb.rate_reference)}): check model and feature-store health"
+    )
+
+
+def _group_shift(g: GroupDrift) -> str:
+    name = g.value if g.dimension != "other codes" else "other codes"
+    return f"{name} {pct(g.flagged_share_reference)} -> {pct(g.flagged_share_current)}"
+
+
+def _type_finding(promo_type: str, moved: Sequence[GroupDrift]) -> str:
+    """One promotion type that moved, with its codes that moved in parentheses."""
+    own = next((g for g in moved if g.dimension == "promo_type"), None)
+    text = _group_shift(own) if own is not None else promo_type
+    codes = [_group_shift(g) for g in moved if g.dimension != "promo_type"]
+    return text + (f" ({names_list(codes, 2)})" if codes else "")
+
+
+def _group_finding(result: DriftResult) -> str | None:
+    moved = sorted(
+        (g for g in result.groups if g.status != "green"),
+        key=lambda g: (-_SEVERITY[g.status], -abs(g.delta_pp)),
+    )
+    if not moved:
+        return None
+    # One entry per promotion type, the type that moved most first; its codes ride along.
+    types = list(dict.fromkeys(g.promo_type for g in moved))
+    parts = [_type_finding(t, [g for g in moved if g.promo_type == t]) for t in types]
+    return "promotions moved (share sent to verification or refused): " + names_list(parts)
+
+
+def _feature_finding(result: DriftResult) -> str | None:
+    moved = [f for f in result.features if f.status != "green"]
+    if not moved:
+        return None
+    red = sum(f.status == "red" for f in moved)
+    plural = "s" if len(moved) != 1 else ""
+    led = ", ".join(f.display_name or f.name for f in moved[:3])
+    return f"{len(moved)} feature{plural} moved ({red} red, {len(moved) - red} amber), led by {led}"
+
+
+def _checks_finding(result: DriftResult) -> str | None:
+    if not result.violations:
+        return None
+    cols = sorted({v.column for v in result.violations})
+    return f"{len(result.violations)} data check(s) failed on the current window: {names_list(cols)}"
+
+
+def summarize(result: DriftResult) -> list[str]:
+    """At most :data:`MAX_FINDINGS` plain-words findings, in the order the fraud team acts on them."""
+    builders = (
+        _score_finding,
+        _mix_finding,
+        _fallback_finding,
+        _group_finding,
+        _feature_finding,
+        _checks_finding,
+    )
+    findings = [line for build in builders if (line := build(result)) is not None]
+    if not findings:
+        return ["no drift: scores, decisions, promotions and features match the reference"]
+    return findings[:MAX_FINDINGS]
+
+
+def notes(result: DriftResult) -> list[str]:
+    """Context under the findings: features a side does not log, and how far labels have arrived."""
+    lines: list[str] = []
+    current = [n.display_name for n in result.not_logged if n.missing_from == "current"]
+    if current:
         lines.append(
-            f"the rules fallback answered {pct(fb.rate_current)} of requests "
-            f"(reference {pct(fb.rate_reference)}): check model and feature-store health"
+            f"{len(current)} model feature(s) are not in the current window, so not compared: "
+            + names_list(current, 6)
         )
-    drifted = [f for f in result.features if f.status != "green"]
-    if drifted:
-        red = sum(f.status == "red" for f in drifted)
-        amber = len(drifted) - red
+    other = [n.display_name for n in result.not_logged if n.missing_from != "current"]
+    if other:
         lines.append(
-            f"{len(drifted)} feature{'s' if len(drifted) != 1 else ''} drifted ({red} red, {amber} amber): "
-            + _names([f.name for f in drifted])
+            f"{len(other)} feature(s) are not in the reference, so not compared: {names_list(other, 6)}"
         )
-    moved = [g for g in result.groups if g.status != "green"]
-    if moved:
-        parts = [
-            f"{g.value} ({pct(g.flagged_share_reference)} -> {pct(g.flagged_share_current)} verify/refuse)"
-            for g in moved
-        ]
-        lines.append(f"{len(moved)} promotion type(s)/campaign(s) changed: " + _names(parts, 4))
-    signals = [c for c in result.signals if c.status != "green"][:3]
-    for change in signals:
-        lines.append(_share_sentence(change, f"requests with the signal {change.name}"))
-    if result.status == "green" and not lines:
-        lines.append("no drift: scores, decisions and features match the reference")
     lab = result.labels
     if lab.available:
         delay = lab.median_delay_hours_current
@@ -774,15 +1010,14 @@ def summarize(result: DriftResult) -> list[str]:
     return lines
 
 
+def finalize(result: DriftResult) -> DriftResult:
+    """The result with its badge, findings and notes worked out from its sections."""
+    settled = replace(result, status=overall_status(result))
+    return replace(settled, summary=summarize(settled), notes=notes(settled))
+
+
 # ---------------------------------------------------------------------------------------------------
 # the one pure entry point
-
-
-def drift_features(reference: pd.DataFrame) -> list[str]:
-    """The model features a scoring frame carries, in model order: what ``compute_drift`` compares."""
-    from training.dataset import model_feature_names
-
-    return [name for name in model_feature_names() if name in reference.columns]
 
 
 def compute_drift(
@@ -790,625 +1025,48 @@ def compute_drift(
     current: pd.DataFrame,
     feature_names: Sequence[str],
     thresholds: DriftThresholds | None = None,
+    *,
+    display_names: Mapping[str, str] | None = None,
 ) -> DriftResult:
-    """Compare a current scoring frame with the reference: scores, mix, groups, features, signals, labels.
+    """Compare a current scoring frame with the reference: scores, mix, promotions, features, signals, labels.
 
-    Raises ValueError naming the side and field when a frame lacks ``score``/``band``/``decision``, has
-    a non-numeric score, or when a model feature is missing from the reference. A feature missing from
-    the current window is treated as entirely missing there (and so flagged), not as an error.
+    ``display_names`` maps a feature to the name the fraud team knows (the model manifest's signal
+    names, see :func:`monitoring.catalog.display_names`). Raises ValueError naming the side and field
+    when a frame lacks ``score``/``band``/``decision`` or has a non-numeric score. A model feature one
+    side does not carry is listed as not logged, never as drift.
     """
     th = thresholds or DriftThresholds()
-    ref = _check_frame(reference, "reference")
-    cur = _check_frame(current, "current")
-    absent = [n for n in feature_names if n not in ref.columns]
-    if absent:
-        raise ValueError(f"reference: missing feature column(s) {_names(list(absent))}")
-    # One test per feature: Bonferroni keeps a hundred-odd comparisons from crying wolf together.
-    per_feature = replace(
-        th, p_amber=th.p_amber / max(len(feature_names), 1), p_red=th.p_red / max(len(feature_names), 1)
-    )
-    features = [feature_drift(_numeric(ref, n), _numeric(cur, n), n, per_feature) for n in feature_names]
-    features.sort(key=lambda f: (-_SEVERITY[f.status], -f.psi, f.name))
-    score = score_drift(ref, cur, th)
-    decisions = mix_drift(ref, cur, "decision", DECISIONS, th)
-    bands = mix_drift(ref, cur, "band", BANDS, th)
-    fallback = fallback_drift(ref, cur, th)
-    groups = group_drift(ref, cur, th)
-    signals = signal_drift(ref, cur, th)
-    labels = label_summary(ref, cur)
-    status = _worst(
-        [score.status, fallback.status]
-        + [c.status for c in (*decisions, *bands, *signals)]
-        + [g.status for g in groups]
-        + [f.status for f in features]
-    )
+    names = dict(display_names or {})
+    ref = check_frame(reference, "reference")
+    cur = check_frame(current, "current")
+    compared, not_logged = split_logged(ref, cur, feature_names, names)
     result = DriftResult(
-        status=status,
+        status="green",
         summary=[],
         generated_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         n_reference=len(ref),
         n_current=len(cur),
-        score=score,
-        decisions=decisions,
-        bands=bands,
-        fallback=fallback,
-        groups=groups,
-        features=features,
-        signals=signals,
-        labels=labels,
+        score=score_drift(ref, cur, th),
+        decisions=mix_drift(ref, cur, "decision", DECISIONS, th),
+        bands=mix_drift(ref, cur, "band", BANDS, th),
+        fallback=fallback_drift(ref, cur, th),
+        groups=group_drift(ref, cur, th),
+        features=features_drift(ref, cur, compared, th, names),
+        signals=signal_drift(ref, cur, th),
+        labels=label_summary(ref, cur),
         thresholds=th,
+        not_logged=not_logged,
     )
-    return replace(result, summary=summarize(result))
+    return finalize(result)
 
 
 def with_violations(result: DriftResult, violations: Sequence[Violation]) -> DriftResult:
-    """Attach data-validation failures: they raise the status to at least amber and lead the summary."""
+    """Attach data-validation failures: they raise the status to at least amber and join the findings."""
     if not violations:
         return result
-    status = _worst([result.status, "amber"])
-    updated = replace(result, violations=list(violations), status=status)
-    return replace(updated, summary=summarize(updated))
+    return finalize(replace(result, violations=list(violations)))
 
 
-def exit_code(result: DriftResult) -> int:
+def exit_code(result: DriftResult) -> ExitCode:
     """Process exit status for schedulers: 0 green, 1 amber (look this week), 2 red (look today)."""
-    return _SEVERITY[result.status]
-
-
-# ---------------------------------------------------------------------------------------------------
-# data validation with great-expectations
-
-
-def _null_mostly(null_rate: float, margin: float) -> float:
-    return max(0.0, min(1.0, 1.0 - null_rate - margin))
-
-
-def build_suite(
-    reference: pd.DataFrame,
-    feature_names: Sequence[str],
-    *,
-    null_margin: float = 0.05,
-    range_margin: float = 0.25,
-    range_mostly: float = 0.999,
-    name: str = "promoguard_drift",
-) -> Any:
-    """A great-expectations suite built from the reference window.
-
-    Per feature: the column exists, its missing rate stays within the reference's rate plus
-    ``null_margin``, and at least ``range_mostly`` of its values stay within the reference's min/max
-    widened by ``range_margin`` of the range (never below 0 for features that were never negative,
-    since counts cannot be). The tolerance exists because counts and ages are heavy-tailed: a new
-    window always has a few values past the reference's maximum, and that alone is not a data problem.
-    Plus: score not null and strictly in [0, 100], decision and band within the contract's sets.
-    """
-    import great_expectations as gx
-
-    ref = _check_frame(reference, "reference")
-    absent = [n for n in feature_names if n not in ref.columns]
-    if absent:
-        raise ValueError(f"reference: missing feature column(s) {_names(list(absent))}")
-    ex = gx.expectations
-    # Built as a list: adding to a suite one by one needs an active (saved) data context.
-    expectations: list[Any] = []
-    expectations.append(ex.ExpectColumnValuesToNotBeNull(column="score"))
-    expectations.append(ex.ExpectColumnValuesToBeBetween(column="score", min_value=0, max_value=100))
-    expectations.append(ex.ExpectColumnValuesToBeInSet(column="decision", value_set=list(DECISIONS)))
-    expectations.append(ex.ExpectColumnValuesToBeInSet(column="band", value_set=list(BANDS)))
-    for col in feature_names:
-        values = _numeric(ref, col)
-        finite = values[np.isfinite(values)]
-        expectations.append(ex.ExpectColumnToExist(column=col))
-        null_rate = 1 - finite.size / max(values.size, 1)
-        expectations.append(
-            ex.ExpectColumnValuesToNotBeNull(
-                column=col, mostly=round(_null_mostly(null_rate, null_margin), 4)
-            )
-        )
-        if finite.size:
-            lo, hi = float(finite.min()), float(finite.max())
-            pad = range_margin * max(hi - lo, 1.0)
-            low = max(lo - pad, 0.0) if lo >= 0 else lo - pad
-            expectations.append(
-                ex.ExpectColumnValuesToBeBetween(
-                    column=col, min_value=low, max_value=hi + pad, mostly=range_mostly
-                )
-            )
-    return gx.ExpectationSuite(name=name, expectations=expectations)
-
-
-def _observed(kind: str, result: dict[str, Any], col_present: bool) -> str:
-    if not col_present:
-        return "column absent"
-    if kind == "expect_column_values_to_not_be_null":
-        return f"{result.get('unexpected_percent', 0.0):.1f}% missing"
-    examples = result.get("partial_unexpected_list") or []
-    if kind == "expect_column_values_to_be_between":
-        nums = [float(v) for v in examples if isinstance(v, int | float) and math.isfinite(float(v))]
-        if nums:
-            return (
-                f"{result.get('unexpected_count', 0)} value(s) out of range, e.g. {_fmt_num(min(nums))}"
-                + (f" to {_fmt_num(max(nums))}" if max(nums) != min(nums) else "")
-            )
-    shown = sorted({str(v) for v in examples})[:5]
-    return f"{result.get('unexpected_count', 0)} unexpected value(s): {', '.join(shown)}"
-
-
-def validate_current(current: pd.DataFrame, suite: Any) -> list[Violation]:
-    """Run the suite on the current window in an ephemeral context; one Violation per failed expectation."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    # Progress bars would land in the scheduler's log once per expectation.
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_pandas("promoguard_drift")
-    asset = source.add_dataframe_asset("current_window")
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
-        batch_parameters={"dataframe": current}
-    )
-    # BASIC keeps the counts and a few example values but skips the row-index lists, which cost a lot.
-    outcome = batch.validate(suite, result_format="BASIC")
-    violations: list[Violation] = []
-    for item in outcome.results:
-        if item.success:
-            continue
-        config = item.expectation_config
-        kind = str(config.type)
-        column = str(config.kwargs.get("column", ""))
-        res = dict(item.result or {})
-        present = column in current.columns
-        if not present and kind != "expect_column_to_exist":
-            # An absent column is reported once, by the existence check, not once per expectation.
-            continue
-        unexpected = 100.0 if not present else float(res.get("unexpected_percent") or 0.0)
-        violations.append(Violation(kind, column, _observed(kind, res, present), unexpected))
-    violations.sort(key=lambda v: (-v.unexpected_percent, v.column))
-    return violations
-
-
-# ---------------------------------------------------------------------------------------------------
-# plots (PNG, embedded as data URIs)
-
-_REF_COLOUR = "#8c9bab"
-_CUR_COLOUR = "#d9480f"
-
-
-def _png_data_uri(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _bars(
-    ax: Any, labels: Sequence[str], ref: Sequence[float], cur: Sequence[float], ref_label: str, cur_label: str
-) -> None:
-    x = np.arange(len(labels))
-    ax.bar(x - 0.2, [100 * v for v in ref], width=0.4, color=_REF_COLOUR, label=ref_label)
-    ax.bar(x + 0.2, [100 * v for v in cur], width=0.4, color=_CUR_COLOUR, label=cur_label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(
-        labels, rotation=30 if len(labels) > 5 else 0, ha="right" if len(labels) > 5 else "center", fontsize=8
-    )
-    ax.set_ylabel("% of requests")
-    ax.legend(fontsize=8)
-
-
-def make_plots(result: DriftResult, reference_label: str, current_label: str) -> dict[str, str]:
-    """PNG data URIs keyed by section: scores, decisions, features, signals (the latter two when relevant)."""
-    # Figures built without pyplot render headless without switching the process-wide backend, which
-    # would silently turn off inline plots in the notebook that called the report.
-    from matplotlib.figure import Figure
-
-    plots: dict[str, str] = {}
-    fig = Figure(figsize=(7, 3))
-    ax = fig.subplots()
-    _bars(
-        ax,
-        result.score.bins,
-        result.score.share_reference,
-        result.score.share_current,
-        reference_label,
-        current_label,
-    )
-    ax.set_xlabel("risk score")
-    ax.set_title("score distribution")
-    plots["scores"] = _png_data_uri(fig)
-
-    fig = Figure(figsize=(9, 3))
-    axes = fig.subplots(1, 2)
-    for ax, mix, title in ((axes[0], result.decisions, "decisions"), (axes[1], result.bands, "bands")):
-        _bars(
-            ax,
-            [c.name for c in mix],
-            [c.share_reference for c in mix],
-            [c.share_current for c in mix],
-            reference_label,
-            current_label,
-        )
-        ax.set_title(title)
-    plots["decisions"] = _png_data_uri(fig)
-
-    top = [f for f in result.features if f.status != "green"][:4]
-    if top:
-        fig = Figure(figsize=(3.6 * len(top), 3))
-        axes = fig.subplots(1, len(top), squeeze=False)
-        for ax, feat in zip(axes[0], top, strict=True):
-            _bars(ax, feat.bins, feat.share_reference, feat.share_current, reference_label, current_label)
-            ax.set_title(feat.name, fontsize=8)
-        plots["features"] = _png_data_uri(fig)
-
-    moved = [c for c in result.signals if abs(c.delta_pp) > 0][:10]
-    if moved:
-        fig = Figure(figsize=(7, 0.35 * len(moved) + 1))
-        ax = fig.subplots()
-        deltas = [c.delta_pp for c in moved][::-1]
-        ax.barh(
-            [c.name for c in moved][::-1],
-            deltas,
-            color=[_CUR_COLOUR if d > 0 else _REF_COLOUR for d in deltas],
-        )
-        ax.axvline(0, color="#333333", linewidth=0.8)
-        ax.set_xlabel("change in share of requests (percentage points)")
-        ax.tick_params(axis="y", labelsize=8)
-        plots["signals"] = _png_data_uri(fig)
-    return plots
-
-
-# ---------------------------------------------------------------------------------------------------
-# the report (the edge that writes files)
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null, paths and numpy scalars become plain values."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def result_to_dict(result: DriftResult) -> dict[str, Any]:
-    """The machine-readable report: status, exit code, summary, metrics and the per-feature table."""
-    raw = asdict(result)
-    for feat in raw["features"]:
-        # The bin shares are for the plots; the JSON keeps the table lean.
-        for key in ("bins", "share_reference", "share_current"):
-            feat.pop(key)
-    return _clean(
-        {
-            "status": result.status,
-            "exit_code": exit_code(result),
-            "summary": result.summary,
-            "generated_at": result.generated_at,
-            "n_reference": result.n_reference,
-            "n_current": result.n_current,
-            "metrics": {
-                "score": raw["score"],
-                "decisions": raw["decisions"],
-                "bands": raw["bands"],
-                "fallback": raw["fallback"],
-                "groups": raw["groups"],
-                "signals": raw["signals"],
-                "labels": raw["labels"],
-            },
-            "features": raw["features"],
-            "violations": raw["violations"],
-            "thresholds": raw["thresholds"],
-        }
-    )
-
-
-_CSS = """
-body{font-family:Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#1f2933;line-height:1.4}
-h1{font-size:22px;margin-bottom:4px}
-h2{font-size:18px;border-bottom:1px solid #d9e2ec;padding-bottom:4px;margin-top:32px}
-.meta{color:#52606d;font-size:13px}
-.badge{display:inline-block;padding:6px 14px;border-radius:14px;color:#fff;font-weight:bold;font-size:15px}
-.green{background:#2f9e44} .amber{background:#f08c00} .red{background:#c92a2a}
-td.green,td.amber,td.red{color:#fff;font-weight:bold;text-align:center}
-.summary{font-size:16px;background:#f5f7fa;border-left:4px solid #9fb3c8;padding:8px 16px}
-.summary li{margin:4px 0}
-table{border-collapse:collapse;font-size:13px;margin:8px 0} th,td{border:1px solid #d9e2ec;padding:4px 8px}
-th{background:#f0f4f8;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;margin:8px 0} .note{color:#52606d;font-size:13px}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: float, fmt: str = "{:.3f}") -> str:
-    return "n/a" if value is None or not math.isfinite(value) else fmt.format(value)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]]) -> str:
-    """Rows are sequences of (css class, already-escaped text) cells."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>" for cls, text in row)
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _status_cell(status: str) -> tuple[str, str]:
-    return (status, _e(status))
-
-
-def _share_rows(changes: Sequence[ShareChange]) -> list[list[tuple[str, str]]]:
-    return [
-        [
-            ("", _e(c.name)),
-            ("num", _e(pct(c.share_reference))),
-            ("num", _e(pct(c.share_current))),
-            ("num", _e(f"{c.delta_pp:+.1f}")),
-            _status_cell(c.status),
-        ]
-        for c in changes
-    ]
-
-
-def render_html(
-    result: DriftResult, plots: dict[str, str], *, title: str, reference_label: str, current_label: str
-) -> str:
-    """One self-contained HTML page: inline CSS, images as data URIs, no scripts and no external links."""
-    ref_l, cur_l = _e(reference_label), _e(current_label)
-    share_headers = ["", reference_label, current_label, "change (pp)", "status"]
-    parts: list[str] = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f"<p class='meta'>generated {_e(result.generated_at)} &middot; reference: {ref_l} "
-        f"({result.n_reference:,} requests) &middot; current: {cur_l} ({result.n_current:,} requests)</p>",
-        f"<p><span class='badge {_e(result.status)}'>{_e(result.status.upper())}</span></p>",
-        "<ul class='summary'>" + "".join(f"<li>{_e(s)}</li>" for s in result.summary) + "</ul>",
-    ]
-    s = result.score
-    parts += [
-        "<h2>Scores</h2>",
-        _table(
-            ["mean score then", "mean score now", "PSI", "KS statistic", "p-value", "status"],
-            [
-                [
-                    ("num", _e(_num(s.mean_reference, "{:.1f}"))),
-                    ("num", _e(_num(s.mean_current, "{:.1f}"))),
-                    ("num", _e(_num(s.psi))),
-                    ("num", _e(_num(s.ks_statistic))),
-                    ("num", _e(_num(s.p_value, "{:.1e}"))),
-                    _status_cell(s.status),
-                ]
-            ],
-        ),
-        f"<img alt='score distribution then vs now' src='{plots['scores']}'>",
-        "<h2>Decisions &amp; bands</h2>",
-        f"<img alt='decision and band mix' src='{plots['decisions']}'>",
-        "<h3>Decisions</h3>",
-        _table(share_headers, _share_rows(result.decisions)),
-        "<h3>Bands</h3>",
-        _table(share_headers, _share_rows(result.bands)),
-        "<h3>Rules fallback</h3>",
-        _table(
-            ["answered by rules then", "answered by rules now", "status"],
-            [
-                [
-                    ("num", _e(pct(result.fallback.rate_reference))),
-                    ("num", _e(pct(result.fallback.rate_current))),
-                    _status_cell(result.fallback.status),
-                ]
-            ],
-        ),
-        "<h2>Per promotion type and campaign</h2>",
-        "<p class='note'>verify/refuse = share of requests sent to verification or refused.</p>",
-    ]
-    if result.groups:
-        parts.append(
-            _table(
-                [
-                    "by",
-                    "value",
-                    "requests then",
-                    "requests now",
-                    "mean score then",
-                    "mean score now",
-                    "verify/refuse then",
-                    "verify/refuse now",
-                    "change (pp)",
-                    "status",
-                ],
-                [
-                    [
-                        ("", _e(g.dimension.replace("_", " "))),
-                        ("", _e(g.value)),
-                        ("num", _e(f"{g.n_reference:,}")),
-                        ("num", _e(f"{g.n_current:,}")),
-                        ("num", _e(_num(g.mean_score_reference, "{:.1f}"))),
-                        ("num", _e(_num(g.mean_score_current, "{:.1f}"))),
-                        ("num", _e(pct(g.flagged_share_reference))),
-                        ("num", _e(pct(g.flagged_share_current))),
-                        ("num", _e(_num(g.delta_pp, "{:+.1f}"))),
-                        _status_cell(g.status),
-                    ]
-                    for g in result.groups
-                ],
-            )
-        )
-    else:
-        parts.append("<p class='note'>No promotion type or campaign columns in these windows.</p>")
-    parts.append("<h2>Features</h2>")
-    if "features" in plots:
-        parts.append(f"<img alt='top drifted features' src='{plots['features']}'>")
-    parts.append(
-        "<p class='note'>PSI over the reference's quantile bins (missing values are a bin of their own); "
-        "KS test for continuous features, chi-square for flags and low-cardinality counts.</p>"
-    )
-    parts.append(
-        _table(
-            [
-                "feature",
-                "status",
-                "PSI",
-                "test",
-                "statistic",
-                "p-value",
-                "missing then",
-                "missing now",
-                "why",
-            ],
-            [
-                [
-                    ("", _e(f.name)),
-                    _status_cell(f.status),
-                    ("num", _e(_num(f.psi))),
-                    ("", _e("KS" if f.test == "ks" else "chi-square")),
-                    ("num", _e(_num(f.statistic))),
-                    ("num", _e(_num(f.p_value, "{:.1e}"))),
-                    ("num", _e(pct(f.missing_reference))),
-                    ("num", _e(pct(f.missing_current))),
-                    ("", _e("; ".join(f.reasons))),
-                ]
-                for f in result.features
-            ],
-        )
-    )
-    parts.append("<h2>Data validation</h2>")
-    if result.violations:
-        parts.append(
-            _table(
-                ["check", "column", "observed", "unexpected %"],
-                [
-                    [
-                        ("", _e(v.expectation)),
-                        ("", _e(v.column)),
-                        ("", _e(v.observed)),
-                        ("num", _e(f"{v.unexpected_percent:.1f}")),
-                    ]
-                    for v in result.violations
-                ],
-            )
-        )
-    else:
-        parts.append(
-            "<p>All data checks passed: columns present, missing rates and value ranges as in the "
-            "reference.</p>"
-        )
-    parts.append("<h2>Top signals</h2>")
-    if result.signals:
-        if "signals" in plots:
-            parts.append(f"<img alt='signal mix change' src='{plots['signals']}'>")
-        parts.append(
-            _table(
-                ["signal", reference_label, current_label, "change (pp)", "status"],
-                _share_rows(result.signals),
-            )
-        )
-    else:
-        parts.append("<p class='note'>No top signals recorded in these windows.</p>")
-    parts.append("<h2>Labels &amp; abuse rate per pattern</h2>")
-    lab = result.labels
-    if lab.available:
-        parts.append(
-            _table(
-                ["", reference_label, current_label],
-                [
-                    [
-                        ("", "share labeled"),
-                        ("num", _e(pct(lab.labeled_share_reference))),
-                        ("num", _e(pct(lab.labeled_share_current))),
-                    ],
-                    [
-                        ("", "median label delay (hours)"),
-                        ("num", _e(_num(lab.median_delay_hours_reference, "{:.1f}"))),
-                        ("num", _e(_num(lab.median_delay_hours_current, "{:.1f}"))),
-                    ],
-                ],
-            )
-        )
-        parts.append(
-            _table(
-                ["pattern", "labeled then", "labeled now", "abuse rate then", "abuse rate now"],
-                [
-                    [
-                        ("", _e(p.pattern)),
-                        ("num", _e(f"{p.labeled_reference:,}")),
-                        ("num", _e(f"{p.labeled_current:,}")),
-                        ("num", _e(pct(p.abuse_rate_reference))),
-                        ("num", _e(pct(p.abuse_rate_current))),
-                    ]
-                    for p in lab.by_pattern
-                ],
-            )
-        )
-        parts.append("<p class='note'>Labels arrive late: recent windows always look less labeled.</p>")
-    else:
-        parts.append("<p class='note'>No labels in these windows yet.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write_report(
-    result: DriftResult,
-    violations: Sequence[Violation],
-    out_dir: Path,
-    *,
-    title: str = "promoguard drift report",
-    reference_label: str = "reference",
-    current_label: str = "current",
-) -> ReportPaths:
-    """Write drift-YYYYmmddTHHMMSS.html and .json under out_dir, plus latest.html and latest.json copies."""
-    if violations and not result.violations:
-        result = with_violations(result, violations)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.strptime(result.generated_at, "%Y-%m-%dT%H:%M:%SZ").strftime("%Y%m%dT%H%M%S")
-    base = f"drift-{stamp}"
-    counter = 1
-    # Two runs within one second must not overwrite each other's report.
-    while (out_dir / f"{base}.html").exists() or (out_dir / f"{base}.json").exists():
-        base = f"drift-{stamp}-{counter}"
-        counter += 1
-    plots = make_plots(result, reference_label, current_label)
-    page = render_html(
-        result, plots, title=title, reference_label=reference_label, current_label=current_label
-    )
-    html_path, json_path = out_dir / f"{base}.html", out_dir / f"{base}.json"
-    html_path.write_text(page, encoding="utf-8")
-    payload = result_to_dict(result)
-    payload.update({"title": title, "reference_label": reference_label, "current_label": current_label})
-    json_path.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
-    shutil.copyfile(html_path, out_dir / "latest.html")
-    shutil.copyfile(json_path, out_dir / "latest.json")
-    return ReportPaths(html=html_path, json=json_path)
-
-
-def run_drift(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    feature_names: Sequence[str],
-    out_dir: Path,
-    thresholds: DriftThresholds | None = None,
-    *,
-    title: str = "promoguard drift report",
-    reference_label: str = "reference",
-    current_label: str = "current",
-) -> tuple[DriftResult, ReportPaths]:
-    """Compute drift, validate the current window against a suite built from the reference, write the report.
-
-    The returned result includes the validation failures; ``exit_code(result)`` is the status to exit with.
-    """
-    result = compute_drift(reference, current, feature_names, thresholds)
-    violations = validate_current(current, build_suite(reference, feature_names))
-    result = with_violations(result, violations)
-    paths = write_report(
-        result, violations, out_dir, title=title, reference_label=reference_label, current_label=current_label
-    )
-    return result, paths
+    return ExitCode(_SEVERITY[result.status])

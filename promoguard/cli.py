@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from promoguard.settings import Settings
+from promoguard.settings import InvalidSettings, Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Promotional-abuse risk scoring.")
 console = Console()
@@ -23,7 +23,12 @@ def _root() -> None:
 
 
 def _settings(root: Path | None) -> Settings:
-    return Settings.from_env(root=root)
+    """This command's settings; a bad environment ends it with the message naming the variable."""
+    try:
+        return Settings.from_env(root=root)
+    except InvalidSettings as exc:
+        console.print(f"[red]invalid configuration[/red]: {exc}")
+        raise typer.Exit(code=2) from None
 
 
 def print_table(title: str, frame: pd.DataFrame) -> None:
@@ -64,15 +69,9 @@ app.add_typer(features_app, name="features")
 
 
 def _resolver(settings: Settings) -> Any:
-    from features.identity import build_resolver
+    from config.resolver import identity_resolver
 
-    return build_resolver(
-        pepper=settings.pepper,
-        dev_pepper=settings.uses_dev_pepper,
-        default_phone_region=settings.default_phone_region,
-        tor_exit_list=settings.tor_exit_source,
-        proxy_list=settings.proxy_source,
-    )
+    return identity_resolver(settings)
 
 
 def _need(path: Path, hint: str) -> Path:
@@ -270,11 +269,19 @@ def drift(
 ) -> None:
     """Compare recent scoring with the champion's reference and write an HTML + JSON drift report.
 
-    Exit status: 0 no drift, 1 amber, 2 red (for schedulers), 3 when there is nothing to compare.
+    Exit status, for schedulers: 0 green, 1 amber (look this week), 2 red (look today), 3 nothing to
+    compare (no champion, nothing scored in the window), 4 the run failed (bad input, unreadable files).
+    A mistyped option is rejected by the parser before any run, with its usage message and status 2.
     """
+    from monitoring.drift import ExitCode
     from promoguard.drift import drift_report
 
-    code = drift_report(_settings(root), days=days, events=events, console=console)
+    try:
+        settings = _settings(root)
+    except typer.Exit:
+        # A bad configuration is a failed run here, not the "red" that status 2 means to a scheduler.
+        raise typer.Exit(code=ExitCode.FAILED) from None
+    code = drift_report(settings, days=days, events=events, console=console)
     raise typer.Exit(code=code)
 
 

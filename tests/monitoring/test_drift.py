@@ -1,10 +1,13 @@
-"""Drift reports: a resample stays green, a new bot farm turns red, and the report stands on its own."""
+"""Drift comparisons: a resample stays green, a bot farm turns red, and the live log's shape just works.
+
+The live scoring log differs from the offline reference: no ``pattern`` (simulator truth), labels only
+once feedback arrives, a feature the service does not log yet, ages that grow with the calendar and
+one-off codes by the hundred. None of that may crash a report or turn it red.
+"""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,134 +15,76 @@ import pytest
 
 from features.definitions import feature_names
 from monitoring.drift import (
+    MAX_FINDINGS,
     DriftThresholds,
-    build_suite,
+    ExitCode,
     compute_drift,
     exit_code,
     parse_signals,
-    run_drift,
-    validate_current,
-    write_report,
 )
+from tests.monitoring.frames import DISPLAY_NAMES, FEATURES, FLAGS, SOME_FEATURES, as_scoring_log
 
-FLAGS = ("ip_is_datacenter", "ip_is_tor", "email_disposable")
-FEATURES = (*feature_names(), *FLAGS)
-#: A slice of the catalog (with the features the bot farm moves) where the full one only costs time.
-SOME_FEATURES = (*feature_names()[:20], *FLAGS)
-PROMO_TYPES = ("welcome", "referral", "intro_offer", "free_sample", "wholesale", "sitewide")
-START = pd.Timestamp("2025-03-01", tz="UTC")
+AGES = tuple(n for n in feature_names() if n.endswith(("first_seen_days", "hours_since_first_use")))
+TOTALS = tuple(n for n in feature_names() if n.endswith(("abuse_labels", "redeemed_total")))
 
 
-def _feature_column(rng: np.random.Generator, name: str, n: int) -> np.ndarray:
-    """Plausible values per feature kind: Poisson counts, ages with missing values, shares."""
-    feature = name.split("__")[-1]
-    if feature in ("first_seen_days", "hours_since_first_use"):
-        values = rng.exponential(30.0, n)
-        values[rng.random(n) < 0.3] = np.nan
-        return values
-    if feature == "new_account_share_7d":
-        return rng.beta(2, 5, n)
-    lam = {"1h": 0.2, "24h": 1.0, "7d": 3.0, "30d": 6.0}.get(feature.rsplit("_", 1)[-1], 0.5)
-    return rng.poisson(lam, n).astype(float)
-
-
-def scoring_frame(
-    seed: int, n: int, *, bot_share: float = 0.0, signals_as_json: bool = False
-) -> pd.DataFrame:
-    """A scoring frame: mostly legit requests, some abuse, optionally a bot farm on datacenter IPs."""
-    rng = np.random.default_rng(seed)
-    kind = rng.choice(["legit", "abuse", "bot"], n, p=[0.95 - bot_share, 0.05, bot_share])
-    is_bot, is_abuse = kind == "bot", kind == "abuse"
-    frame = pd.DataFrame({name: _feature_column(rng, name, n) for name in feature_names()})
-    frame["ip_is_datacenter"] = (rng.random(n) < np.where(is_bot, 0.9, 0.02)).astype(float)
-    frame["ip_is_tor"] = (rng.random(n) < 0.01).astype(float)
-    frame["email_disposable"] = (rng.random(n) < np.where(is_abuse, 0.4, 0.03)).astype(float)
-    accounts = frame["device_stats__distinct_accounts_24h"].to_numpy()
-    frame["device_stats__distinct_accounts_24h"] = np.where(is_bot, rng.poisson(8, n) + 4.0, accounts)
-
-    raw = np.where(kind == "legit", rng.beta(1.5, 15, n), rng.beta(8, 3, n))
-    score = np.clip(np.round(100 * raw), 0, 100).astype(int)
-    frame["score"] = score
-    frame["band"] = pd.cut(score, [-1, 9, 29, 59, 100], labels=["clean", "low", "medium", "high"]).astype(str)
-    frame["decision"] = np.select(
-        [score >= 85, score >= 60, score >= 30], ["refuse", "verify", "watch"], "allow"
-    )
-    frame["fallback"] = ["rules" if u < 0.002 else None for u in rng.random(n)]
-
-    promo_type = rng.choice(PROMO_TYPES, n)
-    season = rng.choice(["spring", "summer"], n)
-    frame["promo_type"] = promo_type
-    frame["campaign"] = [f"{t}-{s}" for t, s in zip(promo_type, season, strict=True)]
-    frame["promo_code"] = [f"{t.upper()}-{s.upper()}-10" for t, s in zip(promo_type, season, strict=True)]
-    frame["ts"] = START + pd.to_timedelta(rng.uniform(0, 7 * 86_400, n), unit="s")
-    frame["request_id"] = [f"req-{seed}-{i}" for i in range(n)]
-
-    signals: list[list[str]] = []
-    for k in kind:
-        if k == "bot":
-            signals.append(["device_stats__distinct_accounts_24h", "ip_is_datacenter"])
-        elif k == "abuse":
-            signals.append(["email_disposable", "email_stats__first_seen_days"])
-        else:
-            signals.append(["code_stats__attempts_24h"] if rng.random() < 0.3 else [])
-    frame["top_signals"] = [json.dumps(s) for s in signals] if signals_as_json else signals
-
-    labeled = rng.random(n) < 0.5
-    frame["label"] = np.where(labeled, (kind != "legit").astype(float), np.nan)
-    frame["label_ts"] = frame["ts"] + pd.to_timedelta(rng.exponential(36.0, n), unit="h")
-    frame.loc[~labeled, "label_ts"] = pd.NaT
-    frame["pattern"] = np.select([is_bot, is_abuse], ["bot_farm", "welcome_cycling"], "none")
-    return frame
-
-
-@pytest.fixture(scope="module")
-def reference() -> pd.DataFrame:
-    return scoring_frame(seed=11, n=3000)
-
-
-@pytest.fixture(scope="module")
-def resample() -> pd.DataFrame:
-    return scoring_frame(seed=12, n=2000)
-
-
-@pytest.fixture(scope="module")
-def bot_farm() -> pd.DataFrame:
-    return scoring_frame(seed=13, n=2000, bot_share=0.15, signals_as_json=True)
-
-
-def test_same_distribution_resample_is_green_with_no_feature_flagged(reference, resample, tmp_path):
-    result, paths = run_drift(reference, resample, FEATURES, tmp_path)
+def test_same_distribution_resample_is_green_with_no_feature_flagged(reference, resample):
+    result = compute_drift(reference, resample, FEATURES)
 
     flagged = [(f.name, f.status, f.reasons) for f in result.features if f.status != "green"]
     assert flagged == []
-    assert result.violations == []
     assert result.status == "green"
-    assert exit_code(result) == 0
-    assert result.summary[0] == "no drift: scores, decisions and features match the reference"
-    assert paths.html.exists()
+    assert exit_code(result) == ExitCode.GREEN == 0
+    assert result.summary == ["no drift: scores, decisions, promotions and features match the reference"]
 
 
-def test_bot_farm_is_red_and_names_the_shifted_features(reference, bot_farm):
-    result = compute_drift(reference, bot_farm, FEATURES)
+def test_bot_farm_is_red_and_the_summary_names_the_shifted_features_by_their_signal_names(
+    reference, bot_farm
+):
+    result = compute_drift(reference, bot_farm, FEATURES, display_names=DISPLAY_NAMES)
 
     status = {f.name: f.status for f in result.features}
     assert status["device_stats__distinct_accounts_24h"] == "red"
     assert status["ip_is_datacenter"] == "red"
     assert status["device_stats__attempts_7d"] == "green"
     assert result.status == "red"
-    assert exit_code(result) == 2
-    feature_line = next(s for s in result.summary if "features drifted" in s or "feature drifted" in s)
-    assert "device_stats__distinct_accounts_24h" in feature_line
-    assert "ip_is_datacenter" in feature_line
-    verify_line = next(s for s in result.summary if "sent to verification" in s)
-    assert re.fullmatch(
-        r"the share of decisions sent to verification rose from [\d.]+% to [\d.]+%", verify_line
-    )
+    assert exit_code(result) == ExitCode.RED == 2
+    feature_line = next(s for s in result.summary if "features moved" in s or "feature moved" in s)
+    assert "device_many_accounts_24h" in feature_line and "ip_datacenter" in feature_line
+    assert "device_stats__distinct_accounts_24h" not in feature_line, "the fraud team reads signal names"
+    named = next(f for f in result.features if f.name == "ip_is_datacenter")
+    assert named.display_name == "ip_datacenter"
+    mix_line = next(s for s in result.summary if s.startswith("decisions and bands moved"))
+    assert re.search(r"sent to verification [\d.]+% -> [\d.]+%", mix_line), mix_line
     assert [c.name for c in result.decisions] == ["allow", "watch", "verify", "refuse"]
     assert [c.name for c in result.bands] == ["clean", "low", "medium", "high"]
-    assert len(result.summary) == len(set(result.summary))
     verify = next(c for c in result.decisions if c.name == "verify")
     assert verify.share_current > verify.share_reference + 0.06
+
+
+def test_summary_is_a_few_ranked_findings_led_by_what_the_fraud_team_acts_on(reference, bot_farm):
+    current = bot_farm.copy()
+    current.loc[current.index[:200], "fallback"] = "rules"
+
+    summary = compute_drift(reference, current, FEATURES).summary
+
+    assert 1 <= len(summary) <= MAX_FINDINGS
+    assert len(summary) == len(set(summary))
+    kinds = [
+        "score distribution",
+        "decisions and bands",
+        "rules fallback",
+        "promotions moved",
+        "features moved",
+    ]
+    order = [
+        next(i for i, line in enumerate(summary) if k in line) for k in kinds if any(k in s for s in summary)
+    ]
+    assert order == sorted(order), summary
+    assert summary[0].startswith("the score distribution shifted"), summary
+    assert re.fullmatch(
+        r"\d+ features? moved \(\d+ red, \d+ amber\), led by [^,]+(, [^,]+){0,2}", summary[-1]
+    )
 
 
 def test_bot_farm_shifts_the_signal_mix_even_when_signals_arrive_as_json(reference, bot_farm):
@@ -162,15 +107,162 @@ def test_labels_report_share_delay_and_abuse_rate_per_pattern(reference, bot_far
     assert by_pattern["bot_farm"].labeled_reference == 0
     assert by_pattern["bot_farm"].abuse_rate_current == 1.0
     assert by_pattern["none"].abuse_rate_current == 0.0
+    assert by_pattern["all labeled"].labeled_current == int(bot_farm["label"].notna().sum())
+
+
+@pytest.mark.parametrize("labeled", [False, True], ids=["no feedback yet", "with feedback"])
+def test_a_live_scoring_log_without_pattern_compares_with_a_patterned_reference(reference, resample, labeled):
+    # The scoring log never has the simulator's pattern, and has no labels until feedback arrives: the
+    # report must still run (this used to be KeyError: 'pattern' on the fraud team's main path).
+    current = as_scoring_log(resample, labeled=labeled)
+
+    result = compute_drift(reference, current, SOME_FEATURES)
+
+    labels = result.labels
+    assert labels.available
+    overall = labels.by_pattern[0]
+    assert overall.pattern == "all labeled"
+    assert overall.labeled_reference == int(reference["label"].notna().sum())
+    per_pattern = {p.pattern: p for p in labels.by_pattern[1:]}
+    assert set(per_pattern) == {"bot_farm", "none", "welcome_cycling"} - {"bot_farm"}
+    assert all(p.labeled_current is None and np.isnan(p.abuse_rate_current) for p in per_pattern.values())
+    if labeled:
+        assert overall.labeled_current == int(current["label"].notna().sum()) > 0
+        assert labels.labeled_share_current == pytest.approx(0.5, abs=0.05)
+    else:
+        assert overall.labeled_current == 0 and labels.labeled_share_current == 0.0
+        assert np.isnan(labels.median_delay_hours_current)
+    assert result.status == "green"
+
+
+def test_a_feature_one_side_does_not_log_is_listed_as_not_logged_never_as_drift(reference, resample):
+    current = resample.drop(columns=list(FLAGS))
+    ref = reference.drop(columns=["device_stats__attempts_1h"])
+
+    result = compute_drift(ref, current, FEATURES, display_names=DISPLAY_NAMES)
+
+    not_logged = {n.name: n for n in result.not_logged}
+    assert set(not_logged) == {*FLAGS, "device_stats__attempts_1h"}
+    assert not_logged["ip_is_datacenter"].missing_from == "current"
+    assert not_logged["ip_is_datacenter"].display_name == "ip_datacenter"
+    assert not_logged["device_stats__attempts_1h"].missing_from == "reference"
+    compared = {f.name for f in result.features}
+    assert compared.isdisjoint(not_logged)
+    assert [f.name for f in result.features if f.status != "green"] == []
+    assert result.status == "green"
+    assert any("not in the current window" in n and "ip_datacenter" in n for n in result.notes)
+
+
+def test_features_that_grow_with_the_calendar_are_compared_by_rate_and_stay_green(reference, resample):
+    # Three months later every returning entity is older and every running total is higher, while new
+    # entities keep arriving as they did.
+    current = resample.copy()
+    for name in AGES:
+        day = 24 if name.endswith("hours_since_first_use") else 1
+        returning = current[name] >= day
+        current.loc[returning, name] = current.loc[returning, name] + 90 * day
+    for name in TOTALS:
+        current[name] = current[name] * 3 + 5 * (current[name] > 0)
+
+    result = compute_drift(reference, current, FEATURES)
+
+    by_name = {f.name: f for f in result.features}
+    for name in (*AGES, *TOTALS):
+        assert by_name[name].comparison == "rate", name
+    assert "first seen less than 1 days" in by_name["device_stats__first_seen_days"].rate
+    assert by_name["code_stats__redeemed_total"].rate == "share above zero"
+    moved = [
+        (n, by_name[n].status, by_name[n].reasons) for n in (*AGES, *TOTALS) if by_name[n].status != "green"
+    ]
+    assert moved == []
+    assert by_name["device_stats__attempts_7d"].comparison == "distribution"
+
+
+def test_a_rush_of_brand_new_devices_still_moves_the_age_rate(reference, resample):
+    current = resample.copy()
+    rows = current.index[: len(current) // 3]
+    current.loc[rows, "device_stats__first_seen_days"] = 0.01  # first seen minutes ago
+
+    result = compute_drift(reference, current, FEATURES)
+
+    device_age = next(f for f in result.features if f.name == "device_stats__first_seen_days")
+    assert device_age.status == "red", device_age.reasons
+
+
+def test_feature_drift_alone_raises_the_badge_to_amber_at_most(reference, resample):
+    # Features moved, but scores, decisions, bands, fallback and promotions did not: explain, not act.
+    current = resample.copy()
+    current["ip_is_datacenter"] = (np.random.default_rng(5).random(len(current)) < 0.5).astype(float)
+    current["device_stats__attempts_24h"] = current["device_stats__attempts_24h"] + 4
+
+    result = compute_drift(reference, current, FEATURES)
+
+    assert {f.name for f in result.features if f.status == "red"} >= {
+        "ip_is_datacenter",
+        "device_stats__attempts_24h",
+    }
+    assert result.status == "amber"
+    assert exit_code(result) == ExitCode.AMBER == 1
+    assert result.summary[0].startswith("2 features moved (2 red, 0 amber)"), result.summary
+
+
+def test_a_promotion_type_whose_verify_share_jumps_turns_the_badge_red(reference, resample):
+    current = resample.copy()
+    rows = current.index[(current["promo_type"] == "welcome").to_numpy()]
+    current.loc[rows[: len(rows) // 3], "decision"] = "verify"
+
+    result = compute_drift(reference, current, SOME_FEATURES)
+
+    groups = {(g.dimension, g.value): g for g in result.groups}
+    assert groups[("promo_type", "welcome")].status == "red"
+    assert groups[("campaign", "welcome-spring")].status == "red"
+    assert groups[("promo_type", "referral")].status == "green"
+    assert groups[("campaign", "welcome-spring")].flagged_share_current > 0.3
+    assert result.status == "red"
+    line = next(s for s in result.summary if s.startswith("promotions moved"))
+    # One entry per type, its codes that moved riding along.
+    assert re.search(r": welcome [\d.]+% -> [\d.]+% \(welcome-spring [\d.]+% -> [\d.]+%", line), line
+
+
+def test_single_use_codes_fold_into_their_promotion_type(reference, resample):
+    # Every referral request carries its own one-off code; one welcome code is busy on both sides.
+    ref, cur = as_scoring_log(reference, labeled=True), as_scoring_log(resample, labeled=True)
+    for frame in (ref, cur):
+        referral = (frame["promo_type"] == "referral").to_numpy()
+        frame.loc[referral, "campaign"] = [f"REF-{i:05d}" for i in range(int(referral.sum()))]
+        frame.loc[referral, "promo_code"] = frame.loc[referral, "campaign"]
+        welcome = (frame["promo_type"] == "welcome").to_numpy()
+        frame.loc[welcome, "campaign"] = np.where(
+            np.arange(int(welcome.sum())) % 10 == 0, "WELCOME-1X", "WELCOME10"
+        )
+
+    result = compute_drift(ref, cur, SOME_FEATURES, DriftThresholds(min_group_rows=100))
+
+    rows = [(g.dimension, g.value) for g in result.groups]
+    assert len(rows) <= 3 * len(set(reference["promo_type"])), rows
+    assert not any(value.startswith("REF-") for _, value in rows)
+    assert ("promo_type", "referral") in rows
+    assert ("other codes", "referral: other codes") not in rows, (
+        "no busy referral code: the type row says it all"
+    )
+    assert ("campaign", "WELCOME10") in rows
+    assert ("other codes", "welcome: other codes") in rows
+    welcome = {g.value: g for g in result.groups if g.promo_type == "welcome"}
+    assert (
+        welcome["welcome"].n_current
+        == welcome["WELCOME10"].n_current + welcome["welcome: other codes"].n_current
+    )
+    assert rows.index(("promo_type", "welcome")) < rows.index(("campaign", "WELCOME10"))
 
 
 def test_rules_fallback_spike_is_red_and_explained(reference, resample):
     current = resample.copy()
     current.loc[current.index[:200], "fallback"] = "rules"
 
-    result = compute_drift(reference, current, FEATURES)
+    result = compute_drift(reference, current, SOME_FEATURES)
 
     assert result.fallback.status == "red"
+    assert result.status == "red"
     assert any("rules fallback answered 10%" in s for s in result.summary)
 
 
@@ -189,122 +281,13 @@ def test_thresholds_are_overridable(reference, resample):
     current = resample.copy()
     current.loc[current.index[:30], "fallback"] = "rules"  # 1.5% + background
 
-    default = compute_drift(reference, current, FEATURES)
+    default = compute_drift(reference, current, SOME_FEATURES)
     lenient = compute_drift(
-        reference, current, FEATURES, DriftThresholds(fallback_amber=0.05, fallback_red=0.1)
+        reference, current, SOME_FEATURES, DriftThresholds(fallback_amber=0.05, fallback_red=0.1)
     )
 
     assert default.fallback.status == "amber"
     assert lenient.fallback.status == "green"
-
-
-def test_gx_suite_flags_a_column_gone_mostly_null_and_out_of_range_values(reference, resample):
-    current = resample.copy()
-    current.loc[current.index[:1500], "email_stats__first_seen_days"] = np.nan
-    current.loc[current.index[0], "score"] = 150
-    current.loc[current.index[:100], "code_stats__attempts_24h"] = -3.0
-    current = current.drop(columns=["phone_stats__attempts_1h"])
-
-    features = (
-        *SOME_FEATURES,
-        "email_stats__first_seen_days",
-        "code_stats__attempts_24h",
-        "phone_stats__attempts_1h",
-    )
-    violations = validate_current(current, build_suite(reference, features))
-
-    found = {(v.expectation, v.column) for v in violations}
-    assert ("expect_column_values_to_not_be_null", "email_stats__first_seen_days") in found
-    assert ("expect_column_values_to_be_between", "score") in found
-    assert ("expect_column_values_to_be_between", "code_stats__attempts_24h") in found
-    assert ("expect_column_to_exist", "phone_stats__attempts_1h") in found
-    null = next(v for v in violations if v.column == "email_stats__first_seen_days")
-    assert null.unexpected_percent > 70
-    assert "missing" in null.observed
-    flagged_columns = {v.column for v in violations}
-    assert flagged_columns == {
-        "email_stats__first_seen_days",
-        "score",
-        "code_stats__attempts_24h",
-        "phone_stats__attempts_1h",
-    }
-
-
-def test_gx_suite_rejects_unknown_decisions_and_bands(reference, resample):
-    current = resample.copy()
-    current.loc[current.index[:5], "decision"] = "block"
-    current.loc[current.index[:5], "band"] = "extreme"
-
-    violations = validate_current(current, build_suite(reference, FEATURES[:3]))
-
-    by_column = {v.column: v for v in violations}
-    assert "block" in by_column["decision"].observed
-    assert "extreme" in by_column["band"].observed
-
-
-def test_report_html_is_self_contained_and_json_has_the_expected_keys(reference, bot_farm, tmp_path):
-    current = bot_farm.copy()
-    current.loc[current.index[:300], "campaign"] = "<script>alert(1)</script>"
-
-    result, paths = run_drift(reference, current, SOME_FEATURES, tmp_path, current_label="last 7 days")
-
-    page = paths.html.read_text(encoding="utf-8")
-    assert "http://" not in page and "https://" not in page
-    assert "<script" not in page.lower() and "javascript:" not in page.lower()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    images = re.findall(r"<img [^>]*src='([^']*)'", page)
-    assert len(images) >= 4
-    assert all(src.startswith("data:image/png;base64,") for src in images)
-    assert re.search(r"<link|@import|url\(", page) is None
-    assert page.index(result.summary[0]) < page.index("<h2>Scores</h2>")
-    for section in (
-        "Scores",
-        "Decisions &amp; bands",
-        "Per promotion",
-        "Features",
-        "Data validation",
-        "Top signals",
-        "Labels &amp; abuse rate per pattern",
-    ):
-        assert f"<h2>{section}" in page
-
-    payload = json.loads(paths.json.read_text(encoding="utf-8"))
-    assert {"status", "exit_code", "summary", "metrics", "features", "violations", "thresholds"} <= set(
-        payload
-    )
-    assert payload["status"] == "red" and payload["exit_code"] == 2
-    assert {"name", "psi", "test", "statistic", "p_value", "status"} <= set(payload["features"][0])
-    assert {"score", "decisions", "bands", "fallback", "groups", "signals", "labels"} <= set(
-        payload["metrics"]
-    )
-    assert paths.html.name.startswith("drift-") and paths.json.stem == paths.html.stem
-    assert (tmp_path / "latest.html").read_text(encoding="utf-8") == page
-    assert json.loads((tmp_path / "latest.json").read_text(encoding="utf-8")) == payload
-
-
-def test_report_keeps_every_run_when_two_land_in_the_same_second(reference, resample, tmp_path):
-    result = compute_drift(reference, resample, FEATURES[:5])
-
-    first = write_report(result, [], tmp_path)
-    second = write_report(result, [], tmp_path)
-
-    assert first.html != second.html
-    assert first.html.exists() and second.html.exists()
-
-
-def test_missing_optional_columns_do_not_break_the_report(reference, resample, tmp_path):
-    optional = ["label", "label_ts", "pattern", "campaign", "top_signals", "fallback", "ts", "request_id"]
-    ref = reference.drop(columns=optional)
-    cur = resample.drop(columns=optional)
-
-    result, paths = run_drift(ref, cur, SOME_FEATURES, tmp_path)
-
-    assert not result.labels.available
-    assert result.signals == []
-    campaigns = {g.value for g in result.groups if g.dimension == "campaign"}
-    assert "WELCOME-SPRING-10" in campaigns  # falls back to the promo code
-    assert "No labels in these windows yet" in paths.html.read_text(encoding="utf-8")
-    assert json.loads(paths.json.read_text(encoding="utf-8"))["metrics"]["labels"]["available"] is False
 
 
 def test_bad_input_names_the_side_and_field(reference, resample):
@@ -315,8 +298,8 @@ def test_bad_input_names_the_side_and_field(reference, resample):
     bad.loc[bad.index[0], "score"] = "high"
     with pytest.raises(ValueError, match=r"current\.score: 1 non-numeric"):
         compute_drift(reference, bad, FEATURES)
-    with pytest.raises(ValueError, match=r"reference: missing feature column\(s\) ip_is_vpn"):
-        compute_drift(reference, resample, [*FEATURES, "ip_is_vpn"])
+    with pytest.raises(ValueError, match=r"reference: the scoring frame has no rows"):
+        compute_drift(reference.iloc[0:0], resample, FEATURES)
     with pytest.raises(ValueError, match=r"thresholds\.psi"):
         DriftThresholds(psi_amber=0.3, psi_red=0.2)
 
@@ -324,36 +307,12 @@ def test_bad_input_names_the_side_and_field(reference, resample):
 def test_parse_signals_accepts_lists_json_and_signal_objects():
     assert parse_signals(["a", "b"]) == ["a", "b"]
     assert parse_signals('["a", "b"]') == ["a", "b"]
-    assert parse_signals(json.dumps([{"name": "a", "points": 12}])) == ["a"]
+    assert parse_signals('[{"name": "a", "points": 12}]') == ["a"]
+    assert parse_signals("a, b") == ["a", "b"]
     assert parse_signals(None) == [] and parse_signals("") == [] and parse_signals(float("nan")) == []
 
 
-def test_report_writes_nothing_but_the_report_files(reference, resample, tmp_path):
-    run_drift(reference, resample, FEATURES[:5], tmp_path / "reports")
-
-    names = sorted(p.name for p in Path(tmp_path / "reports").iterdir())
-    assert len(names) == 4
-    assert {"latest.html", "latest.json"} <= set(names)
-
-
-def test_a_campaign_whose_verify_share_jumps_is_flagged_and_named(reference, resample):
-    current = resample.copy()
-    rows = current.index[(current["campaign"] == "welcome-spring").to_numpy()]
-    current.loc[rows[: len(rows) // 3], "decision"] = "verify"
-
-    result = compute_drift(reference, current, FEATURES)
-
-    groups = {(g.dimension, g.value): g for g in result.groups}
-    assert groups[("campaign", "welcome-spring")].status == "red"
-    assert groups[("campaign", "referral-spring")].status == "green"
-    assert groups[("campaign", "welcome-spring")].flagged_share_current > 0.3
-    assert any("welcome-spring" in line for line in result.summary)
-
-
-def test_drift_features_are_the_model_features_the_frame_carries_in_model_order():
-    from monitoring.drift import drift_features
-    from training.dataset import model_feature_names
-
-    order = model_feature_names()
-    frame = pd.DataFrame(columns=["score", "decision", order[5], "ip_is_tor", order[0], "pattern"])
-    assert drift_features(frame) == [order[0], order[5], "ip_is_tor"]
+def test_exit_codes_are_distinct_and_documented():
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4]
+    assert ExitCode.NOTHING_TO_COMPARE == 3 and ExitCode.FAILED == 4
+    assert pd.Series([c.name for c in ExitCode]).is_unique
