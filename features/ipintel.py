@@ -239,6 +239,15 @@ def warn_once(tag: str, message: str, log: logging.Logger | None = None) -> None
     (log or logger).warning(message)
 
 
+def reset_warn_once(tag: str | None = None) -> None:
+    """Forget that ``tag`` (every tag if None) was warned about, so :func:`warn_once` logs it again."""
+    with _warn_lock:
+        if tag is None:
+            _warned.clear()
+        else:
+            _warned.discard(tag)
+
+
 class OfflineIpIntel:
     """Datacenter, Tor and proxy flags from local data only; never touches the network at lookup time.
 

@@ -242,7 +242,7 @@ class LoadedModel:
 
     def contributions(self, x_row: np.ndarray) -> np.ndarray:
         """TreeSHAP contributions on the margin scale: one per feature, then the expected value last."""
-        return tree_shap(self.booster, np.asarray(x_row, dtype=np.float64).reshape(1, -1))[0]
+        return np.asarray(tree_shap(self.booster, np.asarray(x_row, dtype=np.float64).reshape(1, -1))[0])
 
     def explain(self, x_row: np.ndarray) -> tuple[int, np.ndarray]:
         """``(score, contributions)`` from one TreeSHAP pass: the contributions sum to the raw margin,

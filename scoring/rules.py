@@ -274,9 +274,9 @@ def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
 def _holds_frame(cond: Mapping[str, Any], frame: pd.DataFrame) -> np.ndarray:
     ((op, args),) = cond.items()
     if op == "and":
-        return np.logical_and.reduce([_holds_frame(c, frame) for c in args])
+        return np.asarray(np.logical_and.reduce([_holds_frame(c, frame) for c in args]), dtype=bool)
     if op == "or":
-        return np.logical_or.reduce([_holds_frame(c, frame) for c in args])
+        return np.asarray(np.logical_or.reduce([_holds_frame(c, frame) for c in args]), dtype=bool)
     if op == "not":
         return ~_holds_frame(args, frame)
     name, expected = args
@@ -289,7 +289,7 @@ def _holds_frame(cond: Mapping[str, Any], frame: pd.DataFrame) -> np.ndarray:
         series = pd.Series(values)
         present = series.notna().to_numpy()
         truth = np.where(present, series.to_numpy(dtype=object), False).astype(bool)
-        return present & (truth == expected)
+        return np.asarray(present & (truth == expected), dtype=bool)
     if op == "eq":
         return np.asarray(pd.Series(values).eq(expected).to_numpy(), dtype=bool)
     return np.asarray(pd.Series(values).isin(list(expected)).to_numpy(), dtype=bool)

@@ -127,6 +127,7 @@ class SimulationConfig:
     drift: DriftConfig | None = None
 
     def __post_init__(self) -> None:
+        """Reject out-of-range settings at construction, naming the field and the value given."""
         if self.n_events < 1_000:
             raise ValueError(f"n_events must be at least 1000, got {self.n_events}")
         if self.days < 14:

@@ -21,6 +21,24 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> object:
+    """Make ``--dist loadgroup`` group again: the end-to-end tests share one built world per worker.
+
+    pytest-xdist 3.8 tags an ``xdist_group`` test by rewriting ``item._nodeid``; pytest 9 reads the node
+    id from ``item._id`` instead, so the tag never reached the scheduler and every worker built its
+    own world. Carry the tagged id over once every other hook has run.
+    """
+    result = yield
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        tagged = vars(item).get("_nodeid")
+        if isinstance(tagged, str) and tagged != item.nodeid:
+            item._id = NodeId.parse(tagged)  # noqa: SLF001 - the one field pytest 9 reads the id from
+    return result
+
+
 def service_answers(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when a TCP connection to host:port succeeds within timeout."""
     try:

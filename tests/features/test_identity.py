@@ -215,8 +215,7 @@ _street_line = st.builds(
 @given(_street_line)
 @settings(max_examples=150)
 def test_fast_street_scan_agrees_with_usaddress_when_both_answer(line: str) -> None:
-    fast = identity._fast_us_line(line)
-    slow = identity._usaddress_line(line)
+    fast, slow = identity.us_street_line_readings(line)
     # The scan may read lines the CRF gives up on (e.g. "1 oak"); where both answer they must agree.
     if fast is not None and slow is not None:
         assert fast == slow
@@ -224,7 +223,8 @@ def test_fast_street_scan_agrees_with_usaddress_when_both_answer(line: str) -> N
 
 def test_fast_street_scan_handles_the_common_shapes() -> None:
     for line in ["123 Main St Apt 4B", "123 main street #4b", "123 Main, Apt 4-B", "12 N Oak Ave NW"]:
-        assert identity._fast_us_line(line) is not None, line
+        fast, _slow = identity.us_street_line_readings(line)
+        assert fast is not None, line
 
 
 @given(st.text(max_size=60), st.one_of(st.none(), st.text(max_size=20)), st.text(max_size=12))
@@ -267,7 +267,7 @@ def test_key_hasher_is_keyed_kind_separated_and_32_hex() -> None:
 
 
 def test_dev_pepper_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    ipintel._warned.discard("dev-pepper")
+    ipintel.reset_warn_once("dev-pepper")
     with caplog.at_level(logging.WARNING, logger="features.identity"):
         KeyHasher("dev", is_dev_pepper=True)
         KeyHasher("dev", is_dev_pepper=True)

@@ -117,7 +117,7 @@ def test_tor_and_proxy_feed_files_with_comments_and_cidrs(tmp_path: Path) -> Non
 
 
 def test_missing_feeds_are_loud_once(caplog: pytest.LogCaptureFixture) -> None:
-    ipintel._warned.clear()
+    ipintel.reset_warn_once()
     with caplog.at_level(logging.WARNING, logger="features.ipintel"):
         first = OfflineIpIntel(include_cloud=False)
         OfflineIpIntel(include_cloud=False)

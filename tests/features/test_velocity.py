@@ -450,13 +450,23 @@ def test_unreachable_redis_surfaces_as_unavailable() -> None:
         store.read([("code:X", NOW)])
 
 
-def test_a_finished_threads_connection_is_closed_when_another_thread_connects(tmp_path: Path) -> None:
+def test_a_finished_threads_connection_is_closed_when_another_thread_connects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = SqliteVelocity(tmp_path / "threads.sqlite")
-    opened: list[sqlite3.Connection] = []
+    # The store opens one connection per thread through sqlite3.connect: note which thread opened which.
+    opened: dict[threading.Thread, sqlite3.Connection] = {}
+    connect = sqlite3.connect
+
+    def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        opened.setdefault(threading.current_thread(), conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
 
     def use_once() -> None:
         store.read([("c", 0.0)])
-        opened.append(store._conn())
 
     first = threading.Thread(target=use_once)
     first.start()
@@ -466,6 +476,6 @@ def test_a_finished_threads_connection_is_closed_when_another_thread_connects(tm
     second.join()
     # The first thread is gone: its connection was closed, the second one's is still usable.
     with pytest.raises(sqlite3.ProgrammingError):
-        opened[0].execute("SELECT 1")
-    assert opened[1].execute("SELECT 1").fetchone() == (1,)
+        opened[first].execute("SELECT 1")
+    assert opened[second].execute("SELECT 1").fetchone() == (1,)
     store.close()
