@@ -24,6 +24,9 @@ Design choices worth knowing:
   out of a window.
 * When the reservation of a capped promotion cannot be made (velocity down) the service fails open to
   the rules decision and says so (degraded): checkout keeps working while Redis is away.
+* The request runs as typed steps over one :class:`RequestContext`. A valid capped code is reserved
+  before the rules run, so the rules are evaluated once with the reservation's outcome as an input;
+  an attempt they then refuse gives its hold back at once.
 """
 
 from __future__ import annotations
