@@ -551,23 +551,36 @@ def clear_caches() -> None:
 
 _HEX_RE = re.compile(r"^[0-9a-f]{8,128}$")
 _UUID_RE = re.compile(r"^\{?([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{12})\}?$")
+# Device SDKs hand out opaque ids too (alphanumeric visitor ids, prefixed ids such as "dev-..."): any
+# such token counts, so that a real device is never scored as a missing one.
+_OPAQUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
+#: Placeholders (letters and digits only) that SDKs and checkout code send when they have no device id.
+_PLACEHOLDER_DEVICES = frozenset(
+    {"undefined", "null", "none", "unknown", "nodevice", "anonymous", "default", "deviceid", "device"}
+)
 
 
 def normalize_device(raw: Any) -> str | None:
-    """Return a canonical device id, or None for missing, malformed or all-zero ids.
+    """Return a canonical device id, or None for missing, malformed, placeholder or all-zero ids.
 
     Accepted: a UUID (any case, with or without hyphens/braces; the all-zero UUID that iOS returns when
-    tracking is refused means "no device"), or a hex-like id of 8 to 128 characters.
+    tracking is refused means "no device"), a hex-like id of 8 to 128 characters (both lower-cased), or
+    an opaque SDK token of 8 to 128 characters (letters, digits, ``.``, ``_``, ``:``, ``-``; kept as sent,
+    since such ids are case-sensitive) with at least four distinct letters or digits.
     """
     text = _text(raw)
     if text is None or len(text) > 130:
         return None
-    text = text.casefold()
-    match = _UUID_RE.match(text)
-    canonical = "-".join(match.groups()) if match else (text if _HEX_RE.match(text) else None)
-    if canonical is None or not canonical.replace("-", "").strip("0"):
+    folded = text.casefold()
+    match = _UUID_RE.match(folded)
+    if match or _HEX_RE.match(folded):
+        canonical = "-".join(match.groups()) if match else folded
+        return canonical if canonical.replace("-", "").strip("0") else None
+    if not _OPAQUE_RE.match(text) or "".join(c for c in folded if c.isalnum()) in _PLACEHOLDER_DEVICES:
         return None
-    return canonical
+    if len({c for c in folded if c.isalnum()}) < 4:
+        return None
+    return text
 
 
 @dataclass(frozen=True, slots=True)

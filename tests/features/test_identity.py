@@ -246,6 +246,16 @@ def test_device_ids_validate_and_canonicalise() -> None:
     assert normalize_device("deadbeefcafe0042") == "deadbeefcafe0042"
 
 
+def test_opaque_sdk_device_ids_count_as_devices_and_placeholders_do_not() -> None:
+    # A visitor id from a device SDK and a prefixed id are real devices: never "device missing".
+    assert normalize_device("Ibk1527CUFmcnjLwIs4A") == "Ibk1527CUFmcnjLwIs4A"
+    assert normalize_device("dev-zzzz9876") == "dev-zzzz9876"
+    assert normalize_device("Ibk1527CUFmcnjLwIs4A") != normalize_device("ibk1527cufmcnjlwis4a")
+    placeholders = ("undefined", "NULL", "unknown", "device-id", "no_device", "xxxxxxxx", "--------", "d 1 2")
+    for placeholder in placeholders:
+        assert normalize_device(placeholder) is None, placeholder
+
+
 def test_ip_networks_are_slash_24_and_slash_64() -> None:
     assert normalize_ip("203.0.113.77").network == "203.0.113.0/24"
     assert normalize_ip(" 2001:DB8:aa:bb:1::9 ").network == "2001:db8:aa:bb::/64"
