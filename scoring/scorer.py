@@ -440,6 +440,8 @@ class Scorer:
         ctx.model = self._model_answer(ctx)
         ctx.reservation = self._reserve(ctx)
         verdict = self._verdict(ctx)
+        if verdict.decision == "refuse" and ctx.reservation.status == "reserved":
+            self._give_back(ctx)
         self._record_attempt(ctx)
         return self._respond(ctx, verdict)
 
@@ -480,7 +482,7 @@ class Scorer:
         """Step 8's reservation: take one use of a capped promotion on its scope, atomically.
 
         Every attempt at a valid capped code asks, so the rules see the answer as one of their inputs;
-        an attempt the rules then refuse gives its hold back (:meth:`_verdict`). A verify attempt keeps
+        an attempt the rules then refuse gives its hold back (:meth:`_give_back`). A verify attempt keeps
         its hold: it is honoured once the shopper passes the check, and must count against the cap.
         """
         promo = ctx.req.promotion
@@ -523,8 +525,6 @@ class Scorer:
             score = outcome.score
             signals = merge_signals(rule_signals(outcome.signals, priced=True))
         decision = stricter(decide(score, ctx.req.promotion.type, thresholds), outcome.hard_decision)
-        if decision == "refuse" and ctx.reservation.status == "reserved":
-            self._give_back(ctx)
         return Verdict(score, decision, signals, outcome)
 
     def _give_back(self, ctx: RequestContext) -> None:
