@@ -214,20 +214,19 @@ def rule_inputs(
     keys: Mapping[str, Any],
     features: Mapping[str, float],
     shared_kind: str | None,
-    reservation: ReservationOutcome | None = None,
+    reservation: ReservationOutcome,
 ) -> dict[str, Any]:
     """Every named input the rules table may use: the request, its keys, its features and its reservation."""
     promo = req.promotion
     account = req.account
     is_guest = account is None or account.is_guest or not account.account_id
     segment = None if account is None else account.segment
-    held = reservation or NO_RESERVATION
     inputs: dict[str, Any] = dict(features)
     inputs.update({k: v for k, v in keys.items() if not k.endswith("_key")})
     inputs.update({f"has_{k}": bool(v) for k, v in keys.items() if k.endswith("_key")})
     redeemed_before = features.get("code_stats__redeemed_total")
     spent_before = redeemed_before is not None and not math.isnan(redeemed_before) and redeemed_before >= 1
-    blocked = held.status == "blocked"
+    blocked = reservation.status == "blocked"
     inputs.update(
         promo_type=promo.type,
         promo_valid=promo.valid,
@@ -243,7 +242,7 @@ def rule_inputs(
         referral_shared_kind=shared_kind,
         single_use_spent=promo.single_use and (spent_before or blocked),
         customer_cap_reached=blocked and not promo.single_use,
-        cap_blocked_kind=held.blocked_kind if blocked and not promo.single_use else None,
+        cap_blocked_kind=reservation.blocked_kind if blocked and not promo.single_use else None,
     )
     return inputs
 
@@ -253,11 +252,11 @@ def promo_is_limited(promo: Promotion) -> bool:
     return promo.single_use or promo.per_customer_limit is not None
 
 
-def logged_inputs(features: Mapping[str, float], keys: Mapping[str, Any]) -> dict[str, float]:
-    """What the scoring log keeps as the request's model inputs: features and the identity flags as 0/1.
+def model_inputs(features: Mapping[str, float], keys: Mapping[str, Any]) -> dict[str, float]:
+    """Every numeric input of one request: the read features, then the identity flags as 0/1.
 
-    Flags travel in the identity keys, not in the feature reads; without them every live drift report
-    would find the flags missing.
+    The model row is taken from it and the scoring log keeps it whole: flags travel in the identity keys,
+    not in the feature reads, and a log without them would show every flag as missing to drift.
     """
     out = dict(features)
     for name, value in keys.items():
@@ -266,14 +265,11 @@ def logged_inputs(features: Mapping[str, float], keys: Mapping[str, Any]) -> dic
     return out
 
 
-def feature_row(names: Sequence[str], features: Mapping[str, float], keys: Mapping[str, Any]) -> np.ndarray:
-    """The float64 model row in manifest order: features by qualified name, request flags by name."""
+def feature_row(names: Sequence[str], inputs: Mapping[str, float]) -> np.ndarray:
+    """The float64 model row in manifest order from :func:`model_inputs` (NaN where an input is missing)."""
     row = np.full(len(names), np.nan, dtype=np.float64)
     for i, name in enumerate(names):
-        value = features.get(name)
-        if value is None and name in keys and not name.endswith("_key"):
-            flag = keys[name]
-            value = None if flag is None or isinstance(flag, str) else float(flag)
+        value = inputs.get(name)
         if value is not None:
             row[i] = float(value)
     return row
@@ -310,6 +306,8 @@ class RequestContext:
     #: The request's join keys plus its ids: what velocity and the online store are asked about.
     row: dict[str, Any]
     features: dict[str, float] = field(default_factory=dict)
+    #: ``features`` plus the identity flags: what the model reads and the scoring log keeps.
+    inputs: dict[str, float] = field(default_factory=dict)
     shared_kind: str | None = None
     failed: list[str] = field(default_factory=list)
     model: ModelAnswer | None = None
@@ -425,6 +423,7 @@ class Scorer:
         if row.get("referrer_key") and row.get("referrer_key") == row.get("account_key"):
             shared = "account"
         ctx.features, ctx.shared_kind = merged, shared
+        ctx.inputs = model_inputs(merged, ctx.keys)
 
     # -- the request ----------------------------------------------------------------------------------
 
@@ -463,7 +462,7 @@ class Scorer:
         if model is None or ctx.failed or not ctx.identity_ok:
             return None
         try:
-            x = feature_row(model.feature_names, ctx.features, ctx.keys)
+            x = feature_row(model.feature_names, ctx.inputs)
             model_score, contrib = model.explain(x)
             baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
             sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
@@ -570,7 +569,7 @@ class Scorer:
                 band=response.band, decision=verdict.decision, fallback=response.fallback,
                 degraded=response.degraded, model_version=response.model_version,
                 latency_ms=response.latency_ms, signals=logged["signals"],
-                features=logged_inputs(ctx.features, ctx.keys), keys=ctx.keys,
+                features=ctx.inputs, keys=ctx.keys,
                 rules_version=self.rules.version, response=logged,
             )
         )
