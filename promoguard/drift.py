@@ -36,19 +36,17 @@ def champion_reference(settings: Settings, dst: Path) -> Reference:
     from mlflow.exceptions import MlflowException
 
     from monitoring.report import reference_from_manifest
-    from scoring.artifact import read_manifest
-    from training.registry import CHAMPION, load_artifact, reference_scoring_frame
+    from training.registry import CHAMPION, reference_scoring_frame
 
     uri, name = settings.mlflow_tracking_uri, settings.model_name
     try:
-        frame = reference_scoring_frame(uri, name, dst)
-        # The same artifact again (already local): its manifest names the inputs and their signals.
-        manifest = read_manifest(load_artifact(uri, name, CHAMPION, dst))
+        model, frame = reference_scoring_frame(uri, name, dst)
     except MlflowException as exc:
         if exc.error_code in _NOT_FOUND:
             raise NoChampion(f"no {CHAMPION} for {name!r}: {exc.message}") from exc
         raise
-    return reference_from_manifest(frame, manifest)
+    # The manifest names the model's inputs and their signals.
+    return reference_from_manifest(frame, model.manifest)
 
 
 def scoring_log(settings: Settings) -> pd.DataFrame:

@@ -278,9 +278,14 @@ def promote(
     return PromotionDecision(ok, reasons, m)
 
 
-def reference_scoring_frame(tracking_uri: str, name: str, dst_dir: Path, *, top: int = 3) -> pd.DataFrame:
-    """The champion's test window, scored by the champion: the "then" side of a drift report."""
-    model_dir = load_artifact(tracking_uri, name, CHAMPION, Path(dst_dir))
+def reference_scoring_frame(
+    tracking_uri: str, name: str, dst_dir: Path, *, top: int = 3
+) -> tuple[LoadedModel, pd.DataFrame]:
+    """The champion and its test window scored by it: the "then" side of a drift report.
+
+    The model comes back too, so a caller reads its manifest without downloading the artifact again.
+    """
+    model = LoadedModel.from_dir(load_artifact(tracking_uri, name, CHAMPION, Path(dst_dir)))
     mv = _version(_client(tracking_uri), name, CHAMPION)
     window_path = _download(tracking_uri, str(mv.run_id), TEST_WINDOW_PATH, Path(dst_dir) / "evaluation")
-    return score_frame(LoadedModel.from_dir(model_dir), pd.read_parquet(window_path), top=top)
+    return model, score_frame(model, pd.read_parquet(window_path), top=top)

@@ -97,7 +97,7 @@ def test_no_champion_is_nothing_to_compare(tmp_path: Path, monkeypatch: pytest.M
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-    def no_model(*args: object, **kwargs: object) -> pd.DataFrame:
+    def no_model(*args: object, **kwargs: object) -> object:
         raise MlflowException("Registered Model with name=promo-abuse not found", RESOURCE_DOES_NOT_EXIST)
 
     monkeypatch.setattr("training.registry.reference_scoring_frame", no_model)
