@@ -91,7 +91,7 @@ class StoreConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> StoreConfig:
-        """Build the store configuration from ``promoguard.settings.Settings``."""
+        """The store configuration of a ``config.settings.Settings`` (duck-typed: config imports us)."""
         return cls(
             feast_dir=settings.feast_dir,
             features_dir=settings.features_dir,
