@@ -40,8 +40,11 @@ DISTINCT_TARGETS: dict[str, str] = {
 #: Identities that a per-customer cap is keyed by (what an abuser cannot cheaply change).
 HARD_IDENTITIES: tuple[str, ...] = ("device", "household", "payment", "phone", "local_ip")
 
-#: Identity x code views.
+#: Identity x code views, and identity x promotion-type views.
 CODE_PAIR_ENTITIES: tuple[str, ...] = ("device", "household", "payment", "phone")
+
+#: Join keys that are not identity keys: they come from the attempt's promotion.
+PROMOTION_KEYS: tuple[str, ...] = ("promo_code", "promo_type")
 
 Kind = Literal["count", "distinct", "age", "share", "labels"]
 
@@ -119,6 +122,17 @@ def _pair_view(entity: str) -> FeatureView:
     return FeatureView(f"{entity}_code_stats", (f"{entity}_key", "promo_code"), feats)
 
 
+def _type_view(entity: str) -> FeatureView:
+    # A welcome offer claimed again under WELCOME15 after WELCOME10, or a second household member's
+    # free sample, is the same promotion type redeemed twice by one durable identity: only lifetime
+    # counts see it, since the seed patterns repeat over months, beyond every window.
+    feats = (
+        Feature("attempts_total", "int64", "count", window=None),
+        Feature("redeemed_total", "int64", "count", window=None, only="redeemed"),
+    )
+    return FeatureView(f"{entity}_type_stats", (f"{entity}_key", "promo_type"), feats)
+
+
 @cache
 def feature_views() -> tuple[FeatureView, ...]:
     """Every feature view of the ``promo_abuse_v1`` service, in a stable order.
@@ -129,6 +143,7 @@ def feature_views() -> tuple[FeatureView, ...]:
         *(_identity_view(e) for e in IDENTITY_ENTITIES),
         _code_view(),
         *(_pair_view(e) for e in CODE_PAIR_ENTITIES),
+        *(_type_view(e) for e in CODE_PAIR_ENTITIES),
     )
 
 

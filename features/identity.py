@@ -888,6 +888,15 @@ def _map_address(
     return list(table[codes])
 
 
+def _event_seconds(events: pd.DataFrame) -> list[float]:
+    """Each event's time in epoch seconds (+inf when unknown: then every feed entry counts)."""
+    if "ts" not in events.columns:
+        return [float("inf")] * len(events)
+    ts = pd.to_datetime(events["ts"], utc=True)
+    seconds = (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return seconds.fillna(float("inf")).tolist()
+
+
 def resolve_frame(events: pd.DataFrame, resolver: IdentityResolver) -> pd.DataFrame:
     """Resolve a whole events frame into ``request_id`` + non-PII columns + every key and flag column.
 
@@ -908,7 +917,7 @@ def resolve_frame(events: pd.DataFrame, resolver: IdentityResolver) -> pd.DataFr
         if col in events.columns:
             out[col] = events[col]
 
-    guest = _column(events, "is_guest").fillna(False).astype(bool).to_numpy()
+    guest = _column(events, "is_guest").eq(True).to_numpy()
     accounts = np.array(
         _map_unique(_column(events, "account_id"), lambda v: resolver.simple_key("account", v)), dtype=object
     )
@@ -944,10 +953,13 @@ def resolve_frame(events: pd.DataFrame, resolver: IdentityResolver) -> pd.DataFr
     ]
     out["device_missing"] = out["device_key"].isna()
     out["ip_missing"] = [i.missing for i in ips]
-    out["ip_is_datacenter"] = [i.intel.is_datacenter for i in ips]
-    out["ip_is_tor"] = [i.intel.is_tor for i in ips]
-    out["ip_is_proxy_or_vpn"] = [i.intel.is_proxy_or_vpn for i in ips]
-    out["ip_provider"] = pd.Series([i.intel.provider for i in ips], index=events.index, dtype=object)
+    # Feeds are dated: an event sees only the entries listed by its own time (point in time).
+    event_s = _event_seconds(events)
+    intel = [i.intel.as_of(t) for i, t in zip(ips, event_s, strict=True)]
+    out["ip_is_datacenter"] = [i.is_datacenter for i in intel]
+    out["ip_is_tor"] = [i.is_tor for i in intel]
+    out["ip_is_proxy_or_vpn"] = [i.is_proxy_or_vpn for i in intel]
+    out["ip_provider"] = pd.Series([i.provider for i in intel], index=events.index, dtype=object)
     for col in KEY_COLUMNS:
         out[col] = out[col].astype(object)
     for col in FLAG_COLUMNS:

@@ -67,11 +67,26 @@ class IpIntel:
     is_proxy_or_vpn: bool = False
     provider: str | None = None
     source: str = "offline"
+    #: When a dated feed first listed the IP (epoch seconds); None when undated or not listed.
+    tor_listed_at: float | None = None
+    proxy_listed_at: float | None = None
 
     @property
     def is_risky(self) -> bool:
         """True when any flag is set (datacenter, Tor or proxy/VPN)."""
         return self.is_datacenter or self.is_tor or self.is_proxy_or_vpn
+
+    def as_of(self, when: float) -> IpIntel:
+        """The answer as it was at ``when`` (epoch seconds): feed rows listed later did not exist yet.
+
+        Historical events must only see what the feeds said at their own time; an IP listed a week
+        after an attempt was not a known Tor exit when the attempt was made.
+        """
+        tor = self.is_tor and (self.tor_listed_at is None or self.tor_listed_at <= when)
+        proxy = self.is_proxy_or_vpn and (self.proxy_listed_at is None or self.proxy_listed_at <= when)
+        if tor == self.is_tor and proxy == self.is_proxy_or_vpn:
+            return self
+        return IpIntel(self.is_datacenter, tor, proxy, self.provider, self.source)
 
 
 INVALID_IP = IpIntel(source="invalid")
@@ -185,6 +200,9 @@ def _cloud_table() -> tuple[str, RangeTable]:
 def read_feed(source: str, *, timeout_s: float = 10.0) -> tuple[str, ...]:
     """Read an IP/CIDR feed from a file path or an http(s) URL: one entry per line, ``#`` comments.
 
+    A line may carry a second, whitespace-separated field: when the feed first listed the entry
+    (ISO 8601, e.g. ``2026-06-14T00:00:00Z``). Entries are returned as the line's text.
+
     Raise ValueError naming the source when it cannot be read; the operator configured it, so a broken
     feed should stop start-up rather than silently score every IP as clean.
     """
@@ -212,17 +230,35 @@ def read_feed(source: str, *, timeout_s: float = 10.0) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def _listed_at(text: str) -> float | None:
+    """Epoch seconds of an ISO-8601 listing time (a naive time is UTC); None when it is not one."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def _feed_table(name: str, entries: Sequence[str]) -> tuple[RangeTable, int]:
+    """A feed's ranges; each label is the entry's listing time in epoch seconds, or "" when undated."""
     rows = []
     rejected = 0
     for entry in entries:
-        parsed = _cidr_to_range(entry)
-        if parsed is None:
+        cidr, *rest = entry.split(None, 1)
+        parsed = _cidr_to_range(cidr)
+        listed = _listed_at(rest[0].strip()) if rest else None
+        if parsed is None or (rest and listed is None):
             rejected += 1
             continue
-        rows.append((*parsed, name))
+        rows.append((*parsed, "" if listed is None else repr(listed)))
     if rejected:
-        logger.warning("IP feed %s: %d line(s) were not an IP or CIDR and were skipped", name, rejected)
+        logger.warning(
+            "IP feed %s: %d line(s) were not an IP or CIDR with an optional ISO date and were skipped",
+            name,
+            rejected,
+        )
     return RangeTable(rows), len(rows)
 
 
@@ -298,12 +334,16 @@ class OfflineIpIntel:
         """Describe an already parsed address."""
         version, value = addr.version, int(addr)
         provider = self._cloud.find(version, value)
+        tor = self._tor.find(version, value)
+        proxy = self._proxy.find(version, value)
         return IpIntel(
             is_datacenter=provider is not None,
-            is_tor=self._tor.find(version, value) is not None,
-            is_proxy_or_vpn=self._proxy.find(version, value) is not None,
+            is_tor=tor is not None,
+            is_proxy_or_vpn=proxy is not None,
             provider=provider,
             source="offline",
+            tor_listed_at=float(tor) if tor else None,
+            proxy_listed_at=float(proxy) if proxy else None,
         )
 
 

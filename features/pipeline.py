@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from features.definitions import WINDOWS, FeatureView, feature_views
+from features.definitions import PROMOTION_KEYS, WINDOWS, FeatureView, feature_views
 from features.events import ContractError
 from features.pointintime import Base, snapshot_rule, view_arrays
 
@@ -77,6 +77,7 @@ REQUIRED_KEY_FRAME_COLUMNS: tuple[str, ...] = (
     "request_id",
     "ts",
     "promo_code",
+    "promo_type",
     "promo_valid",
     "outcome",
     "is_guest",
@@ -119,7 +120,7 @@ def _key_columns_needed() -> tuple[str, ...]:
     cols: list[str] = []
     for v in feature_views():
         for k in v.join_keys:
-            if k != "promo_code" and k not in cols:
+            if k not in PROMOTION_KEYS and k not in cols:
                 cols.append(k)
         for f in v.features:
             if f.target is not None and f"{f.target}_key" not in cols:
@@ -140,8 +141,9 @@ def _event_attributes(keys: pd.DataFrame, labels: pd.DataFrame) -> dict[str, obj
         raise ContractError(
             f"request_id: duplicated in the keys frame, e.g. {keys['request_id'][dup].iloc[0]!r}"
         )
-    if keys["promo_code"].isna().any():
-        raise ContractError("promo_code: null values in the keys frame")
+    for column in PROMOTION_KEYS:
+        if keys[column].isna().any():
+            raise ContractError(f"{column}: null values in the keys frame")
     t = _epoch_us(keys["ts"], "ts")
     if t.isna().any():
         raise ContractError("ts: null values in the keys frame")
@@ -182,14 +184,14 @@ def base_frame(keys: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             **{c: keys[c].to_numpy() for c in _key_columns_needed()},
-            "promo_code": keys["promo_code"].astype(str).to_numpy(),
+            **{c: keys[c].astype(str).to_numpy() for c in PROMOTION_KEYS},
             **attributes,
         }
     )
 
 
 def _code_columns(base: pd.DataFrame) -> list[str]:
-    return [c for c in base.columns if c.endswith("_key")] + ["promo_code"]
+    return [c for c in base.columns if c.endswith("_key")] + list(PROMOTION_KEYS)
 
 
 def encode_keys(base: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

@@ -31,7 +31,7 @@ from functools import cached_property
 
 import numpy as np
 
-from features.definitions import WINDOWS, Feature, FeatureView
+from features.definitions import PROMOTION_KEYS, WINDOWS, Feature, FeatureView
 
 _US = 1_000_000
 #: Largest mixed-radix or composite value allowed before ids are densified (keeps int64 arithmetic exact).
@@ -59,7 +59,9 @@ class SnapshotRule:
 
 def snapshot_rule(view: FeatureView) -> SnapshotRule:
     """The snapshot rule of a view; both the SQL and the numpy computation read it from here."""
-    return SnapshotRule(every_entity=view.name == "code_stats", redeemed="promo_code" in view.join_keys)
+    return SnapshotRule(
+        every_entity=view.name == "code_stats", redeemed=any(k in view.join_keys for k in PROMOTION_KEYS)
+    )
 
 
 def _us(window: str) -> int:

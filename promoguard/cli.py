@@ -89,9 +89,11 @@ def features_build(
     root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
 ) -> None:
     """Resolve identities and compute point-in-time aggregates into data/features/."""
+    from features.context import add_context
     from features.events import validate_events, validate_labels
     from features.identity import resolve_frame
     from features.pipeline import ENGINES, build_features, row_counts, write_features
+    from promoguard.offline import promotions_beside as _promotions
 
     settings = _settings(root)
     chosen = engine or settings.pipeline_engine
@@ -108,7 +110,7 @@ def features_build(
         events = validate_events(pd.read_parquet(events_path))
         labels = validate_labels(pd.read_parquet(labels_path))
     with console.status(f"resolving identity for {len(events):,} events"):
-        keys = resolve_frame(events, _resolver(settings))
+        keys = add_context(resolve_frame(events, _resolver(settings)), _promotions(settings.raw_dir))
         del events
         settings.features_dir.mkdir(parents=True, exist_ok=True)
         keys.to_parquet(settings.features_dir / "keys.parquet", index=False)

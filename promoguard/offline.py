@@ -103,6 +103,14 @@ def _label_columns(labels: pd.DataFrame) -> pd.DataFrame:
     return lab
 
 
+def promotions_beside(raw_dir: Path) -> pd.DataFrame | None:
+    """The validated promotions catalog in ``raw_dir`` (None when the store exported none)."""
+    from features.events import validate_promotions
+
+    path = Path(raw_dir) / "promotions.parquet"
+    return validate_promotions(pd.read_parquet(path)) if path.exists() else None
+
+
 def score_events(
     settings: Settings,
     events_path: Path,
@@ -120,6 +128,7 @@ def score_events(
     Simulator ground truth (``truth.parquet`` beside the events) adds the ``pattern`` column.
     """
     from config.resolver import identity_resolver
+    from features.context import add_context
     from features.events import LABEL_SCHEMA, validate_events, validate_labels
     from features.identity import resolve_frame
     from features.pipeline import build_features
@@ -139,6 +148,7 @@ def score_events(
     else:
         labels = pd.DataFrame({c: pd.Series(dtype=object) for c in LABEL_SCHEMA.columns})
     keys = resolve_frame(events, identity_resolver(settings))
+    keys = add_context(keys, promotions_beside(events_path.parent))
     del events
     frames = build_features(keys, labels)
     joined = join_pre_event_features(keys, frames)

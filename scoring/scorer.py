@@ -43,6 +43,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
+from features.context import request_context
 from features.definitions import HARD_IDENTITIES, redemption_updates, velocity_queries, velocity_updates
 from scoring.artifact import LoadedModel
 from scoring.policy import DEFAULT_BANDS, DEFAULT_THRESHOLDS, band_for, decide, stricter
@@ -252,17 +253,35 @@ def promo_is_limited(promo: Promotion) -> bool:
     return promo.single_use or promo.per_customer_limit is not None
 
 
-def model_inputs(features: Mapping[str, float], keys: Mapping[str, Any]) -> dict[str, float]:
-    """Every numeric input of one request: the read features, then the identity flags as 0/1.
+def model_inputs(
+    features: Mapping[str, float], keys: Mapping[str, Any], context: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Every numeric input of one request: the read features, the identity flags as 0/1, the context.
 
     The model row is taken from it and the scoring log keeps it whole: flags travel in the identity keys,
     not in the feature reads, and a log without them would show every flag as missing to drift.
+    ``context`` holds the promotion and referral columns (:mod:`features.context`).
     """
     out = dict(features)
     for name, value in keys.items():
         if not name.endswith("_key") and isinstance(value, bool | int | float) and name not in out:
             out[name] = float(value)
+    out.update(context or {})
     return out
+
+
+def context_inputs(
+    req: ScoreRequest, shared_kinds: Sequence[str], referrer_is_account: bool
+) -> dict[str, float]:
+    """The promotion and referral context of one request, defined once in :mod:`features.context`."""
+    account = req.account
+    guest = account is None or account.is_guest or not account.account_id
+    return request_context(
+        req.promotion.model_dump(),
+        {"is_guest": guest, "segment": None if account is None else account.segment},
+        len(shared_kinds),
+        referrer_is_account,
+    )
 
 
 def feature_row(names: Sequence[str], inputs: Mapping[str, float]) -> np.ndarray:
@@ -362,7 +381,7 @@ class Scorer:
 
     # -- step 4 ---------------------------------------------------------------------------------------
 
-    def _read_velocity(self, row: Mapping[str, Any], now: float) -> tuple[dict[str, float], str | None]:
+    def _read_velocity(self, row: Mapping[str, Any], now: float) -> tuple[dict[str, float], list[str]]:
         assert self.velocity is not None
         queries = velocity_queries(row, now)
         xref = referral_queries(row, now)
@@ -370,7 +389,7 @@ class Scorer:
         values: dict[str, float] = {}
         for (name, _, _), count in zip(queries, counts, strict=False):
             values[name] = float(count)
-        shared = next((kind for (kind, _, _), n in zip(xref, counts[len(queries):], strict=False) if n), None)
+        shared = [kind for (kind, _, _), n in zip(xref, counts[len(queries):], strict=False) if n]
         return values, shared
 
     def _bounded(self, name: str, read: Callable[[], _T], deadline: float, failed: list[str]) -> _T | None:
@@ -408,7 +427,7 @@ class Scorer:
             read = self._bounded("features", lambda: online.read(entity_rows, deadline), deadline, failed)
             feast = read or {}
         live: dict[str, float] = {}
-        shared: str | None = None
+        shared: list[str] = []
         if self.velocity is None:
             failed.append("velocity")
         else:
@@ -420,10 +439,10 @@ class Scorer:
             old = merged.get(name)
             merged[name] = value if old is None or math.isnan(old) else max(old, value)
         # A referrer that is the redeemer's own account shares every identity.
-        if row.get("referrer_key") and row.get("referrer_key") == row.get("account_key"):
-            shared = "account"
-        ctx.features, ctx.shared_kind = merged, shared
-        ctx.inputs = model_inputs(merged, ctx.keys)
+        own = bool(row.get("referrer_key")) and row.get("referrer_key") == row.get("account_key")
+        ctx.features = merged
+        ctx.shared_kind = "account" if own else (shared[0] if shared else None)
+        ctx.inputs = model_inputs(merged, ctx.keys, context_inputs(ctx.req, shared, own))
 
     # -- the request ----------------------------------------------------------------------------------
 
@@ -453,7 +472,12 @@ class Scorer:
             logger.warning("identity resolution failed: %s", type(exc).__name__)
             keys, identity_ok = {}, False
         row: dict[str, Any] = {k: v for k, v in keys.items() if k.endswith("_key")}
-        row.update(request_id=req.request_id, promo_code=req.promotion.code, promo_valid=req.promotion.valid)
+        row.update(
+            request_id=req.request_id,
+            promo_code=req.promotion.code,
+            promo_type=req.promotion.type,
+            promo_valid=req.promotion.valid,
+        )
         return RequestContext(req, digest, started, self.clock(), keys, identity_ok, row)
 
     def _model_answer(self, ctx: RequestContext) -> ModelAnswer | None:
@@ -585,7 +609,11 @@ class Scorer:
                 if scored is not None:
                     # The redemption is its own velocity event (a request id may be recorded once).
                     row = {k: v for k, v in json.loads(scored["keys_json"]).items() if k.endswith("_key")}
-                    row.update(request_id=req.request_id, promo_code=scored["promo_code"])
+                    row.update(
+                        request_id=req.request_id,
+                        promo_code=scored["promo_code"],
+                        promo_type=scored["promo_type"],
+                    )
                     self.velocity.record(f"{req.request_id}#redeemed", self.clock(), redemption_updates(row))
             else:
                 state = "released" if self.velocity.release(req.request_id) else "none"

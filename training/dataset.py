@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features import definitions
+from features.context import CONTEXT_COLUMNS, PROMO_TYPE_FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,16 @@ class TrainingDataError(ValueError):
     """The training frame broke an expectation; the message is a readable report of every failure."""
 
 
+#: Context columns (:mod:`features.context`) that are counts; the others are 0/1 flags.
+_CONTEXT_COUNTS: tuple[str, ...] = ("referrer_shared_hard_kinds",)
+
+
 def feature_kind(name: str) -> str:
     """Kind of a model feature: a catalog kind (count, distinct, age, share, labels) or ``flag``."""
     if name in FLAG_COLUMNS:
         return "flag"
+    if name in CONTEXT_COLUMNS:
+        return "count" if name in _CONTEXT_COUNTS else "flag"
     view_name, _, feat = name.partition("__")
     for f in definitions.view(view_name).features:
         if f.name == feat:
@@ -74,9 +81,13 @@ def feature_kind(name: str) -> str:
 
 
 def model_feature_names(feast_features: Sequence[str] | None = None) -> list[str]:
-    """The model's input order: the Feast features of the service, then the request-time flags."""
+    """The model's input order: the Feast features of the service, the request-time flags, the context.
+
+    The context columns (promotion type, guest checkout, eligibility, referral links) come from
+    :mod:`features.context`, computed the same way for a request and for a keys frame.
+    """
     feats = list(definitions.feature_names() if feast_features is None else feast_features)
-    return feats + [f for f in FLAG_COLUMNS if f not in feats]
+    return feats + [f for f in (*FLAG_COLUMNS, *CONTEXT_COLUMNS) if f not in feats]
 
 
 def feature_summary(frame: pd.DataFrame, feature_names: Sequence[str]) -> pd.DataFrame:
@@ -258,7 +269,7 @@ def assemble_training_frame(
     lab = labels[["request_id", "label", "label_ts"]].drop_duplicates("request_id", keep="last")
     attempts = keys.merge(lab, on="request_id", how="inner")
     join_keys = [c for c in attempts.columns if c.endswith("_key")]
-    entity_df = attempts[["request_id", *join_keys, "promo_code"]].copy()
+    entity_df = attempts[["request_id", *join_keys, *definitions.PROMOTION_KEYS]].copy()
     entity_df["event_timestamp"] = pd.to_datetime(attempts["ts"], utc=True)
     feats = historical(entity_df)
     if "request_id" not in feats.columns:
@@ -273,7 +284,7 @@ def assemble_training_frame(
         if flag in out.columns:
             # Missing flag = not raised; eq(True) also maps None/NaN to 0 without object downcasting.
             out[flag] = out[flag].eq(True).astype("int64")
-    for col in feature_cols:
+    for col in (*feature_cols, *(c for c in CONTEXT_COLUMNS if c in out.columns)):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
     if truth is not None:
         cols = [c for c in EVALUATION_COLUMNS if c in truth.columns]
@@ -327,6 +338,17 @@ def synthetic_training_frame(n_rows: int = 4000, *, seed: int = 0, days: int = 1
         if flag == "ip_is_proxy_or_vpn":
             p = np.where(abuse | (trap == "vpn"), 0.6, 0.03)
         frame[flag] = (rng.random(n) < p).astype("int64")
+    ptype = np.asarray(frame["promo_type"], dtype=object)
+    guest = rng.random(n) < 0.2
+    frame["guest_checkout"] = guest.astype("int64")
+    for t in PROMO_TYPE_FLAGS:
+        frame[f"promo_is_{t}"] = (ptype == t).astype("int64")
+    frame["one_per_customer"] = np.isin(ptype, ["welcome", "referral", "free_sample"]).astype("int64")
+    frame["segment_ineligible"] = np.zeros(n, dtype="int64")
+    referral = ptype == "referral"
+    shared = rng.poisson(np.where(abuse, 1.5, 0.05))
+    frame["referrer_shared_hard_kinds"] = np.where(referral, shared, 0).astype("float64")
+    frame["referrer_is_account"] = np.zeros(n, dtype="int64")
     out = pd.DataFrame(frame)
     # Traps share a signal with abuse but come from legit shoppers.
     out.loc[trap == "household", "household_stats__distinct_accounts_30d"] += rng.poisson(3, n)[

@@ -48,6 +48,23 @@ _FLAG_TEXT = {
     "ip_is_datacenter": ("ip_datacenter", "IP address belongs to a cloud or hosting provider"),
     "ip_is_tor": ("ip_tor", "IP address is a Tor exit node"),
     "ip_is_proxy_or_vpn": ("ip_proxy_vpn", "IP address is a known proxy or VPN"),
+    "guest_checkout": ("guest_checkout", "checkout as a guest, without an account"),
+    "promo_is_welcome": ("promo_welcome", "a welcome offer for new customers"),
+    "promo_is_referral": ("promo_referral", "a referral code"),
+    "promo_is_intro_offer": ("promo_intro_offer", "an introductory subscription offer"),
+    "promo_is_free_sample": ("promo_free_sample", "a free-sample offer"),
+    "promo_is_wholesale": ("promo_wholesale", "a wholesale or VIP code"),
+    "one_per_customer": ("one_per_customer", "a code limited to one use per customer"),
+    "segment_ineligible": ("segment_ineligible", "the shopper is not in the segment the code is meant for"),
+    "referrer_is_account": ("referrer_is_self", "the referrer is the shopper's own account"),
+}
+
+#: Context counts: signal name and a template with ``{value}``.
+_COUNT_TEXT = {
+    "referrer_shared_hard_kinds": (
+        "referrer_shares_identity",
+        "the referrer used {value} of this shopper's device, address, card, phone or home network",
+    ),
 }
 
 
@@ -110,13 +127,20 @@ def _window_words(w: str | None) -> str:
 
 
 def _feature_signal(view_name: str, feat: definitions.Feature) -> tuple[str, str]:
-    entity = view_name.removesuffix("_code_stats").removesuffix("_stats")
+    entity = view_name.removesuffix("_code_stats").removesuffix("_type_stats").removesuffix("_stats")
     pair = view_name.endswith("_code_stats")
+    by_type = view_name.endswith("_type_stats")
     word = _ENTITY_WORDS.get(entity, entity.replace("_", " "))
-    subject = f"this {word} with this promo code" if pair else f"this {word}"
+    subject = (
+        f"this {word} with this promo code"
+        if pair
+        else f"this {word} with this kind of promotion"
+        if by_type
+        else f"this {word}"
+    )
     w = _window_words(feat.window)
     suffix = f"_{feat.window}" if feat.window else ""
-    prefix = f"{entity}_code" if pair else entity
+    prefix = f"{entity}_code" if pair else f"{entity}_promo_type" if by_type else entity
     if feat.kind == "distinct":
         plural = definitions.DISTINCT_TARGETS.get(feat.target or "", feat.target or "")
         return f"{prefix}_many_{plural}{suffix}", f"{word} used by {{value}} {plural} {w}"
@@ -143,9 +167,13 @@ def signal_catalog(feature_names: Sequence[str]) -> dict[str, dict[str, str]]:
     """
     out: dict[str, dict[str, str]] = {}
     for name in feature_names:
-        if name in FLAG_COLUMNS:
+        if name in FLAG_COLUMNS or name in _FLAG_TEXT:
             sig, text = _FLAG_TEXT[name]
             out[name] = {"name": sig, "description": f"{text} ({name}={{value}})"}
+            continue
+        if name in _COUNT_TEXT:
+            sig, text = _COUNT_TEXT[name]
+            out[name] = {"name": sig, "description": text}
             continue
         view_name, _, feat_name = name.partition("__")
         view = definitions.view(view_name)

@@ -51,7 +51,9 @@ for _view in feature_views():
                 name=_key,
                 join_keys=[_key],
                 value_type=ValueType.STRING,
-                description=f"hashed identity {_key}" if _key != "promo_code" else "promotion code",
+                description={"promo_code": "promotion code", "promo_type": "promotion type"}.get(
+                    _key, f"hashed identity {_key}"
+                ),
             )
 
 #: Feature views by name, each reading ``{features_dir}/{view}.parquet``.

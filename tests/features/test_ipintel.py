@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import features.ipintel as ipintel
@@ -232,3 +233,35 @@ def test_http_failure_log_does_not_contain_the_ip(server: str, caplog: pytest.Lo
         client.lookup("198.51.100.77")
     assert caplog.records
     assert all("198.51.100.77" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_dated_feed_flags_an_ip_only_from_the_time_it_was_listed(tmp_path: Path) -> None:
+    from features.identity import IdentityConfig, IdentityResolver, resolve_frame
+
+    feed = tmp_path / "tor.txt"
+    feed.write_text("# dated feed\n203.0.113.9 2026-06-10T00:00:00Z\n203.0.113.10\n", encoding="utf-8")
+    intel = OfflineIpIntel(tor_exit_list=str(feed), proxy_list=["198.51.100.0/24"], include_cloud=False)
+    assert intel.feeds_loaded["tor"] == 2
+    events = pd.DataFrame(
+        {
+            "request_id": ["before", "after", "undated"],
+            "ts": pd.to_datetime(["2026-06-09", "2026-06-11", "2026-06-01"], utc=True),
+            "ip": ["203.0.113.9", "203.0.113.9", "203.0.113.10"],
+        }
+    )
+    resolver = IdentityResolver(IdentityConfig(pepper="p" * 32, dev_pepper=True), intel)
+    flags = resolve_frame(events, resolver).set_index("request_id")["ip_is_tor"].to_dict()
+    assert flags == {"before": False, "after": True, "undated": True}
+    # Serving asks now, after every listing: the flag is raised.
+    assert intel.lookup("203.0.113.9").is_tor is True
+
+
+def test_a_feed_line_with_a_broken_date_is_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = tmp_path / "tor.txt"
+    feed.write_text("203.0.113.9 not-a-date\n203.0.113.10 2026-06-10\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        intel = OfflineIpIntel(tor_exit_list=str(feed), proxy_list=["198.51.100.0/24"], include_cloud=False)
+    assert intel.feeds_loaded["tor"] == 1
+    assert "1 line(s)" in caplog.text

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from scoring.artifact import LoadedModel
@@ -281,3 +282,47 @@ def test_the_scoring_log_keeps_every_model_input_including_identity_flags(tmp_pa
     for name, value in flags.items():
         if not name.endswith("_key") and isinstance(value, bool):
             assert logged[name] == float(value), name
+
+
+def test_the_model_reads_the_promotion_and_referral_context_the_batch_side_computes(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    scorer.score(_req("ref-visit", account={"account_id": "referrer-9"}))
+    promo = {"code": "REF-9", "type": "referral", "referrer_account_id": "referrer-9",
+             "per_customer_limit": 1}
+    scorer.score(_req("redeem", promotion=promo, account={"account_id": "new-1"}, email="new@example.com"))
+    wholesale = {"code": "WHOLESALE20", "type": "wholesale", "eligible_segment": "wholesale"}
+    scorer.score(_req("guest-trade", promotion=wholesale, account={"is_guest": True}))
+    logged = {}
+    for rid in ("redeem", "guest-trade"):
+        row = scorer.records.scored(rid)
+        assert row is not None
+        logged[rid] = json.loads(row["features_json"])
+    # Device, household (same address), payment: the referrer carried three of the redeemer's hard keys.
+    assert logged["redeem"]["referrer_shared_hard_kinds"] == 3.0
+    assert logged["redeem"]["promo_is_referral"] == 1.0 and logged["redeem"]["one_per_customer"] == 1.0
+    assert logged["redeem"]["referrer_is_account"] == 0.0
+    assert logged["guest-trade"]["guest_checkout"] == 1.0
+    assert logged["guest-trade"]["segment_ineligible"] == 1.0
+
+    # The same three attempts as a keys frame give the same context columns.
+    from features.context import CONTEXT_COLUMNS, add_context
+
+    reqs = [
+        _req("ref-visit", account={"account_id": "referrer-9"}),
+        _req("redeem", promotion=promo, account={"account_id": "new-1"}, email="new@example.com"),
+        _req("guest-trade", promotion=wholesale, account={"is_guest": True}),
+    ]
+    rows = []
+    for i, req in enumerate(reqs):
+        record = to_event_record(req)
+        keys = FakeResolver().resolve(record).as_dict()
+        keys.update(request_id=req.request_id, promo_code=req.promotion.code, promo_type=req.promotion.type,
+                    is_guest=record["is_guest"], account_segment=record["account_segment"],
+                    ts=pd.Timestamp("2026-06-01", tz="UTC") + pd.Timedelta(minutes=i))
+        rows.append(keys)
+    catalog = pd.DataFrame({"promo_code": ["REF-9", "WHOLESALE20"], "single_use": [False, False],
+                            "per_customer_limit": pd.array([1, None], dtype="Int64"),
+                            "eligible_segment": [None, "wholesale"]})
+    batch = add_context(pd.DataFrame(rows), catalog).set_index("request_id")
+    for rid in ("redeem", "guest-trade"):
+        assert {c: logged[rid][c] for c in CONTEXT_COLUMNS} == batch.loc[rid, list(CONTEXT_COLUMNS)].to_dict()
