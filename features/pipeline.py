@@ -543,6 +543,46 @@ def build_features(
     return {v.name: _finish(v, raw[v.name], books, as_of, ordered=engine == "numpy") for v in views}
 
 
+def pre_event_features(keys: pd.DataFrame, frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each attempt's own pre-event state per feature view: ``{view}__{feature}`` columns, keys' order.
+
+    ``frames`` is :func:`build_features` over a history that contains these attempts. Every view row
+    is stamped at the event's own time and holds the state strictly before it, so an exact match on
+    (join keys, ``event_timestamp``) is the point-in-time lookup; attempts sharing an entity and a
+    timestamp share one row. An attempt whose join key is null gets NaN for that view, as from Feast.
+    The result has a fresh 0..n-1 index.
+    """
+    keys = keys.reset_index(drop=True)
+    # The build stores microseconds (Feast's DuckDB store cannot read nanoseconds): match at that precision.
+    event_ts = pd.to_datetime(keys["ts"], utc=True).dt.floor("us").astype("datetime64[us, UTC]")
+    pieces: list[pd.DataFrame] = []
+    for view in feature_views():
+        if view.name not in frames:
+            raise ValueError(f"frames: no frame for feature view {view.name!r}")
+        absent = [k for k in view.join_keys if k not in keys.columns]
+        if absent:
+            raise ValueError(f"keys: missing join key column(s) {', '.join(absent)} for {view.name}")
+        names = [f.name for f in view.features]
+        rows = frames[view.name][[*view.join_keys, "event_timestamp", *names]].copy()
+        rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True).astype(
+            "datetime64[us, UTC]"
+        )
+        rows = rows.drop_duplicates([*view.join_keys, "event_timestamp"], keep="last")
+        left = keys[list(view.join_keys)].astype(object).where(keys[list(view.join_keys)].notna(), None)
+        left["event_timestamp"] = event_ts
+        left["_row"] = np.arange(len(keys))
+        left = left.dropna(subset=list(view.join_keys))
+        for key in view.join_keys:
+            left[key] = left[key].astype(str)
+            rows[key] = rows[key].astype(str)
+        joined = left.merge(rows, on=[*view.join_keys, "event_timestamp"], how="left")
+        columns = [f"{view.name}__{n}" for n in names]
+        piece = pd.DataFrame(np.nan, index=np.arange(len(keys)), columns=columns)
+        piece.loc[joined["_row"].to_numpy(), columns] = joined[names].to_numpy(dtype=np.float64)
+        pieces.append(piece)
+    return pd.concat(pieces, axis=1)
+
+
 def write_features(frames: Mapping[str, pd.DataFrame], out_dir: Path) -> dict[str, Path]:
     """Write ``{view}.parquet`` per frame into ``out_dir`` (timestamps as UTC microseconds)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -571,6 +611,7 @@ __all__ = [
     "build_features",
     "default_as_of",
     "encode_keys",
+    "pre_event_features",
     "row_counts",
     "spark_session",
     "view_sql",

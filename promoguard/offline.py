@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from promoguard.settings import Settings
@@ -28,13 +27,10 @@ def join_pre_event_features(keys: pd.DataFrame, frames: Mapping[str, pd.DataFram
     """Each attempt with its own pre-event state per feature view, plus the 0/1 request-time flags.
 
     ``keys`` is the identity layer's keys frame; ``frames`` the output of
-    :func:`features.pipeline.build_features` over a history that contains these attempts. Every view row
-    is stamped at the event's own time and holds the state strictly before it, so an exact match on
-    (join keys, ``event_timestamp``) is the point-in-time lookup; attempts sharing an entity and a
-    timestamp share one row. An attempt whose join key is null gets nulls for that view, as from Feast.
-    Features are named ``{view}__{feature}`` like Feast's full feature names.
+    :func:`features.pipeline.build_features` over a history that contains these attempts (see
+    :func:`features.pipeline.pre_event_features`).
     """
-    from features.definitions import feature_views
+    from features.pipeline import pre_event_features
     from training.dataset import FLAG_COLUMNS
 
     missing = [c for c in _ATTEMPT_COLUMNS if c not in keys.columns]
@@ -42,38 +38,13 @@ def join_pre_event_features(keys: pd.DataFrame, frames: Mapping[str, pd.DataFram
         raise ValueError(f"keys: missing column(s) {', '.join(missing)}")
     out = keys.reset_index(drop=True).copy()
     out["ts"] = pd.to_datetime(out["ts"], utc=True)
-    # The build stores microseconds (Feast's DuckDB store cannot read nanoseconds): match at that precision.
-    event_ts = out["ts"].dt.floor("us").astype("datetime64[us, UTC]")
-    pieces: list[pd.DataFrame] = []
-    for view in feature_views():
-        if view.name not in frames:
-            raise ValueError(f"frames: no frame for feature view {view.name!r}")
-        absent = [k for k in view.join_keys if k not in out.columns]
-        if absent:
-            raise ValueError(f"keys: missing join key column(s) {', '.join(absent)} for {view.name}")
-        names = [f.name for f in view.features]
-        rows = frames[view.name][[*view.join_keys, "event_timestamp", *names]].copy()
-        rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True).astype(
-            "datetime64[us, UTC]"
-        )
-        rows = rows.drop_duplicates([*view.join_keys, "event_timestamp"], keep="last")
-        left = out[list(view.join_keys)].astype(object).where(out[list(view.join_keys)].notna(), None)
-        left["event_timestamp"] = event_ts
-        left["_row"] = np.arange(len(out))
-        left = left.dropna(subset=list(view.join_keys))
-        for key in view.join_keys:
-            left[key] = left[key].astype(str)
-            rows[key] = rows[key].astype(str)
-        joined = left.merge(rows, on=[*view.join_keys, "event_timestamp"], how="left")
-        piece = pd.DataFrame(np.nan, index=np.arange(len(out)), columns=[f"{view.name}__{n}" for n in names])
-        piece.loc[joined["_row"].to_numpy(), piece.columns] = joined[names].to_numpy(dtype=np.float64)
-        pieces.append(piece)
+    views = pre_event_features(out, frames)
     flags = pd.DataFrame(
         {flag: (out[flag].eq(True) if flag in out.columns else False) for flag in FLAG_COLUMNS},
         index=out.index,
     ).astype("int64")
     base = out[[c for c in out.columns if not c.endswith("_key") and c not in FLAG_COLUMNS]]
-    return pd.concat([base, *pieces, flags], axis=1)
+    return pd.concat([base, views, flags], axis=1)
 
 
 def batch_window(frame: pd.DataFrame, days: float | None, *, labeled_only: bool = False) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The import direction of the house: each room imports only the rooms below it.
 
-promoguard (the shell) -> training, serving, monitoring -> scoring -> features -> sqlitekit. Serving
+promoguard (the shell) -> training, serving, monitoring, replay -> scoring -> features -> sqlitekit. Serving
 never imports training: what crosses from training to serving travels inside the model artifact.
 Function-level imports count as much as module-level ones.
 """
@@ -24,8 +24,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "training": frozenset({"scoring", "features"}),
     "serving": frozenset({"config", "scoring", "features", "sqlitekit"}),
     "monitoring": frozenset({"scoring", "features"}),
+    "replay": frozenset({"scoring", "features"}),
     "promoguard": frozenset(
-        {"config", "training", "serving", "monitoring", "scoring", "simulation", "features", "sqlitekit"}
+        {
+            "config", "training", "serving", "monitoring", "replay", "scoring", "simulation", "features",
+            "sqlitekit",
+        }
     ),
 }
 PACKAGES = frozenset(ALLOWED)

@@ -1,0 +1,189 @@
+"""The replay engine: recorded attempts, in time order, through the service's own :class:`Scorer`.
+
+Nothing here re-implements a decision. Each attempt becomes the /score body checkout would have sent
+(:mod:`replay.requests`) and goes through the same ``Scorer.score`` the service runs: identity
+resolution, online features, velocity counters, caps and their reservations, hard rules, the model
+artifact and its per-promotion thresholds. What differs is only what the service takes from the
+world around it:
+
+* **Time.** The scorer's clock is the attempt's own timestamp, so windows and reservation expiry see
+  the history's time, not the wall clock.
+* **Online features.** :class:`PointInTimeOnline` answers each attempt with the feature store's
+  state just before it (the batch pipeline's point-in-time rows, labels only as known then): what a
+  continuously materialized online store would have held.
+* **State.** Velocity counters, caps and the scoring log start empty in a work folder and are warmed
+  by replaying the preceding window (its answers are not reported).
+* **Outcomes.** After each answer the recorded outcome is reported as checkout would: a redemption
+  that promoguard did not refuse is confirmed (it counts against caps from then on); anything else
+  releases the hold.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.velocity import SqliteVelocity
+from scoring.artifact import LoadedModel
+from scoring.records import Records
+from scoring.rules import RulesTable
+from scoring.schemas import OutcomeRequest, ScoreRequest
+from scoring.scorer import IdentityResolverLike, Scorer, ScorerConfig
+
+#: Columns of the decisions frame, one row per replayed attempt.
+DECISION_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "ts",
+    "score",
+    "band",
+    "decision",
+    "degraded",
+    "fallback",
+    "top_signals",
+)
+
+
+class PointInTimeOnline:
+    """An online store that answers each replayed attempt with its own pre-event feature values.
+
+    ``features`` holds one row per attempt (``request_id`` plus ``{view}__{feature}`` columns, from
+    :func:`features.pipeline.pre_event_features`). A request the frame does not hold reads as all
+    missing, which the scorer treats like an unknown entity.
+    """
+
+    def __init__(self, features: pd.DataFrame) -> None:
+        """Index the rows by request id; values stay in one float64 matrix."""
+        self.feature_names = tuple(c for c in features.columns if "__" in c)
+        self._row = {str(r): i for i, r in enumerate(features["request_id"].tolist())}
+        self._values = features[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def read(self, entity_rows: Mapping[str, str | None], deadline: float | None = None) -> dict[str, float]:
+        """The features of the attempt named by ``entity_rows['request_id']``."""
+        i = self._row.get(str(entity_rows.get("request_id")))
+        if i is None:
+            return dict.fromkeys(self.feature_names, math.nan)
+        return dict(zip(self.feature_names, self._values[i].tolist(), strict=True))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass
+class _Clock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Replayer:
+    """What one configuration replays with: the model (None: rules only), rules and identity resolver."""
+
+    resolver: IdentityResolverLike
+    model: LoadedModel | None
+    rules: RulesTable
+    #: Deadlines far beyond any replay step: in process nothing is slow, and a GC pause must not turn
+    #: an answer into a rules fallback the service would not have given.
+    config: ScorerConfig = field(
+        default_factory=lambda: ScorerConfig(feature_deadline_ms=60_000.0, request_deadline_ms=120_000.0)
+    )
+
+    @property
+    def model_version(self) -> str | None:
+        """The replayed model's version (None for the rules alone)."""
+        return None if self.model is None else self.model.version
+
+
+@contextmanager
+def _scorer(
+    replayer: Replayer, online: PointInTimeOnline, work_dir: Path | None
+) -> Iterator[tuple[Scorer, _Clock]]:
+    clock = _Clock()
+    with tempfile.TemporaryDirectory(prefix="promoguard-replay-", dir=work_dir) as tmp:
+        velocity = SqliteVelocity(Path(tmp) / "velocity.db")
+        records = Records(Path(tmp) / "scores.db")
+        scorer = Scorer(
+            replayer.resolver,
+            online,
+            velocity,
+            replayer.model,
+            replayer.rules,
+            records,
+            replayer.config,
+            clock,
+        )
+        try:
+            yield scorer, clock
+        finally:
+            scorer.close()
+
+
+def _seconds(value: Any) -> float:
+    return pd.Timestamp(value).timestamp()
+
+
+def replay(
+    bodies: Sequence[Mapping[str, Any]],
+    outcomes: Sequence[str],
+    online: PointInTimeOnline,
+    replayer: Replayer,
+    *,
+    warm: int = 0,
+    work_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Replay ``bodies`` (in time order, each with a ``timestamp``) and return the answers.
+
+    The first ``warm`` bodies only warm the counters and caps; the frame holds one row per later body
+    (:data:`DECISION_COLUMNS`). ``outcomes`` are the recorded outcomes (redeemed, abandoned, rejected),
+    aligned with ``bodies``. ``progress`` is called with the number of bodies done so far.
+    """
+    if len(outcomes) != len(bodies):
+        raise ValueError(f"outcomes: {len(outcomes)} given for {len(bodies)} bodies")
+    rows: list[tuple[Any, ...]] = []
+    with _scorer(replayer, online, work_dir) as (scorer, clock):
+        for i, (body, outcome) in enumerate(zip(bodies, outcomes, strict=True)):
+            req = ScoreRequest.model_validate(body)
+            clock.now = _seconds(body["timestamp"])
+            answer = scorer.score(req)
+            honoured = outcome == "redeemed" and answer.decision != "refuse"
+            scorer.outcome(
+                OutcomeRequest(request_id=req.request_id, outcome="redeemed" if honoured else "abandoned")
+            )
+            if i >= warm:
+                rows.append(
+                    (
+                        req.request_id,
+                        pd.Timestamp(body["timestamp"]),
+                        answer.score,
+                        answer.band,
+                        answer.decision,
+                        answer.degraded,
+                        answer.fallback,
+                        [s.name for s in answer.signals[:3]],
+                    )
+                )
+            if progress is not None and (i + 1) % 500 == 0:
+                progress(i + 1)
+        if progress is not None:
+            progress(len(bodies))
+    frame = pd.DataFrame(rows, columns=list(DECISION_COLUMNS))
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def timed_replay(*args: Any, **kwargs: Any) -> tuple[pd.DataFrame, float]:
+    """:func:`replay` and its wall time in seconds."""
+    started = time.perf_counter()
+    out = replay(*args, **kwargs)
+    return out, time.perf_counter() - started
