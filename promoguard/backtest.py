@@ -211,9 +211,14 @@ def log_report(settings: Settings, report: dict[str, Any], paths: dict[str, Path
     """Log the backtest to MLflow as a run of its own (figures as metrics, files as artifacts)."""
     import mlflow
 
+    from training.registry import ensure_experiment
+
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=f"backtest {report['window']['start'][:10]}") as run:
+    # Created with the store's own artifact location: MLflow's default is ./mlruns under the cwd.
+    experiment_id = ensure_experiment(settings.mlflow_tracking_uri, EXPERIMENT)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"backtest {report['window']['start'][:10]}"
+    ) as run:
         mlflow.log_params({f"window.{k}": v for k, v in report["window"].items()})
         for r in report["runs"]:
             mlflow.log_params({f"{r['name']}.{k}": v for k, v in r["configuration"].items()})

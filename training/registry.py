@@ -3,12 +3,22 @@
 The artifact itself (``model.txt`` + ``manifest.json``, written by :func:`scoring.artifact.write_artifact`
 and verified by :meth:`scoring.artifact.LoadedModel.from_dir`) is defined in :mod:`scoring`; this
 module only moves it in and out of the registry.
+
+A run's ``model/`` folder is an MLflow pyfunc model (:mod:`training.pyfunc_model`) that carries the
+artifact directory as ``model/artifacts/artifact/``; registered versions point at ``model/``, so
+``mlflow.pyfunc.load_model("models:/<name>@champion")`` gives calibrated probabilities while the service
+(``serving.model_cache``) and :func:`load_artifact` find the artifact by its ``manifest.json``. Runs
+logged before the pyfunc wrapper hold the artifact directly in ``model/``; both layouts load.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import subprocess
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,14 +28,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scoring.artifact import LoadedModel, read_manifest
+from scoring.artifact import MANIFEST_FILE, ArtifactError, LoadedModel, read_manifest
 from scoring.batch import feature_matrix, score_frame
 from scoring.calibration import to_score
 from training.evaluate import trap_fpr
+from training.split import Split
 
 MODEL_DIR = "model"
 TEST_WINDOW_PATH = "evaluation/test_window.parquet"
 CHAMPION = "champion"
+#: The model card, at the run's artifact root; also the registered version's description.
+MODEL_CARD_PATH = "model_card.md"
+FIGURES_DIR = "figures"
+#: MLflow's SQL stores keep at most 5000 characters of a model version description.
+DESCRIPTION_LIMIT = 5000
+#: The run tag MLflow's UI shows as the source commit.
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+#: The input tag MLflow reads as a dataset's role in a run.
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,177 @@ class PromotionDecision:
     promoted: bool
     reasons: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """What a run trained on, logged as the run's dataset input (context ``training``); never its rows.
+
+    ``name`` is the Feast feature service the frame came through (the dataset's name in MLflow).
+    ``frame``, when given, is the training frame: its column schema and a content digest are logged.
+    ``rows`` (per window, e.g. train/valid/calib/test), ``windows`` (window boundaries, ISO strings) and
+    ``label_sources`` (rows per label source) go into the dataset's profile and, as ``rows.*`` /
+    ``window.*`` / ``label_source.*``, into the input's tags; ``source`` says where the frame came from.
+    """
+
+    name: str
+    frame: pd.DataFrame | None = None
+    rows: Mapping[str, int] = field(default_factory=dict)
+    windows: Mapping[str, str] = field(default_factory=dict)
+    label_sources: Mapping[str, int] = field(default_factory=dict)
+    source: str = "feast point-in-time retrieval"
+
+    @classmethod
+    def from_split(
+        cls, split: Split, *, feature_service: str, frame: pd.DataFrame | None = None
+    ) -> TrainingDataset:
+        """Row counts, boundaries and label sources of a time split (``frame``: the frame it split)."""
+        parts = {"train": split.train, "valid": split.valid, "calib": split.calib, "test": split.test}
+        rows = {name: len(part) for name, part in parts.items()}
+        rows["dropped_label_not_yet_known"] = int(split.dropped_unlabeled)
+        for window in ("valid", "calib"):
+            dropped = getattr(split, f"dropped_{window}", None)
+            if dropped is not None:
+                rows[f"dropped_{window}_label_not_known_at_deploy"] = int(dropped)
+        sources: dict[str, int] = {}
+        for part in parts.values():
+            if "label_source" in part.columns:
+                for key, n in part["label_source"].fillna("unknown").astype(str).value_counts().items():
+                    sources[str(key)] = sources.get(str(key), 0) + int(n)
+        return cls(
+            name=feature_service, frame=frame, rows=rows, windows=split.windows(), label_sources=sources
+        )
+
+    def params(self) -> dict[str, Any]:
+        """``rows.*``, ``window.*`` and ``label_source.*`` as run params (what the model card's Data
+        section reads)."""
+        out: dict[str, Any] = {f"rows.{k}": v for k, v in self.rows.items()}
+        out.update({f"window.{k}": v for k, v in self.windows.items()})
+        out.update({f"label_source.{k}": v for k, v in self.label_sources.items()})
+        return out
+
+    def tags(self) -> dict[str, str]:
+        """Input tags: the context, rows per window, window boundaries and label sources."""
+        out = {DATASET_CONTEXT_TAG: "training", **{k: str(v) for k, v in self.params().items()}}
+        return {k[:255]: v[:500] for k, v in out.items()}
+
+    def entity(self) -> Any:
+        """The ``mlflow.entities.Dataset`` to log: schema and digest of the frame, counts as its profile."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import Dataset
+
+        profile: dict[str, Any] = {f"rows.{k}": int(v) for k, v in self.rows.items()}
+        profile.update({f"label_source.{k}": int(v) for k, v in self.label_sources.items()})
+        profile.update({f"window.{k}": str(v) for k, v in self.windows.items()})
+        digest = hashlib.sha256(json.dumps([self.name, profile], sort_keys=True).encode())
+        schema = None
+        if self.frame is not None:
+            profile["num_rows"] = len(self.frame)
+            profile["num_elements"] = int(self.frame.size)
+            schema = json.dumps({"mlflow_colspec": _frame_schema(self.frame).to_dict()})
+            digest.update(_content_hash(self.frame))
+            digest.update(json.dumps([str(c) for c in self.frame.columns]).encode())
+        source = CodeDatasetSource(tags={"feature_service": self.name, "source": self.source})
+        return Dataset(
+            name=self.name,
+            digest=digest.hexdigest()[:16],
+            source_type="code",
+            source=source.to_json(),
+            schema=schema,
+            profile=json.dumps(profile),
+        )
+
+
+def _content_hash(frame: pd.DataFrame) -> bytes:
+    """Row hashes of every column pandas can hash (a column of lists or dicts counts by its dtype only)."""
+    parts = []
+    for name in frame.columns:
+        try:
+            hashed = pd.util.hash_pandas_object(frame[name], index=False, categorize=False)
+            parts.append(hashed.to_numpy().tobytes())
+        except TypeError:
+            parts.append(f"{name}:{frame[name].dtype}:{len(frame)}".encode())
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _frame_schema(frame: pd.DataFrame) -> Any:
+    """An MLflow column schema from the dtypes alone (no pass over the values)."""
+    from mlflow.types import ColSpec, DataType, Schema
+
+    kinds = {"f": DataType.double, "i": DataType.long, "u": DataType.long, "b": DataType.boolean}
+    specs: list[Any] = []
+    for name, dtype in frame.dtypes.items():
+        kind = "M" if isinstance(dtype, pd.DatetimeTZDtype) else getattr(dtype, "kind", "O")
+        dt = DataType.datetime if kind == "M" else kinds.get(kind, DataType.string)
+        specs.append(ColSpec(dt, str(name)))
+    return Schema(specs)
+
+
+def source_commit(repo_root: Path = _REPO_ROOT) -> str | None:
+    """``git rev-parse HEAD`` of the checkout the code runs from; None without git or a repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) in (40, 64) else None
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("mlflow", "lightgbm", "numpy", "pandas"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def save_pyfunc(artifact_dir: Path, dst: Path) -> Path:
+    """Write the pyfunc model wrapping ``artifact_dir`` (model.txt + manifest.json) into ``dst``."""
+    import mlflow.pyfunc
+
+    from training import pyfunc_model
+
+    manifest = read_manifest(artifact_dir)
+    with warnings.catch_warnings():
+        # The signature is explicit; an input example would only copy rows of features into the run.
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        mlflow.pyfunc.save_model(
+            path=str(dst),
+            # Logged as code: the file is copied into the model and run on load; nothing is pickled.
+            python_model=Path(pyfunc_model.__file__),
+            artifacts={pyfunc_model.ARTIFACT_KEY: str(artifact_dir)},
+            signature=pyfunc_model.model_signature(manifest["feature_names"]),
+            pip_requirements=_pip_requirements(),
+            metadata={
+                "model_version": str(manifest.get("model_version")),
+                "feature_service": str(manifest.get("feature_service")),
+                "output": "calibrated probability of abuse per row",
+                "needs": "the promoguard package's scoring modules importable",
+            },
+        )
+    return dst
+
+
+def artifact_dir(path: Path) -> Path:
+    """The folder holding ``manifest.json`` in a downloaded ``model/`` (pyfunc-wrapped or bare)."""
+    root = Path(path)
+    if (root / MANIFEST_FILE).is_file():
+        return root
+    found = sorted(p.parent for p in root.rglob(MANIFEST_FILE))
+    if not found:
+        raise ArtifactError(f"{root}: no {MANIFEST_FILE} in the downloaded model")
+    return found[0]
 
 
 def normalize_tracking_uri(uri: str) -> str:
@@ -102,15 +294,35 @@ def log_training_run(
     tags: Mapping[str, str] | None = None,
     artifact_root: str | None = None,
     run_name: str | None = None,
+    model_card: str | None = None,
+    dataset: TrainingDataset | None = None,
 ) -> str:
-    """Log one run (params, flattened metrics, tables, figures, model dir, test window); return its id."""
+    """Log one run and return its id.
+
+    Logged: params, flattened metrics, ``tables/*.csv``, ``figures/*``, the test window, and ``model/``:
+    the pyfunc model wrapping the artifact directory ``model_dir``. ``model_card`` (markdown) goes to
+    ``model_card.md`` (and becomes the description of a version :func:`register` makes from the run);
+    ``dataset`` is logged as the run's training dataset input, its row counts, windows and label sources
+    also as params where ``params`` lacks them. The source commit is tagged when the code runs from a
+    git checkout.
+    """
     client = _client(tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
-    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    run_tags = dict(tags or {})
+    if GIT_COMMIT_TAG not in run_tags:
+        commit = source_commit()
+        if commit:
+            run_tags[GIT_COMMIT_TAG] = commit
+    run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
     run_id = str(run.info.run_id)
     try:
-        for k, v in params.items():
+        all_params = dict(params)
+        if dataset is not None:
+            all_params.update({k: v for k, v in dataset.params().items() if k not in all_params})
+        for k, v in all_params.items():
             client.log_param(run_id, k, str(v)[:6000])
+        if dataset is not None:
+            _log_dataset(client, run_id, dataset)
         from mlflow.entities import Metric
 
         now = int(datetime.now(UTC).timestamp() * 1000)
@@ -127,9 +339,13 @@ def log_training_run(
             window = tdir / Path(TEST_WINDOW_PATH).name
             test_window.to_parquet(window, index=False)
             client.log_artifact(run_id, str(window), str(Path(TEST_WINDOW_PATH).parent))
+            if model_card is not None:
+                card = tdir / MODEL_CARD_PATH
+                card.write_text(model_card, encoding="utf-8")
+                client.log_artifact(run_id, str(card))
+            client.log_artifacts(run_id, str(save_pyfunc(Path(model_dir), tdir / "pyfunc")), MODEL_DIR)
         for fig in figures.values():
-            client.log_artifact(run_id, str(fig), "figures")
-        client.log_artifacts(run_id, str(model_dir), MODEL_DIR)
+            client.log_artifact(run_id, str(fig), FIGURES_DIR)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -137,8 +353,44 @@ def log_training_run(
     return run_id
 
 
+def _log_dataset(client: Any, run_id: str, dataset: TrainingDataset) -> None:
+    from mlflow.entities import DatasetInput, InputTag
+
+    tags = [InputTag(key=k, value=v) for k, v in dataset.tags().items()]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset.entity(), tags=tags)])
+
+
+def _description(card: str) -> str:
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    note = f"\n\n... (cut at {DESCRIPTION_LIMIT} characters: the whole card is the run's {MODEL_CARD_PATH})"
+    return card[: DESCRIPTION_LIMIT - len(note)] + note
+
+
+def run_model_card(tracking_uri: str, run_id: str) -> str | None:
+    """The run's ``model_card.md``, or None when the run has none."""
+    client = _client(tracking_uri)
+    if not any(f.path == MODEL_CARD_PATH for f in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return _download(tracking_uri, run_id, MODEL_CARD_PATH, Path(tmp)).read_text(encoding="utf-8")
+
+
+def run_figures(tracking_uri: str, run_id: str, dst_dir: Path) -> list[Path]:
+    """Download the run's figures into ``dst_dir``; the PNGs among them, sorted (empty when none)."""
+    client = _client(tracking_uri)
+    if not any(f.path == FIGURES_DIR and f.is_dir for f in client.list_artifacts(run_id)):
+        return []
+    local = _download(tracking_uri, run_id, FIGURES_DIR, Path(dst_dir))
+    return sorted(local.rglob("*.png"))
+
+
 def register(tracking_uri: str, name: str, run_id: str, *, description: str | None = None) -> str:
-    """Register the run's ``model`` directory as a new version of ``name``; return the version."""
+    """Register the run's ``model`` directory as a new version of ``name``; return the version.
+
+    Without ``description`` the run's model card (if it has one) becomes the version's description,
+    cut to what the registry stores.
+    """
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -147,6 +399,9 @@ def register(tracking_uri: str, name: str, run_id: str, *, description: str | No
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
+    if description is None:
+        card = run_model_card(tracking_uri, run_id)
+        description = None if card is None else _description(card)
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_DIR}"
     mv = client.create_model_version(name, source=source, run_id=run_id, description=description)
     return str(mv.version)
@@ -183,7 +438,7 @@ def _download(tracking_uri: str, run_id: str, path: str, dst: Path) -> Path:
 def load_artifact(tracking_uri: str, name: str, alias_or_version: str | int, dst_dir: Path) -> Path:
     """Download a registered version's (or alias's) artifact directory into ``dst_dir``; return its path."""
     mv = _version(_client(tracking_uri), name, alias_or_version)
-    return _download(tracking_uri, str(mv.run_id), MODEL_DIR, Path(dst_dir))
+    return artifact_dir(_download(tracking_uri, str(mv.run_id), MODEL_DIR, Path(dst_dir)))
 
 
 def score_with_artifact(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
@@ -212,12 +467,15 @@ def promote(
     max_score_shift: float = 0.25,
     min_pr_auc_gain: float = 0.0,
     trap_fpr_tolerance: float = 0.005,
+    dry_run: bool = False,
 ) -> PromotionDecision:
     """Move alias ``champion`` to the candidate only if it beats the champion on the candidate's test window.
 
     Both models score the same stored test window: the candidate must have a higher PR-AUC (by more than
     ``min_pr_auc_gain``), a trap false-positive rate no worse than the champion's (+ tolerance), and a
     score distribution shift (PSI) below ``max_score_shift``. No champion yet: promoted as first champion.
+    ``dry_run``: the same checks and reasons, but neither the alias nor the version's tags change
+    (``promoted`` then says whether the candidate would be promoted).
     """
     from mlflow.exceptions import MlflowException
     from sklearn.metrics import average_precision_score
@@ -229,14 +487,15 @@ def promote(
     except MlflowException:
         champ = None
     if champ is None:
-        client.set_registered_model_alias(name, CHAMPION, str(cand.version))
+        if not dry_run:
+            client.set_registered_model_alias(name, CHAMPION, str(cand.version))
         return PromotionDecision(True, ["first champion"])
     if str(champ.version) == str(cand.version):
         return PromotionDecision(False, [f"version {cand.version} is already the champion"])
     with tempfile.TemporaryDirectory() as tmp:
         tdir = Path(tmp)
-        cand_dir = _download(tracking_uri, str(cand.run_id), MODEL_DIR, tdir / "candidate")
-        champ_dir = _download(tracking_uri, str(champ.run_id), MODEL_DIR, tdir / "champion")
+        cand_dir = artifact_dir(_download(tracking_uri, str(cand.run_id), MODEL_DIR, tdir / "candidate"))
+        champ_dir = artifact_dir(_download(tracking_uri, str(champ.run_id), MODEL_DIR, tdir / "champion"))
         window = pd.read_parquet(_download(tracking_uri, str(cand.run_id), TEST_WINDOW_PATH, tdir / "window"))
         LoadedModel.from_dir(cand_dir)  # verified: sha256 and golden rows
         p_cand = score_with_artifact(cand_dir, window)
@@ -272,6 +531,8 @@ def promote(
     if m["score_psi"] >= max_score_shift:
         ok = False
         reasons.append(f"score shift PSI {m['score_psi']:.3f} >= max_score_shift {max_score_shift}")
+    if dry_run:
+        return PromotionDecision(ok, reasons, m)
     if ok:
         client.set_registered_model_alias(name, CHAMPION, str(cand.version))
     client.set_model_version_tag(name, str(cand.version), "promotion", "; ".join(reasons)[:5000])

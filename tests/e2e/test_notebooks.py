@@ -152,7 +152,10 @@ def test_retrain_notebook_registers_a_new_version_and_prints_the_promotion_decis
     world: Settings, champion_restored: str
 ) -> None:
     versions_before = int(latest_version(world.mlflow_tracking_uri, world.model_name))
-    nb = _execute(NAMES[1], world.root, {"ROOT": str(world.root), "N_EVENTS": None, "SEED": 11})
+    # The world was trained with --test-days 10 --gap-days 7 (its history is short); promotion is asked for.
+    params = {"ROOT": str(world.root), "N_EVENTS": None, "SEED": 11, "TEST_DAYS": 10, "GAP_DAYS": 7}
+    params["PROMOTE"] = True
+    nb = _execute(NAMES[1], world.root, params)
     new_version = int(latest_version(world.mlflow_tracking_uri, world.model_name))
     assert new_version == versions_before + 1, "the notebook registers exactly one new model version"
     run_id = _mlflow(world).get_model_version(world.model_name, str(new_version)).run_id
@@ -163,4 +166,54 @@ def test_retrain_notebook_registers_a_new_version_and_prints_the_promotion_decis
     ]
     assert decision_lines and decision_lines[0].endswith(("promoted", "not promoted")), text[-2000:]
     assert any(line.startswith("  - ") for line in text.splitlines()), "the decision comes with its reasons"
+    assert f"challenger version {new_version} vs the champion: " in text, "the checks first, as a dry run"
+    assert "figure(s) logged with run" in text
     assert _has_image(nb), "the SHAP importance plot is shown"
+
+
+def _promote_calls(source: str) -> list[ast.Call]:
+    tree = ast.parse(TransformerManager().transform_cell(source))
+    return [
+        n for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "promote"
+    ]
+
+
+def _is_dry_run(call: ast.Call) -> bool:
+    return any(
+        k.arg == "dry_run" and isinstance(k.value, ast.Constant) and k.value.value is True
+        for k in call.keywords
+    )
+
+
+def test_retrain_notebook_promotes_only_in_its_last_cell_and_only_when_asked() -> None:
+    nb = _read(NAMES[1])
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    namespace: dict[str, Any] = {}
+    exec(code[0].source, namespace)
+    assert namespace["PROMOTE"] is False, "the committed notebook never promotes by default"
+    for cell in code[:-1]:
+        assert all(_is_dry_run(call) for call in _promote_calls(cell.source)), "only dry runs before the end"
+    last = ast.parse(code[-1].source)
+    assert len(last.body) == 1 and isinstance(last.body[0], ast.If)
+    guard = last.body[0]
+    assert isinstance(guard.test, ast.Name) and guard.test.id == "PROMOTE"
+    promoting = [c for n in guard.body for c in _promote_calls(ast.unparse(n)) if not _is_dry_run(c)]
+    assert promoting, "promotes when asked"
+    assert not _promote_calls("\n".join(ast.unparse(n) for n in guard.orelse))
+    heading = nb.cells[nb.cells.index(code[-1]) - 1]
+    assert heading.cell_type == "markdown" and "PROMOTE = True" in heading.source
+
+
+def test_retrain_notebook_trains_with_the_command_lines_split() -> None:
+    import inspect
+
+    from promoguard.cli import train
+
+    defaults = {name: p.default.default for name, p in inspect.signature(train).parameters.items()}
+    namespace: dict[str, Any] = {}
+    exec(next(c for c in _read(NAMES[1]).cells if c.cell_type == "code").source, namespace)
+    assert namespace["TEST_DAYS"] == defaults["test_days"]
+    assert namespace["GAP_DAYS"] == defaults["gap_days"]
+    assert namespace["PRESUME_LEGIT_AFTER"] == defaults["presume_legit_after"]
+    assert namespace["N_EVENTS"] is None, "like the command line, all labeled attempts by default"

@@ -43,12 +43,15 @@ def test_importance_and_pattern_tables_rank_the_signal_features(trained: tuple, 
     imp = global_importance(contrib, names)
     assert list(imp.columns) == ["feature", "mean_abs_contribution"]
     assert imp["mean_abs_contribution"].is_monotonic_decreasing
-    top = set(imp["feature"].head(10))
-    assert top & {
-        "device_stats__distinct_accounts_24h",
-        "payment_stats__distinct_accounts_24h",
-        "device_stats__attempts_1h",
-    }
+    top = list(imp["feature"].head(10))
+    # The synthetic frame draws abuse with shorter identity ages and more accounts per device or card:
+    # those designed signals lead, ahead of the counts drawn alike for everyone.
+    designed = [
+        f for f in top
+        if f.endswith(("first_seen_days", "hours_since_first_use", "distinct_accounts_24h", "redeemed_total"))
+    ]
+    assert len(designed) >= 6, top
+    assert top[0].endswith("first_seen_days")
     table = pattern_contributions(contrib, names, list(split.test["pattern"]), top=5)
     assert len(table) == 5 and "legit" in table.columns
 
