@@ -125,7 +125,7 @@ def run_backtest(
     from config.resolver import identity_resolver
     from features.definitions import feature_views
     from features.pipeline import pre_event_features
-    from replay.engine import PointInTimeOnline, replay
+    from replay.engine import PointInTimeOnline, replay_many
     from replay.ledger import VERIFY_STOPS, agreement, attempts_frame, campaign_ledger, totals, type_ledger
     from replay.requests import request_bodies
 
@@ -147,18 +147,18 @@ def run_backtest(
     runs: list[dict[str, Any]] = []
     decisions: list[pd.DataFrame] = []
     with ExitStack() as stack:
-        for name in configurations:
-            replayer = stack.enter_context(replayer_for(settings, name, resolver))
+        replayers = [stack.enter_context(replayer_for(settings, name, resolver)) for name in configurations]
 
-            def tick(done: int, name: str = name) -> None:
-                if progress is not None:
-                    progress(name, done, len(bodies))
+        def tick(i: int, done: int) -> None:
+            if progress is not None:
+                progress(configurations[i], done, len(bodies))
 
-            answers = replay(
-                bodies, outcomes, online, replayer, warm=warm, work_dir=_work_dir(), progress=tick
-            )
+        answers = replay_many(
+            bodies, outcomes, online, replayers, warm=warm, work_dir=_work_dir(), progress=tick
+        )
+        for name, replayer, answered in zip(configurations, replayers, answers, strict=True):
             frame = attempts_frame(
-                answers, chosen, history["promotions"], history["truth"], history["labels"]
+                answered, chosen, history["promotions"], history["truth"], history["labels"]
             )
             decisions.append(frame)
             runs.append(
@@ -171,7 +171,7 @@ def run_backtest(
                     "totals": totals(frame),
                     "types": type_ledger(frame),
                     "campaigns": campaign_ledger(frame),
-                    "degraded_share": float(answers["degraded"].mean()) if len(answers) else None,
+                    "degraded_share": float(answered["degraded"].mean()) if len(answered) else None,
                 }
             )
     report: dict[str, Any] = {
@@ -210,7 +210,6 @@ def write_report(settings: Settings, report: dict[str, Any]) -> dict[str, Path]:
 def log_report(settings: Settings, report: dict[str, Any], paths: dict[str, Path]) -> str:
     """Log the backtest to MLflow as a run of its own (figures as metrics, files as artifacts)."""
     import mlflow
-
     from training.registry import ensure_experiment
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
@@ -238,18 +237,107 @@ def summary_frame(report: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for r in report["runs"]:
         for t in [*r["types"], {"promo_type": "all", **r["totals"]}]:
+            honest = max(int(t["honest"]), 1)
             rows.append(
                 {
-                    "configuration": r["name"],
-                    "promo_type": t["promo_type"],
+                    "config": r["name"],
+                    "type": t["promo_type"],
                     "attempts": t["attempts"],
                     "refused": t["refused"],
                     "verified": t["verified"],
-                    "recall": t["recall"],
-                    "honest_refused": t["honest_refused"],
-                    "honest_verified": t["honest_verified"],
-                    "saved": t["discount_saved"],
-                    "lost": t["discount_lost"],
+                    "recall": "n/a" if t["recall"] is None else f"{t['recall']:.1%}",
+                    "honest refused": f"{t['honest_refused']} ({t['honest_refused'] / honest:.2%})",
+                    "honest verified": f"{t['honest_verified']} ({t['honest_verified'] / honest:.2%})",
+                    "saved": round(t["discount_saved"]),
+                    "lost": round(t["discount_lost"]),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def replay_metrics(run: dict[str, Any], prefix: str) -> dict[str, float]:
+    """One configuration's replayed figures as flat metrics: ``{prefix}honest_refused_rate`` and the like."""
+    t = run["totals"]
+    honest = max(int(t["honest"]), 1)
+    out = {
+        "honest_refused_rate": t["honest_refused"] / honest,
+        "honest_verified_rate": t["honest_verified"] / honest,
+        "truth_recall": t["recall"],
+        "truth_recall_seed_patterns": t.get("recall_seed_patterns"),
+        "truth_recall_bot_spray": t.get("recall_bots"),
+        "discount_saved": t["discount_saved"],
+        "discount_lost": t["discount_lost"],
+        **{f"truth_recall_{p}": v for p, v in (t.get("pattern_recall") or {}).items()},
+    }
+    return {f"{prefix}{k}": float(v) for k, v in out.items() if v is not None}
+
+
+def gate_figures(report: dict[str, Any]) -> dict[str, float]:
+    """The promotion gate's inputs from a candidate-vs-champion replay (runs 0 and 1 of ``report``)."""
+    cand, champ = report["runs"][0], report["runs"][1]
+    return {
+        "candidate_honest_refused_rate": replay_metrics(cand, "")["honest_refused_rate"],
+        "champion_honest_refused_rate": replay_metrics(champ, "")["honest_refused_rate"],
+        "candidate_truth_recall": replay_metrics(cand, "")["truth_recall"],
+        "champion_truth_recall": replay_metrics(champ, "")["truth_recall"],
+    }
+
+
+def replay_version(
+    settings: Settings,
+    version: str,
+    *,
+    champion: str | None,
+    test_start: pd.Timestamp,
+    test_end: pd.Timestamp,
+    warm_days: float = 7,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Replay a registered version (and the champion, when another one exists) on its own test window.
+
+    The figures are added to the version's training run (``replay_*`` for the version,
+    ``replay_champion_*`` for the champion, with ``replay.champion_version``) with the report files, so
+    training's headline and the promotion gate count caps and hard rules. Returns the report.
+    """
+    from training.registry import add_to_run, version_run
+
+    configurations = [version] + ([champion] if champion is not None and champion != version else [])
+    window = Window(test_start, test_end, test_start - pd.Timedelta(days=warm_days))
+    report = run_backtest(settings, window=window, configurations=configurations, progress=progress)
+    paths = write_report(settings, report)
+    metrics = replay_metrics(report["runs"][0], "replay_")
+    params: dict[str, Any] = {"replay.window": f"{window.start.isoformat()} to {window.end.isoformat()}"}
+    if len(report["runs"]) > 1:
+        metrics.update(replay_metrics(report["runs"][1], "replay_champion_"))
+        params["replay.champion_version"] = champion
+    run_id, _, _ = version_run(settings.mlflow_tracking_uri, settings.model_name, version)
+    files = list(paths.values())
+    add_to_run(settings.mlflow_tracking_uri, run_id, metrics=metrics, params=params, files=files)
+    report["paths"] = {k: str(v) for k, v in paths.items()}
+    return report
+
+
+def stored_gate_figures(settings: Settings, version: str, champion: str) -> dict[str, float] | None:
+    """The gate's inputs from the version's training run, if it was replayed against this champion."""
+    from training.registry import version_run
+
+    _, params, metrics = version_run(settings.mlflow_tracking_uri, settings.model_name, version)
+    if params.get("replay.champion_version") != str(champion):
+        return None
+    try:
+        return {
+            "candidate_honest_refused_rate": metrics["replay_honest_refused_rate"],
+            "champion_honest_refused_rate": metrics["replay_champion_honest_refused_rate"],
+            "candidate_truth_recall": metrics["replay_truth_recall"],
+            "champion_truth_recall": metrics["replay_champion_truth_recall"],
+        }
+    except KeyError:
+        return None
+
+
+def evaluation_window(settings: Settings, version: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The test window a registered version was evaluated on (from its training run's params)."""
+    from training.registry import version_run
+
+    _, params, _ = version_run(settings.mlflow_tracking_uri, settings.model_name, version)
+    return pd.Timestamp(params["window.test_start"]), pd.Timestamp(params["window.test_end"])

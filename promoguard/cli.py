@@ -188,6 +188,10 @@ def train(
     presume_legit_after: float = typer.Option(
         30, help="Days after which an unlabeled attempt counts as legit (0: train on labeled rows only)."
     ),
+    replay: bool = typer.Option(
+        True, help="Replay the test window through the service's decision path (the headline figures)."
+    ),
+    replay_warm_days: float = typer.Option(7, help="Days replayed before the test window to warm caps."),
 ) -> None:
     """Train, calibrate, explain and register a model from Feast's point-in-time features."""
     from functools import partial
@@ -289,9 +293,48 @@ def train(
         print_table("test window per abuse pattern", result.patterns)
         print_table("false-positive traps (legit actors)", result.traps)
         print_table("evasion: recall when one attacker-controllable group changes", result.evasion)
+    if replay and result.model_version is not None:
+        _replay_headline(settings, result.model_version, result.split, replay_warm_days)
     console.print(
         f"run {result.run_id}; registered {settings.model_name} version {result.model_version}; "
         f"{time.perf_counter() - started:.1f}s in all"
+    )
+
+
+def _replay_progress(bar: Any) -> Any:
+    tasks: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(f"replaying {name}", total=total)
+        bar.update(tasks[name], completed=done)
+
+    return progress
+
+
+def _replay_headline(settings: Settings, version: str, split: Any, warm_days: float) -> None:
+    """Replay the new version (and the champion) on the test window and print the headline table."""
+    from rich.progress import Progress
+
+    from promoguard.backtest import replay_version, summary_frame
+    from training.registry import champion_version
+
+    champion = champion_version(settings.mlflow_tracking_uri, settings.model_name)
+    with Progress(console=console, transient=True) as bar:
+        report = replay_version(
+            settings,
+            version,
+            champion=champion,
+            test_start=split.test_start,
+            test_end=split.test_end,
+            warm_days=warm_days,
+            progress=_replay_progress(bar),
+        )
+    who = f"version {version}" + (f" and champion {champion}" if len(report["runs"]) > 1 else "")
+    print_table(
+        "headline: the test window replayed through the service's decision path, caps and hard rules "
+        f"included ({who})",
+        summary_frame(report),
     )
 
 
@@ -301,16 +344,45 @@ def promote(
     max_score_shift: float = typer.Option(
         0.25, help="Largest score-distribution PSI allowed vs the champion."
     ),
+    honest_refusal_tolerance: float = typer.Option(
+        0.001, help="Extra share of honest shoppers the candidate may refuse in the replay vs the champion."
+    ),
     root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
 ) -> None:
-    """Move the champion alias to a candidate only if it beats the champion on the same test window."""
-    from training.registry import latest_version
+    """Move the champion alias to a candidate only if it beats the champion on the same test window.
+
+    Beside PR-AUC and score shift, both models are replayed on the candidate's test window through the
+    service's decision path: a candidate that refuses more honest shoppers than the champion is refused.
+    """
+    from rich.progress import Progress
+
+    from promoguard.backtest import evaluation_window, gate_figures, replay_version, stored_gate_figures
+    from training.registry import champion_version, latest_version
     from training.registry import promote as promote_version
 
     settings = _settings(root)
     candidate = version or latest_version(settings.mlflow_tracking_uri, settings.model_name)
+    champion = champion_version(settings.mlflow_tracking_uri, settings.model_name)
+    figures = None
+    if champion is not None and champion != str(candidate):
+        # Both models replayed on the same attempts, caps and hard rules included: from training when it
+        # replayed against this champion, else now.
+        figures = stored_gate_figures(settings, str(candidate), champion)
+        if figures is None:
+            start, end = evaluation_window(settings, str(candidate))
+            with Progress(console=console, transient=True) as bar:
+                report = replay_version(
+                    settings, str(candidate), champion=champion, test_start=start, test_end=end,
+                    progress=_replay_progress(bar),
+                )
+            figures = gate_figures(report)
     decision = promote_version(
-        settings.mlflow_tracking_uri, settings.model_name, candidate, max_score_shift=max_score_shift
+        settings.mlflow_tracking_uri,
+        settings.model_name,
+        candidate,
+        max_score_shift=max_score_shift,
+        replay=figures,
+        honest_refusal_tolerance=honest_refusal_tolerance,
     )
     verdict = "[green]promoted[/green]" if decision.promoted else "[yellow]not promoted[/yellow]"
     console.print(f"{settings.model_name} version {candidate}: {verdict}")
@@ -352,14 +424,9 @@ def backtest(
     configurations = [model] + ([compare] if compare else [])
     started = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(f"replaying {name}", total=total)
-            bar.update(tasks[name], completed=done)
-
-        report = run_backtest(settings, window=window, configurations=configurations, progress=progress)
+        report = run_backtest(
+            settings, window=window, configurations=configurations, progress=_replay_progress(bar)
+        )
     paths = write_report(settings, report)
     run_id = log_report(settings, report, paths)
     print_table("backtest: decisions per promotion type", summary_frame(report))

@@ -21,11 +21,12 @@ world around it:
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,70 @@ def replay(
     return frame
 
 
-def timed_replay(*args: Any, **kwargs: Any) -> tuple[pd.DataFrame, float]:
-    """:func:`replay` and its wall time in seconds."""
-    started = time.perf_counter()
-    out = replay(*args, **kwargs)
-    return out, time.perf_counter() - started
+def replay_many(
+    bodies: Sequence[Mapping[str, Any]],
+    outcomes: Sequence[str],
+    online: PointInTimeOnline,
+    replayers: Sequence[Replayer],
+    *,
+    warm: int = 0,
+    work_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[pd.DataFrame]:
+    """:func:`replay` once per configuration, each in a forked process of its own, side by side.
+
+    Every configuration keeps its own counters, caps and log, so the replays are independent and two
+    cores replay two configurations in the time of one. ``progress(i, done)`` reports configuration
+    ``i``'s bodies done. Where ``fork`` is not available, or for a single configuration, they run here.
+    """
+
+    def run(i: int, tick: Callable[[int], None] | None) -> pd.DataFrame:
+        return replay(bodies, outcomes, online, replayers[i], warm=warm, work_dir=work_dir, progress=tick)
+
+    if len(replayers) < 2 or "fork" not in mp.get_all_start_methods():
+        return [run(i, None if progress is None else partial(progress, i)) for i in range(len(replayers))]
+    return _in_forked_children(run, len(replayers), progress)
+
+
+def _in_forked_children(
+    run: Callable[[int, Callable[[int], None] | None], pd.DataFrame],
+    n: int,
+    progress: Callable[[int, int], None] | None,
+    poll_s: float = 0.25,
+) -> list[pd.DataFrame]:
+    """``run(i, tick)`` for i < n, each in a forked child; the frames come back through pipes."""
+    ctx = mp.get_context("fork")
+    counters = [ctx.Value("q", 0) for _ in range(n)]
+    pipes = [ctx.Pipe(duplex=False) for _ in range(n)]
+
+    def child(i: int) -> None:
+        try:
+            pipes[i][1].send(("ok", run(i, partial(setattr, counters[i], "value"))))
+        except BaseException as exc:  # sent to the parent, which raises it with the configuration named
+            pipes[i][1].send(("error", f"{type(exc).__name__}: {exc}"))
+
+    procs = [ctx.Process(target=child, args=(i,), daemon=True) for i in range(n)]
+    for proc in procs:
+        proc.start()
+    results: dict[int, tuple[str, Any]] = {}
+    try:
+        while len(results) < n:
+            for i, (recv, _) in enumerate(pipes):
+                if i in results:
+                    continue
+                if recv.poll(poll_s):
+                    results[i] = recv.recv()
+                elif not procs[i].is_alive():
+                    results[i] = ("error", f"the replay process exited with code {procs[i].exitcode}")
+            for i, counter in enumerate(counters):
+                if progress is not None:
+                    progress(i, int(counter.value))
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+    failed = [f"configuration {i + 1}: {results[i][1]}" for i in range(n) if results[i][0] != "ok"]
+    if failed:
+        raise RuntimeError("replay failed: " + "; ".join(failed))
+    return [results[i][1] for i in range(n)]

@@ -19,7 +19,7 @@ import math
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -467,6 +467,8 @@ def promote(
     max_score_shift: float = 0.25,
     min_pr_auc_gain: float = 0.0,
     trap_fpr_tolerance: float = 0.005,
+    replay: Mapping[str, float] | None = None,
+    honest_refusal_tolerance: float = 0.001,
     dry_run: bool = False,
 ) -> PromotionDecision:
     """Move alias ``champion`` to the candidate only if it beats the champion on the candidate's test window.
@@ -474,6 +476,10 @@ def promote(
     Both models score the same stored test window: the candidate must have a higher PR-AUC (by more than
     ``min_pr_auc_gain``), a trap false-positive rate no worse than the champion's (+ tolerance), and a
     score distribution shift (PSI) below ``max_score_shift``. No champion yet: promoted as first champion.
+    ``replay`` holds both models' figures from a replay of the same attempts through the service's whole
+    decision path, caps and hard rules included (``candidate_honest_refused_rate`` and
+    ``champion_honest_refused_rate``): a candidate that refuses more honest shoppers than the champion
+    by more than ``honest_refusal_tolerance`` is refused, whatever its PR-AUC.
     ``dry_run``: the same checks and reasons, but neither the alias nor the version's tags change
     (``promoted`` then says whether the candidate would be promoted).
     """
@@ -531,12 +537,69 @@ def promote(
     if m["score_psi"] >= max_score_shift:
         ok = False
         reasons.append(f"score shift PSI {m['score_psi']:.3f} >= max_score_shift {max_score_shift}")
+    if replay is not None:
+        ok = _replay_gate(replay, honest_refusal_tolerance, reasons) and ok
+        m.update({f"replay_{k}": float(v) for k, v in replay.items()})
     if dry_run:
         return PromotionDecision(ok, reasons, m)
     if ok:
         client.set_registered_model_alias(name, CHAMPION, str(cand.version))
     client.set_model_version_tag(name, str(cand.version), "promotion", "; ".join(reasons)[:5000])
     return PromotionDecision(ok, reasons, m)
+
+
+def _replay_gate(replay: Mapping[str, float], tolerance: float, reasons: list[str]) -> bool:
+    """True when the candidate's replay refuses no more honest shoppers than the champion's (+ tolerance)."""
+    cand, champ = replay["candidate_honest_refused_rate"], replay["champion_honest_refused_rate"]
+    if cand > champ + tolerance:
+        reasons.append(
+            f"replayed through caps and hard rules it refuses {cand:.2%} of honest shoppers against the "
+            f"champion's {champ:.2%} on the same attempts (tolerance {tolerance:.2%})"
+        )
+        return False
+    reasons.append(f"replayed honest refusals {cand:.2%} against the champion's {champ:.2%}")
+    return True
+
+
+def version_run(
+    tracking_uri: str, name: str, version: str | int
+) -> tuple[str, dict[str, str], dict[str, float]]:
+    """The run behind a registered version (or alias): its id, params and latest metrics."""
+    client = _client(tracking_uri)
+    run = client.get_run(str(_version(client, name, version).run_id))
+    return str(run.info.run_id), dict(run.data.params), dict(run.data.metrics)
+
+
+def add_to_run(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float],
+    params: Mapping[str, Any] | None = None,
+    files: Sequence[Path] = (),
+) -> None:
+    """Add metrics, params and files to a finished run (a replay of the model the run trained)."""
+    from mlflow.entities import Metric, Param
+
+    client = _client(tracking_uri)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key=k, value=float(v), timestamp=now, step=0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+    )
+    for path in files:
+        client.log_artifact(run_id, str(path), "replay")
+
+
+def champion_version(tracking_uri: str, name: str) -> str | None:
+    """The version the champion alias points at (None when there is none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
 
 
 def reference_scoring_frame(

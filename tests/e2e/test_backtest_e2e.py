@@ -75,7 +75,7 @@ def test_replayed_answers_equal_the_service_answers_over_http(world: Settings, t
 
 def test_backtest_command_writes_the_ledger_for_two_configurations(world: Settings, tmp_path: Path) -> None:
     settings = copy_world(world, tmp_path / "world")
-    output = run_cli("backtest", "--root", str(settings.root), "--days", "3", "--warm-days", "2",
+    output = run_cli("backtest", "--root", str(settings.root), "--days", "2", "--warm-days", "1",
                      "--compare", "rules")
     assert "backtest: decisions per promotion type" in output
     reports = sorted(settings.reports_dir.glob("backtest-*.json"))
@@ -91,3 +91,18 @@ def test_backtest_command_writes_the_ledger_for_two_configurations(world: Settin
     assert sum(r["attempts"] for r in report["campaigns"]) == report["window"]["attempts"]
     html = reports[0].with_suffix(".html").read_text()
     assert "<svg" in html and "per campaign" in html
+
+
+def test_training_headline_and_promotion_gate_come_from_the_replay(world: Settings, tmp_path: Path) -> None:
+    from training.registry import version_run
+
+    settings = copy_world(world, tmp_path / "world")
+    output = run_cli("train", "--root", str(settings.root), "--test-days", "10", "--gap-days", "7")
+    assert "headline: the test window replayed through the service's decision path" in output
+    _, params, metrics = version_run(settings.mlflow_tracking_uri, settings.model_name, "2")
+    # The new version and the champion it would replace, on the same attempts.
+    assert params["replay.champion_version"] == "1"
+    for key in ("replay_honest_refused_rate", "replay_champion_honest_refused_rate", "replay_truth_recall"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    promoted = run_cli("promote", "--root", str(settings.root), "--version", "2")
+    assert "replayed" in promoted and "honest" in promoted

@@ -135,6 +135,16 @@ def test_train_log_register_load_and_promote(frame: pd.DataFrame, store: str, tm
     assert manifest["feature_names"] == full.booster.feature_name()
     assert manifest["thresholds"] == full.thresholds
 
+    # A higher PR-AUC does not buy promotion when the replay, caps and rules included, refuses more
+    # honest shoppers than the champion does on the same attempts.
+    harsher = {"candidate_honest_refused_rate": 0.012, "champion_honest_refused_rate": 0.004}
+    gated = promote(store, name, "2", max_score_shift=10.0, replay=harsher, dry_run=True)
+    assert not gated.promoted
+    assert any("refuses 1.20% of honest shoppers against the champion's 0.40%" in r for r in gated.reasons)
+    assert any("beats champion" in r for r in gated.reasons)
+    kinder = {"candidate_honest_refused_rate": 0.004, "champion_honest_refused_rate": 0.004}
+    assert promote(store, name, "2", max_score_shift=10.0, replay=kinder, dry_run=True).promoted
+
     preview = promote(store, name, "2", max_score_shift=10.0, dry_run=True)
     assert preview.promoted, preview.reasons
     client = MlflowClient(tracking_uri=store, registry_uri=store)
