@@ -84,7 +84,7 @@ def test_train_promote_and_the_service_loader_all_use_the_configured_name(
     monkeypatch.setenv("PROMOGUARD_MODEL_NAME", NAME)
     root = str(tmp_path)
 
-    trained = _invoke("train", "--root", root, "--presume-legit-after", "0")
+    trained = _invoke("train", "--root", root, "--presume-legit-after", "0", "--no-replay")
     assert f"registered {NAME} version 1" in trained
     assert [call["model_name"] for call in quick_training] == [NAME]
     settings = Settings.from_env(root=tmp_path)
