@@ -175,7 +175,9 @@ def _truth(settings: Settings) -> pd.DataFrame | None:
         return None
     truth = pd.read_parquet(truth_path).rename(columns={"is_abuse": "is_abuse_true"})
     if actors_path.exists():
-        actors = pd.read_parquet(actors_path, columns=["actor_id", "evasion", "trap"])
+        # Truth carries each row's evasion tier itself; older histories kept it on the actor only.
+        wanted = ["actor_id", "trap"] + ([] if "evasion" in truth.columns else ["evasion"])
+        actors = pd.read_parquet(actors_path, columns=wanted)
         truth = truth.merge(actors, on="actor_id", how="left")
     return truth
 

@@ -399,7 +399,8 @@ def test_tor_exit_on_limited_promotion_needs_verification(
     client: httpx.Client, world: Settings, promotions: pd.DataFrame
 ) -> None:
     feed = (world.raw_dir / "ipintel" / "tor_exits.txt").read_text().splitlines()
-    exits = [line.strip() for line in feed if line.strip() and not line.startswith("#")]
+    # A feed line is "<ip> <listed_at>": the first field is the address.
+    exits = [line.split()[0] for line in feed if line.strip() and not line.startswith("#")]
     assert exits, "the world's Tor exit feed is empty"
     promotion = {"code": promo_code(promotions, "welcome"), "type": "welcome", "discount_value": 15.0,
                  "per_customer_limit": 1}
