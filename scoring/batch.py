@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from scoring.artifact import LoadedModel
-from scoring.policy import bands_for, decide_many
-from scoring.signals import top_signal_names
+from scoring.policy import bands_for, decide_many, normalize_thresholds
+from scoring.signals import top_concept_names
 
 
 def feature_matrix(frame: pd.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
@@ -42,9 +42,8 @@ def score_frame(model: LoadedModel, window: pd.DataFrame, *, top: int = 3) -> pd
     x = feature_matrix(window, names)
     _, scores = model.predict_many(x, num_threads=2)
     contrib = model.contributions_many(x, num_threads=2)[:, : len(names)]
-    specs = model.signal_specs
-    signal_names = [specs.get(n, {}).get("name", n) for n in names]
-    top_signals = [top_signal_names(signal_names, row, top) for row in contrib]
+    # The same reason concepts the request path logs, so both sides of a drift report name them alike.
+    top_signals = top_concept_names(names, contrib, top)
     codes = window["promo_code"] if "promo_code" in window.columns else window["promo_type"]
     out = pd.DataFrame(
         {
@@ -54,7 +53,9 @@ def score_frame(model: LoadedModel, window: pd.DataFrame, *, top: int = 3) -> pd
             "promo_type": window["promo_type"].astype(str).to_numpy(),
             "score": scores,
             "band": bands_for(scores, model.bands),
-            "decision": decide_many(scores, window["promo_type"].to_numpy(), model.thresholds),
+            "decision": decide_many(
+                scores, window["promo_type"].to_numpy(), normalize_thresholds(model.thresholds, model.bands)
+            ),
             "fallback": None,
             "top_signals": top_signals,
             "label": window["label"].astype("float64").to_numpy() if "label" in window.columns else np.nan,

@@ -8,6 +8,12 @@ contract (``request_id, label, label_source, label_ts``) so training can read it
 Idempotency rides on the log's primary key: a retry with the same ``request_id`` and the same body
 (its canonical sha256) gets the first stored response back; a different body under the same id is an
 :class:`IdempotencyConflict`.
+
+The same row is the decision record (``GET /decisions/{request_id}``): the answer as given, the model
+and rules versions, every model input, the hashed keys and flags, and in ``context_json`` what
+re-scoring the answer needs besides the features (the rules' other inputs, the deciding rule, the
+bands and thresholds that applied) plus ``timings_json``, milliseconds per step. Both columns were
+added to existing logs in place (``ALTER TABLE ... ADD COLUMN``); rows written before stay NULL there.
 """
 
 from __future__ import annotations
@@ -31,18 +37,24 @@ _SCHEMA = (
         promo_code TEXT NOT NULL, promo_type TEXT NOT NULL, score INTEGER NOT NULL, band TEXT NOT NULL,
         decision TEXT NOT NULL, fallback TEXT, degraded INTEGER NOT NULL, model_version TEXT,
         latency_ms REAL NOT NULL, signals_json TEXT NOT NULL, features_json TEXT NOT NULL,
-        keys_json TEXT NOT NULL, rules_version TEXT, response_json TEXT NOT NULL)""",
+        keys_json TEXT NOT NULL, rules_version TEXT, response_json TEXT NOT NULL,
+        timings_json TEXT, context_json TEXT)""",
     """CREATE TABLE IF NOT EXISTS feedback (
         request_id TEXT NOT NULL, label TEXT NOT NULL, label_source TEXT NOT NULL, label_ts TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id)",
     """CREATE TABLE IF NOT EXISTS outcomes (
         request_id TEXT NOT NULL, outcome TEXT NOT NULL, reservation TEXT NOT NULL, ts TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outcomes_request ON outcomes (request_id)",
     # Append-only: the audit trail of decisions cannot be rewritten through this database.
     """CREATE TRIGGER IF NOT EXISTS scores_no_update BEFORE UPDATE ON scores
         BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS scores_no_delete BEFORE DELETE ON scores
         BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END""",
 )
+
+
+#: Columns added to the scores table after its first release: (name, SQL type).
+_ADDED_COLUMNS = (("timings_json", "TEXT"), ("context_json", "TEXT"))
 
 
 class IdempotencyConflict(ValueError):
@@ -78,6 +90,10 @@ class ScoreRecord:
     keys: Mapping[str, Any]
     rules_version: str | None
     response: Mapping[str, Any]
+    #: Milliseconds per step of the request path.
+    timings: Mapping[str, float] | None = None
+    #: What re-scoring needs besides the features: rule inputs, deciding rule, policy.
+    context: Mapping[str, Any] | None = None
 
 
 def _json(value: Any) -> str:
@@ -87,6 +103,31 @@ def _json(value: Any) -> str:
 def _clean_features(features: Mapping[str, float | None]) -> dict[str, float | None]:
     # JSON has no NaN; a missing feature is stored as null.
     return {k: (None if v is None or v != v else float(v)) for k, v in features.items()}
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with every NaN or infinity (at any depth) replaced by null, for strict JSON."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Bring a scoring log written by an earlier release up to the current columns."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(scores)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE scores ADD COLUMN {name} {kind}")
+        except sqlite3.OperationalError as exc:
+            # Another worker added it a moment ago.
+            if "duplicate column" not in str(exc):
+                raise
 
 
 class Records:
@@ -112,6 +153,7 @@ class Records:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         for statement in _SCHEMA:
             self._conn.execute(statement)
+        _add_columns(self._conn)
         self._checkpointer: Checkpointer | None = None
         if checkpoint_interval_s is not None:
             disable_autocheckpoint(self._conn)
@@ -146,13 +188,16 @@ class Records:
             rec.model_version, float(rec.latency_ms), _json(rec.signals),
             _json(_clean_features(rec.features)), _json(dict(rec.keys)), rec.rules_version,
             _json(dict(rec.response)),
+            None if rec.timings is None else _json(_clean(dict(rec.timings))),
+            None if rec.context is None else _json(_clean(dict(rec.context))),
         )
         try:
             with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
                 self._conn.execute(
                     "INSERT INTO scores (request_id, body_sha256, ts, promo_code, promo_type, score, band, "
                     "decision, fallback, degraded, model_version, latency_ms, signals_json, features_json, "
-                    "keys_json, rules_version, response_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "keys_json, rules_version, response_json, timings_json, context_json) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     values,
                 )
         except sqlite3.IntegrityError:
@@ -169,6 +214,22 @@ class Records:
             row = cur.fetchone()
             names = [d[0] for d in cur.description]
         return None if row is None else dict(zip(names, row, strict=True))
+
+    def history(self, request_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Outcomes and feedback received for a scored attempt, oldest first."""
+        with self._lock:
+            outcomes = self._conn.execute(
+                "SELECT outcome, reservation, ts FROM outcomes WHERE request_id = ? ORDER BY rowid",
+                (request_id,),
+            ).fetchall()
+            feedback = self._conn.execute(
+                "SELECT label, label_source, label_ts FROM feedback WHERE request_id = ? ORDER BY rowid",
+                (request_id,),
+            ).fetchall()
+        return (
+            [{"outcome": o, "reservation": r, "ts": t} for o, r, t in outcomes],
+            [{"label": lab, "source": src, "ts": t} for lab, src, t in feedback],
+        )
 
     def add_outcome(self, request_id: str, outcome: str, reservation: str, ts: datetime) -> None:
         """Log what checkout did with an attempt."""

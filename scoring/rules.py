@@ -1,9 +1,14 @@
 """Rules as data: a versioned YAML table evaluated by a pure, deterministic function.
 
-A rule is ``id``, a ``description`` template filled with the actual input values, a condition
+A rule is ``id``, a reason ``code`` (one of :data:`scoring.reasons.ReasonCode`), a ``description``
+template filled with the actual input values in human units (:mod:`scoring.text`), a condition
 (``when``) over named inputs, ``points`` toward the rules score, a hard ``action`` (none, verify,
 refuse) and the promotion types it ``applies_to``. The condition language is deliberately tiny
 (``eq``, ``gte``, ``in``, ``and``, ``or``, ``not``) so that a table edit can never run code.
+
+The table's identity is ``version`` (the YAML field, bumped by whoever edits it) plus the sha256 of its
+parsed content: :attr:`RulesTable.label` (``2026-11-22.1+3f9c0a1b2c4d``) is what the scoring log and
+the decision record keep, so an edit that forgot to bump the version is still told apart.
 
 Two evaluators share that language: :func:`evaluate_rules` for one request (plain Python, a few
 microseconds) and :func:`rules_score_frame` for a whole frame (numpy, for training's rules baseline).
@@ -13,8 +18,10 @@ when the model path is unavailable (the rules fallback).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,11 +31,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from scoring import text
+from scoring.reasons import REASON_CODES
+
 Action = Literal["none", "verify", "refuse"]
 HardDecision = Literal["verify", "refuse"]
 _OPS = ("eq", "gte", "in", "and", "or", "not")
 _ACTIONS = ("none", "verify", "refuse")
 _SOURCES = ("rule", "identity")
+_FIELDS = frozenset({"id", "code", "description", "when", "points", "action", "source", "applies_to"})
 DEFAULT_RULES_PATH = Path(__file__).with_name("rules.yaml")
 
 
@@ -47,6 +58,8 @@ class Rule:
     action: Action
     source: Literal["rule", "identity"]
     applies_to: tuple[str, ...]
+    #: The reason code the rule's signal carries.
+    code: str = "CUSTOM_RULE"
 
     def applies(self, promo_type: str | None) -> bool:
         """True when the rule covers this promotion type."""
@@ -59,6 +72,13 @@ class RulesTable:
 
     version: str
     rules: tuple[Rule, ...]
+    #: sha256 of the table's parsed content (empty for a table built in code).
+    digest: str = ""
+
+    @property
+    def label(self) -> str:
+        """``version+sha256[:12]``: the version the scoring log and decision records keep."""
+        return f"{self.version}+{self.digest[:12]}" if self.digest else self.version
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,7 @@ class RuleHit:
     points: int
     action: Action
     source: Literal["rule", "identity"]
+    code: str = "CUSTOM_RULE"
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,39 @@ def _check_condition(rule_id: str, cond: Any) -> None:
             raise RulesError(f"rule {rule_id}: in needs a list of values, got {args[1]!r}")
 
 
+def _condition_inputs(cond: Any) -> set[str]:
+    ((op, args),) = cond.items()
+    if op in ("and", "or"):
+        return set().union(*(_condition_inputs(c) for c in args))
+    if op == "not":
+        return set()
+    return {args[0]}
+
+
+def _check_description(rule_id: str, description: str, when: Mapping[str, Any]) -> None:
+    try:
+        required, _ = text.template_fields(description)
+    except ValueError as exc:
+        raise RulesError(f"rule {rule_id}.description: {exc}") from None
+    loose = sorted(required - _condition_inputs(when))
+    if loose:
+        # A value the condition does not guarantee may be missing: it belongs in an optional [...] part.
+        raise RulesError(
+            f"rule {rule_id}.description: {{{loose[0]}}} is not an input of the rule's condition; "
+            "put it in an optional [...] part"
+        )
+
+
+def _rule_code(rule_id: str, item: Mapping[str, Any]) -> str:
+    code = item.get("code", rule_id.upper())
+    if code not in REASON_CODES:
+        raise RulesError(
+            f"rule {rule_id}.code: {code!r} is not a reason code; use one of scoring.reasons.ReasonCode "
+            "(CUSTOM_RULE for a site-specific rule)"
+        )
+    return str(code)
+
+
 def parse_rules(data: Mapping[str, Any]) -> RulesTable:
     """Validate a loaded YAML mapping into a :class:`RulesTable`; raise RulesError naming the problem."""
     version = data.get("version")
@@ -122,7 +176,7 @@ def parse_rules(data: Mapping[str, Any]) -> RulesTable:
         if rid in seen:
             raise RulesError(f"rule {rid}: duplicate id")
         seen.add(rid)
-        unknown = set(item) - {"id", "description", "when", "points", "action", "source", "applies_to"}
+        unknown = set(item) - _FIELDS
         if unknown:
             raise RulesError(f"rule {rid}: unknown field(s) {sorted(unknown)}")
         _check_condition(rid, item.get("when"))
@@ -138,10 +192,15 @@ def parse_rules(data: Mapping[str, Any]) -> RulesTable:
         applies = item.get("applies_to", ["all"])
         if not isinstance(applies, list) or not all(isinstance(a, str) for a in applies):
             raise RulesError(f"rule {rid}.applies_to: must be a list of promotion types")
+        description = str(item.get("description", rid))
+        _check_description(rid, description, item["when"])
         rules.append(
-            Rule(rid, str(item.get("description", rid)), item["when"], points, action, source, tuple(applies))
+            Rule(rid, description, item["when"], points, action, source, tuple(applies),
+                 _rule_code(rid, item))
         )
-    return RulesTable(version=version, rules=tuple(rules))
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return RulesTable(version=version, rules=tuple(rules), digest=digest)
 
 
 def load_rules(path: str | Path | None = None) -> RulesTable:
@@ -198,27 +257,6 @@ def _holds(cond: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
     return value in expected
 
 
-class _Display(dict[str, str]):
-    """Formats input values for descriptions; unknown names render as 'unknown', floats as integers."""
-
-    def __missing__(self, key: str) -> str:
-        return "unknown"
-
-
-def _display(inputs: Mapping[str, Any]) -> _Display:
-    out = _Display()
-    for key, value in inputs.items():
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        if isinstance(value, float) and value.is_integer():
-            out[key] = str(int(value))
-        elif isinstance(value, float):
-            out[key] = f"{value:.2f}"
-        else:
-            out[key] = str(value)
-    return out
-
-
 def _cap_points(hits: list[RuleHit]) -> list[RuleHit]:
     """Scale points down so that they sum to at most 100 (largest remainder), keeping the order."""
     total = sum(h.points for h in hits)
@@ -231,28 +269,32 @@ def _cap_points(hits: list[RuleHit]) -> list[RuleHit]:
     for i in order[:short]:
         floors[i] += 1
     return [
-        RuleHit(h.rule_id, h.description, p, h.action, h.source) for h, p in zip(hits, floors, strict=True)
+        RuleHit(h.rule_id, h.description, p, h.action, h.source, h.code)
+        for h, p in zip(hits, floors, strict=True)
     ]
 
 
-def evaluate_rules(inputs: Mapping[str, Any], table: RulesTable) -> RulesOutcome:
+def evaluate_rules(
+    inputs: Mapping[str, Any], table: RulesTable, skip_codes: Collection[str] = ()
+) -> RulesOutcome:
     """Evaluate every rule of ``table`` on one request's ``inputs``; pure and deterministic.
 
     ``inputs`` must carry ``promo_type`` for ``applies_to``. The score is the sum of matched points
     capped at 100 (hits are scaled so their points still add up to the score); ``hard_decision`` is
-    the strictest hard action of the matched rules.
+    the strictest hard action of the matched rules. Rules whose code is in ``skip_codes`` are left out
+    (a counterfactual asks what the answer would have been without them).
     """
     promo_type = inputs.get("promo_type")
-    display: _Display | None = None
     hits: list[RuleHit] = []
     hard: HardDecision | None = None
     for rule in table.rules:
+        if skip_codes and rule.code in skip_codes:
+            continue
         if not rule.applies(promo_type) or not _holds(rule.when, inputs):
             continue
-        if display is None:
-            display = _display(inputs)
         hits.append(
-            RuleHit(rule.id, rule.description.format_map(display), rule.points, rule.action, rule.source)
+            RuleHit(rule.id, text.render(rule.description, inputs), rule.points, rule.action, rule.source,
+                    rule.code)
         )
         if rule.action == "refuse":
             hard = "refuse"

@@ -27,6 +27,13 @@ Design choices worth knowing:
 * The request runs as typed steps over one :class:`RequestContext`. A valid capped code is reserved
   before the rules run, so the rules are evaluated once with the reservation's outcome as an input;
   an attempt they then refuse gives its hold back at once.
+* The score agrees with the decision: a hard rule that decides more strictly than the score lifts the
+  score to that decision's threshold for the promotion (never below its band), and the lift is the
+  deciding rule's points, listed first. Thresholds are normalised once per model
+  (:func:`scoring.policy.normalize_thresholds`) so every decision is reachable and inside its band.
+* The scoring log keeps what a decision record needs to re-score the answer later (the rules' inputs
+  besides the features, the policy, per-step timings); the counterfactual itself is computed on
+  demand (:mod:`scoring.decisions`), never on the request path.
 """
 
 from __future__ import annotations
@@ -46,7 +53,17 @@ import numpy as np
 from features.context import request_context
 from features.definitions import HARD_IDENTITIES, redemption_updates, velocity_queries, velocity_updates
 from scoring.artifact import LoadedModel
-from scoring.policy import DEFAULT_BANDS, DEFAULT_THRESHOLDS, band_for, decide, stricter
+from scoring.policy import (
+    DEFAULT_BANDS,
+    DEFAULT_THRESHOLDS,
+    band_for,
+    check_bands,
+    decide,
+    lift_to,
+    normalize_thresholds,
+    stricter,
+)
+from scoring.reasons import IDENTITY_WORDS, absent_identities
 from scoring.records import Records, ScoreRecord
 from scoring.rules import RulesOutcome, RulesTable, evaluate_rules
 from scoring.schemas import (
@@ -58,7 +75,7 @@ from scoring.schemas import (
     Signal,
     to_event_record,
 )
-from scoring.signals import merge_signals, model_signals, rule_signals
+from scoring.signals import compose_signals, model_signals, rule_signals
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -228,6 +245,7 @@ def rule_inputs(
     redeemed_before = features.get("code_stats__redeemed_total")
     spent_before = redeemed_before is not None and not math.isnan(redeemed_before) and redeemed_before >= 1
     blocked = reservation.status == "blocked"
+    cap_kind = reservation.blocked_kind if blocked and not promo.single_use else None
     inputs.update(
         promo_type=promo.type,
         promo_valid=promo.valid,
@@ -243,7 +261,14 @@ def rule_inputs(
         referral_shared_kind=shared_kind,
         single_use_spent=promo.single_use and (spent_before or blocked),
         customer_cap_reached=blocked and not promo.single_use,
-        cap_blocked_kind=reservation.blocked_kind if blocked and not promo.single_use else None,
+        cap_blocked_kind=cap_kind,
+        # Words for the descriptions (scoring.text): present only when there is something to say.
+        code_redeemed_before=redeemed_before if spent_before else None,
+        cap_blocked_identity=None if cap_kind is None else IDENTITY_WORDS.get(cap_kind, cap_kind),
+        referral_shared_identity=None if shared_kind is None else IDENTITY_WORDS.get(shared_kind),
+        shopper_segment=(
+            "a guest" if is_guest else f"in the {segment} segment" if segment else "in no segment"
+        ),
     )
     return inputs
 
@@ -310,6 +335,32 @@ class Verdict:
     decision: str
     signals: list[Signal]
     rules: RulesOutcome
+    #: The rule whose hard action is the decision (None when the score alone decided).
+    deciding_rule: str | None = None
+    #: Points the deciding rule added to lift the score into its decision's band.
+    lift: int = 0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Band bounds and normalised thresholds: what a score means, for one loaded model (or the rules)."""
+
+    bands: dict[str, int]
+    thresholds: dict[str, dict[str, int]]
+
+    def for_promotion(self, promo_type: str | None) -> dict[str, int]:
+        """The promotion type's own thresholds (the default table's when it has none)."""
+        return dict(self.thresholds.get(promo_type or "") or self.thresholds["default"])
+
+
+def build_policy(bands: Mapping[str, int], thresholds: Mapping[str, Mapping[str, int]]) -> Policy:
+    """Validate bands, normalise thresholds (:mod:`scoring.policy`); bad bands fall back to the defaults."""
+    try:
+        checked = check_bands(bands)
+    except ValueError as exc:
+        logger.error("%s: using the default bands %s", exc, DEFAULT_BANDS)
+        checked = dict(DEFAULT_BANDS)
+    return Policy(checked, normalize_thresholds(thresholds, checked))
 
 
 @dataclass
@@ -333,6 +384,16 @@ class RequestContext:
     model_failed: bool = False
     reservation: ReservationOutcome = NO_RESERVATION
     record_failed: bool = False
+    #: What the rules read besides ``features`` (flags, promotion policy, reservation): kept for re-scoring.
+    rule_inputs: dict[str, Any] = field(default_factory=dict)
+    #: Milliseconds per step, for the decision record.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, step: str, since: float) -> float:
+        """Record the milliseconds ``step`` took since ``since``; return now (``perf_counter``)."""
+        now = time.perf_counter()
+        self.timings[step] = round((now - since) * 1000.0, 3)
+        return now
 
     @property
     def degraded(self) -> bool:
@@ -370,6 +431,19 @@ class Scorer:
         self.records = records
         self.config = config or ScorerConfig()
         self.clock = clock
+        self._policy: tuple[LoadedModel | None, Policy] | None = None
+        self.policy()
+
+    def policy(self) -> Policy:
+        """Bands and thresholds of the loaded model (or the config without one), validated once per model."""
+        model, cached = self.model, self._policy
+        if cached is None or cached[0] is not model:
+            if model is not None:
+                built = build_policy(model.bands, model.thresholds)
+            else:
+                built = build_policy(self.config.bands, self.config.thresholds)
+            self._policy = cached = (model, built)
+        return cached[1]
 
     def close(self) -> None:
         """Close the online reader, the velocity store (its last WAL checkpoint) and the scoring log."""
@@ -454,13 +528,19 @@ class Scorer:
         if stored is not None:
             return ScoreResponse.model_validate(stored)
         ctx = self._resolve(req, digest, started)
+        mark = ctx.lap("resolve", started)
         self._read_all(ctx)
+        mark = ctx.lap("features", mark)
         ctx.model = self._model_answer(ctx)
+        mark = ctx.lap("model", mark)
         ctx.reservation = self._reserve(ctx)
+        mark = ctx.lap("reserve", mark)
         verdict = self._verdict(ctx)
         if verdict.decision == "refuse" and ctx.reservation.status == "reserved":
             self._give_back(ctx)
+        mark = ctx.lap("rules", mark)
         self._record_attempt(ctx)
+        ctx.lap("velocity_record", mark)
         return self._respond(ctx, verdict)
 
     def _resolve(self, req: ScoreRequest, digest: str, started: float) -> RequestContext:
@@ -490,7 +570,7 @@ class Scorer:
             model_score, contrib = model.explain(x)
             baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
             sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
-                                 model.signal_specs, self.config.top_k_signals)
+                                 top_k=self.config.top_k_signals, absent=absent_identities(ctx.keys))
         except Exception as exc:
             logger.warning("model prediction failed: %s", type(exc).__name__)
             ctx.model_failed = True
@@ -537,18 +617,29 @@ class Scorer:
         return ReservationOutcome("blocked", (res.blocked_by or "identity").split(":", 1)[0])
 
     def _verdict(self, ctx: RequestContext) -> Verdict:
-        """Step 7-8: the rules, evaluated once, and the decision from score, thresholds and hard rules."""
+        """Step 7-8: the rules, evaluated once, and the decision from score, thresholds and hard rules.
+
+        A hard rule stricter than the score decides, and lifts the score to its decision's threshold
+        (so refuse is always high, verify at least medium); the lift is the deciding rule's points.
+        """
         inputs = rule_inputs(ctx.req, ctx.keys, ctx.features, ctx.shared_kind, ctx.reservation)
+        ctx.rule_inputs = {k: v for k, v in inputs.items() if k not in ctx.features}
         outcome = evaluate_rules(inputs, self.rules)
-        thresholds = self.model.thresholds if self.model is not None else dict(self.config.thresholds)
+        thresholds = self.policy().thresholds
+        promo_type = ctx.req.promotion.type
         if ctx.model is not None:
-            score = ctx.model.score
-            signals = merge_signals(ctx.model.signals, rule_signals(outcome.signals, priced=False))
+            base, model_sigs = ctx.model.score, ctx.model.signals
         else:
-            score = outcome.score
-            signals = merge_signals(rule_signals(outcome.signals, priced=True))
-        decision = stricter(decide(score, ctx.req.promotion.type, thresholds), outcome.hard_decision)
-        return Verdict(score, decision, signals, outcome)
+            base, model_sigs = outcome.score, []
+        by_score = decide(base, promo_type, thresholds)
+        decision = stricter(by_score, outcome.hard_decision)
+        deciding = None
+        if outcome.hard_decision is not None and outcome.hard_decision == decision:
+            deciding = next(h.rule_id for h in outcome.signals if h.action == decision)
+        score = lift_to(base, decision, promo_type, thresholds) if decision != by_score else base
+        rules = rule_signals(outcome.signals, priced=ctx.model is None)
+        signals = compose_signals(model_sigs, rules, deciding, score - base)
+        return Verdict(score, decision, signals, outcome, deciding, score - base)
 
     def _give_back(self, ctx: RequestContext) -> None:
         """Release the hold of an attempt that is refused: a refusal never uses up a shopper's cap."""
@@ -572,7 +663,8 @@ class Scorer:
     def _respond(self, ctx: RequestContext, verdict: Verdict) -> ScoreResponse:
         """Steps 9-10: the response, logged (hashed) once; a concurrent twin's logged answer wins."""
         req, model = ctx.req, self.model
-        bands = model.bands if model is not None else dict(self.config.bands)
+        policy = self.policy()
+        bands = policy.bands
         answered_by_model = ctx.model is not None and model is not None
         response = ScoreResponse(
             request_id=req.request_id,
@@ -586,6 +678,14 @@ class Scorer:
             latency_ms=round((time.perf_counter() - ctx.started) * 1000.0, 3),
         )
         logged = response.model_dump(mode="json")
+        ctx.timings["total"] = response.latency_ms
+        context = {
+            "rule_inputs": ctx.rule_inputs,
+            "deciding_rule": verdict.deciding_rule,
+            "lift": verdict.lift,
+            "policy": {"promo_type": req.promotion.type, "bands": bands,
+                       "thresholds": policy.for_promotion(req.promotion.type)},
+        }
         stored_now = self.records.append(
             ScoreRecord(
                 request_id=req.request_id, body_sha256=ctx.digest, ts=datetime.fromtimestamp(ctx.now, UTC),
@@ -594,7 +694,7 @@ class Scorer:
                 degraded=response.degraded, model_version=response.model_version,
                 latency_ms=response.latency_ms, signals=logged["signals"],
                 features=ctx.inputs, keys=ctx.keys,
-                rules_version=self.rules.version, response=logged,
+                rules_version=self.rules.label, response=logged, timings=ctx.timings, context=context,
             )
         )
         return response if stored_now == logged else ScoreResponse.model_validate(stored_now)

@@ -8,9 +8,13 @@ The service starts and answers from the rules when there is no model yet, no Fea
 must get an answer either way.
 
 Request bodies are flat JSON validated by the pydantic models of :mod:`scoring.schemas` (unknown
-fields are a 400 naming the field). In front of the endpoints an ASGI guard checks the body size,
-the ``X-API-Key`` header (constant-time compare, on unless ``PROMOGUARD_REQUIRE_API_KEY=false``) and a
-per-key token bucket. The bucket lives in each worker process (one per CPU), so with N workers a
+fields are a 400 naming the field). In front of the endpoints an ASGI guard checks the body size and
+content type (JSON only: anything else is a 415 naming it), the ``X-API-Key`` header (constant-time
+compare, on unless ``PROMOGUARD_REQUIRE_API_KEY=false``) and a per-key token bucket; it also turns
+BentoML's validation answer into the contract's 400 (``{"error", "errors": [{field, message}]}``) and
+serves the completed OpenAPI document (:mod:`serving.openapi`) at ``/docs.json``. Analysts read one
+decision, frozen, with its counterfactual, at ``GET /decisions/{request_id}`` (:mod:`serving.decisions`).
+The rate-limit bucket lives in each worker process (one per CPU), so with N workers a
 key may reach up to N times ``PROMOGUARD_RATE_LIMIT_PER_MINUTE`` in all: a guard against a runaway
 client, not a billing meter. Logs carry request ids, decisions and error kinds, never raw identity.
 """
@@ -44,11 +48,18 @@ from scoring.schemas import (
     ScoreResponse,
 )
 from scoring.scorer import Scorer, ScorerConfig, VelocityLike
+from serving.decisions import MOUNT as DECISIONS_MOUNT
+from serving.decisions import decisions_app
 from serving.model_cache import fetch_champion
+from serving.openapi import complete_openapi
 
 logger = logging.getLogger("promoguard.serving")
 
 PROTECTED_PATHS = frozenset({"/score", "/outcome", "/feedback"})
+#: Paths under these prefixes are protected too.
+PROTECTED_PREFIXES = (DECISIONS_MOUNT + "/",)
+#: The one body type the endpoints accept.
+JSON_TYPE = "application/json"
 #: How long a request waits for the SQLite velocity store's write lock before failing open.
 SQLITE_BUSY_MS = 1000
 
@@ -95,28 +106,134 @@ def key_matches(presented: str, keys: tuple[str, ...]) -> str | None:
     return found
 
 
+def field_errors(detail: Any) -> list[dict[str, str]]:
+    """BentoML's validation detail (pydantic's error list) as the contract's ``[{field, message}]``."""
+    if not isinstance(detail, list):
+        return [{"field": "body", "message": str(detail)}]
+    out = []
+    for err in detail:
+        if not isinstance(err, dict):
+            out.append({"field": "body", "message": str(err)})
+            continue
+        loc = [str(part) for part in err.get("loc") or [] if part != "body"]
+        kind = str(err.get("type", ""))
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            message = "unknown field: not part of the contract"
+        elif kind == "missing":
+            message = "required"
+        out.append({"field": ".".join(loc) or "body", "message": message})
+    return out
+
+
+def contract_400(body: bytes) -> bytes:
+    """Rewrite a BentoML 400 body into ``{"error", "errors": [{field, message}]}``."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {"error": body.decode("utf-8", "replace")}
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]
+    if not isinstance(data, dict):
+        data = {"error": str(data)}
+    errors = field_errors(data["detail"]) if "detail" in data else [
+        {"field": "body", "message": str(data.get("error", "invalid request body"))}]
+    count = f"{len(errors)} field" + ("s" if len(errors) != 1 else "")
+    return json.dumps({"error": f"invalid request body: {count}", "errors": errors}).encode()
+
+
+def _media_type(headers: dict[str, str]) -> str | None:
+    value = headers.get("content-type")
+    return None if value is None else value.split(";", 1)[0].strip().lower()
+
+
 class RequestGuard:
-    """ASGI middleware: body size limit, API key and per-key rate limit on the scoring endpoints."""
+    """ASGI middleware: body size, content type, API key and per-key rate limit on the scoring endpoints.
+
+    It also gives the contract's shape to BentoML's 400 answers and serves the completed OpenAPI
+    document: both are rewrites of what BentoML sends, so the endpoints themselves stay BentoML's.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         """Read the guard's settings from the environment once, when the worker builds its app."""
         self.app = app
         self.settings = Settings.from_env()
         self.bucket = TokenBucket(self.settings.rate_limit_per_minute)
+        self._openapi: bytes | None = None
         if self.settings.require_api_key and not self.settings.api_keys:
             logger.error("PROMOGUARD_API_KEYS is empty while keys are required: every call gets 401")
 
     @staticmethod
     async def _reject(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         body = json.dumps({"error": message}).encode()
+        await RequestGuard._answer(send, status, body, headers)
+
+    @staticmethod
+    async def _answer(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
+    async def _openapi_document(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """BentoML's /docs.json, completed (once per worker) by :func:`serving.openapi.complete_openapi`."""
+        if self._openapi is None:
+            status, body = await self._capture(scope, receive)
+            if status != 200:
+                await self._answer(send, status, body)
+                return
+            doc = complete_openapi(json.loads(body), self.settings.max_body_bytes)
+            self._openapi = json.dumps(doc).encode()
+        await self._answer(send, 200, self._openapi)
+
+    async def _capture(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        status = 500
+        chunks: list[bytes] = []
+
+        async def keep(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        await self.app(scope, receive, keep)
+        return status, b"".join(chunks)
+
+    async def _with_contract_400(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the request on; a 400 from BentoML is rewritten to the contract's field list."""
+        held: Message | None = None
+        chunks: list[bytes] = []
+
+        async def relay(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                held = message
+                return
+            if held is None:
+                await send(message)
+                return
+            if message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    body = contract_400(b"".join(chunks))
+                    headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await send({**held, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, relay)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check a protected request, then hand it on."""
-        if scope.get("type") != "http" or scope.get("path") not in PROTECTED_PATHS:
+        path = scope.get("path") or ""
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        if path == "/docs.json" and scope.get("method") == "GET":
+            await self._openapi_document(scope, receive, send)
+            return
+        if path not in PROTECTED_PATHS and not path.startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -136,9 +253,18 @@ class RequestGuard:
             if int(length) > self.settings.max_body_bytes:
                 await self._reject(send, 413, f"body larger than {self.settings.max_body_bytes} bytes")
                 return
+            media = _media_type(headers)
+            if media is not None and media != JSON_TYPE:
+                # BentoML would try to parse a form or multipart body (and answer 500 on some).
+                await self._reject(send, 415, f"unsupported content type {media}: send {JSON_TYPE}",
+                                   {"accept": JSON_TYPE})
+                return
         wait = self.bucket.take(caller)
         if wait > 0:
             await self._reject(send, 429, "rate limit exceeded", {"retry-after": str(max(1, round(wait)))})
+            return
+        if scope.get("method") == "POST":
+            await self._with_contract_400(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -328,4 +454,10 @@ class PromoGuard:
         self.scorer.close()
 
 
+def _worker_scorer() -> Scorer:
+    scorer: Scorer = bentoml.get_current_service().scorer
+    return scorer
+
+
 PromoGuard.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]
+PromoGuard.mount_asgi_app(decisions_app(_worker_scorer), path=DECISIONS_MOUNT)  # type: ignore[attr-defined]

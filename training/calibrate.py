@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
 from scoring.calibration import apply_calibrator, logit, to_score
-from scoring.policy import DEFAULT_BANDS, NEVER
+from scoring.policy import DEFAULT_BANDS, MAX_THRESHOLD, MIN_GAP, NEVER, normalize_thresholds
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,14 @@ def _best_thresholds(
     discount: np.ndarray,
     costs: CostModel,
     watch: int,
+    high: int,
     weights: np.ndarray | None = None,
 ) -> tuple[int, int, float]:
-    """Verify/refuse thresholds minimising realised (weighted) cost per attempt on the given rows."""
+    """Verify/refuse thresholds minimising realised (weighted) cost per attempt on the given rows.
+
+    Only tables that keep every decision reachable and agreeing with its band are searched: refuse in
+    the high band and at least :data:`scoring.policy.MIN_GAP` above verify.
+    """
     w = np.ones(len(y), dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
     legit = (1 - y) * w
     y = y * w
@@ -104,12 +109,12 @@ def _best_thresholds(
     for name, c in (("allow", allow_cost), ("verify", verify_cost), ("refuse", refuse_cost)):
         per_score = np.bincount(s, weights=c, minlength=101)
         cum[name] = np.r_[0.0, np.cumsum(per_score)]
-    t = np.arange(watch, NEVER + 1)
+    t = np.arange(watch, MAX_THRESHOLD + 1)
     v, r = np.meshgrid(t, t, indexing="ij")
     total = (
         cum["allow"][v] + (cum["verify"][r] - cum["verify"][v]) + (cum["refuse"][NEVER] - cum["refuse"][r])
     )
-    total = np.where(r >= v, total, np.inf)
+    total = np.where((r >= v + MIN_GAP) & (r >= high), total, np.inf)
     i, j = np.unravel_index(int(np.argmin(total)), total.shape)
     return int(t[i]), int(t[j]), float(total[i, j] / max(len(s), 1))
 
@@ -129,22 +134,23 @@ def choose_thresholds(
     (see :func:`prior_weights`) weigh each row's cost.
     """
     c = costs or CostModel()
-    watch = int((bands or DEFAULT_BANDS)["medium"])
+    b = bands or DEFAULT_BANDS
+    watch, high = int(b["medium"]), int(b["high"])
     y = frame["label"].to_numpy(np.int64)
     d = frame["discount_value"].to_numpy(np.float64)
     s = np.asarray(scores, dtype=np.int64)
     w = np.ones(len(y), dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
-    v, r, _ = _best_thresholds(s, y, d, c, watch, w)
-    out = {"default": {"watch": watch, "verify": v, "refuse": r}}
+    v, r, _ = _best_thresholds(s, y, d, c, watch, high, w)
+    out = {"default": {"watch": min(watch, v - MIN_GAP), "verify": v, "refuse": r}}
     types = frame["promo_type"].astype(str).to_numpy()
     for ptype in sorted(set(types)):
         m = types == ptype
         if m.sum() < c.min_rows or y[m].sum() < c.min_positives:
             out[ptype] = dict(out["default"])
             continue
-        v, r, _ = _best_thresholds(s[m], y[m], d[m], c, watch, w[m])
-        out[ptype] = {"watch": watch, "verify": v, "refuse": r}
-    return out
+        v, r, _ = _best_thresholds(s[m], y[m], d[m], c, watch, high, w[m])
+        out[ptype] = {"watch": min(watch, v - MIN_GAP), "verify": v, "refuse": r}
+    return normalize_thresholds(out, b)
 
 
 def fit_calibration(

@@ -2,8 +2,12 @@
 
 Contributions come from LightGBM's own ``pred_contrib`` (exact TreeSHAP, in raw-margin units), the
 same call serving makes per request, so what the fraud team sees here is what checkout sees.
-``signal_catalog`` turns every feature into a named signal with a description template; it is
-generated from the feature catalog so a new feature can never ship without an explanation.
+``signal_catalog`` turns every feature into a named signal with a description template and its reason
+code; it is generated from the feature catalog so a new feature can never ship without an explanation.
+The per-feature names are what drift reports and notebooks show for a column. The service no longer
+renders these templates: it groups features into reason concepts and describes them in human units from
+the feature names alone (:mod:`scoring.reasons`), so artifacts written before codes existed read the
+same; the ``code`` kept here is the concept a feature belongs to, for readers of the manifest.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pandas as pd
 
 from features import definitions
 from scoring.artifact import tree_shap
+from scoring.reasons import OTHER_CODE, feature_reason
 from training.dataset import FLAG_COLUMNS
 
 _ENTITY_WORDS = {
@@ -160,8 +165,13 @@ def _feature_signal(view_name: str, feat: definitions.Feature) -> tuple[str, str
     return f"{prefix}_{label}{suffix or '_total'}", f"{{value}} {what} from {subject} {w}"
 
 
+def _code(name: str) -> str:
+    reason = feature_reason(name)
+    return OTHER_CODE if reason is None else reason.code
+
+
 def signal_catalog(feature_names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Signal name and description template (with ``{value}``) for every model feature.
+    """Signal name, description template (with ``{value}``) and reason code for every model feature.
 
     Raises KeyError for a feature the catalog does not know, so the manifest is never incomplete.
     """
@@ -169,11 +179,11 @@ def signal_catalog(feature_names: Sequence[str]) -> dict[str, dict[str, str]]:
     for name in feature_names:
         if name in FLAG_COLUMNS or name in _FLAG_TEXT:
             sig, text = _FLAG_TEXT[name]
-            out[name] = {"name": sig, "description": f"{text} ({name}={{value}})"}
+            out[name] = {"name": sig, "description": f"{text} ({name}={{value}})", "code": _code(name)}
             continue
         if name in _COUNT_TEXT:
             sig, text = _COUNT_TEXT[name]
-            out[name] = {"name": sig, "description": text}
+            out[name] = {"name": sig, "description": text, "code": _code(name)}
             continue
         view_name, _, feat_name = name.partition("__")
         view = definitions.view(view_name)
@@ -181,5 +191,5 @@ def signal_catalog(feature_names: Sequence[str]) -> dict[str, dict[str, str]]:
         if feat is None:
             raise KeyError(f"feature {name!r} is not in view {view_name!r}")
         sig, text = _feature_signal(view_name, feat)
-        out[name] = {"name": sig, "description": text}
+        out[name] = {"name": sig, "description": text, "code": _code(name)}
     return out

@@ -53,8 +53,8 @@ def test_replayed_answers_equal_the_service_answers_over_http(world: Settings, t
             answer = client.post("/score", json=body).json()
             served[str(body["request_id"])] = (answer["score"], answer["decision"], answer["degraded"])
             honoured = outcome == "redeemed" and answer["decision"] != "refuse"
-            client.post("/outcome", json={"request_id": body["request_id"],
-                                          "outcome": "redeemed" if honoured else "abandoned"}).raise_for_status()
+            reported = {"request_id": body["request_id"], "outcome": "redeemed" if honoured else "abandoned"}
+            client.post("/outcome", json=reported).raise_for_status()
 
     online = OnlineFeatures(StoreConfig.from_settings(settings))
     try:
@@ -63,9 +63,10 @@ def test_replayed_answers_equal_the_service_answers_over_http(world: Settings, t
     finally:
         online.close()
     assert not any(degraded for _, _, degraded in served.values()), "the service fell back to the rules"
+    answers = zip(replayed["request_id"], replayed["score"], replayed["decision"], strict=True)
     mismatches = [
         (rid, served[rid][:2], (score, decision))
-        for rid, score, decision in zip(replayed["request_id"], replayed["score"], replayed["decision"], strict=True)
+        for rid, score, decision in answers
         if served[rid][:2] != (score, decision)
     ]
     assert not mismatches, mismatches[:10]

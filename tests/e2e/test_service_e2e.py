@@ -280,11 +280,13 @@ def assert_contract(answer: Mapping[str, Any], request_id: str, *, model_path: b
     signals = answer["signals"]
     assert isinstance(signals, list)
     for signal in signals:
-        assert set(signal) == {"name", "description", "points", "source"}, signal
+        assert set(signal) == {"code", "name", "description", "points", "source"}, signal
         assert signal["name"] and signal["description"] and isinstance(signal["points"], int)
         assert signal["source"] in {"model", "rule", "identity"}
     points = [s["points"] for s in signals]
-    assert points == sorted(points, reverse=True), f"signals not sorted by points: {points}"
+    # The deciding rule comes first; the rest follow by points.
+    ranked = points[1:] if signals and signals[0]["source"] != "model" else points
+    assert ranked == sorted(ranked, reverse=True), f"signals not sorted by points: {points}"
     assert sum(points) == score, f"signal points {points} do not add up to the score {score}"
     assert isinstance(answer["latency_ms"], int | float) and answer["latency_ms"] >= 0
     assert answer["fallback"] in (None, "rules")

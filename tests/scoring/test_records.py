@@ -95,3 +95,42 @@ def test_body_hash_ignores_key_order_and_whitespace() -> None:
     b = ScoreRequest.model_validate_json('{"promotion":{"type":"welcome","code":"X"},"request_id":"r"}')
     c = ScoreRequest.model_validate_json('{"request_id": "r", "promotion": {"code": "Y", "type": "welcome"}}')
     assert body_sha256(a) == body_sha256(b) != body_sha256(c)
+
+
+def test_a_log_written_by_an_earlier_release_gains_the_decision_record_columns(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute(
+        "CREATE TABLE scores (request_id TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, ts TEXT NOT NULL, "
+        "promo_code TEXT NOT NULL, promo_type TEXT NOT NULL, score INTEGER NOT NULL, band TEXT NOT NULL, "
+        "decision TEXT NOT NULL, fallback TEXT, degraded INTEGER NOT NULL, model_version TEXT, "
+        "latency_ms REAL NOT NULL, signals_json TEXT NOT NULL, features_json TEXT NOT NULL, "
+        "keys_json TEXT NOT NULL, rules_version TEXT, response_json TEXT NOT NULL)"
+    )
+    conn.execute("INSERT INTO scores VALUES ('old', 'h', '2026-01-01T00:00:00+00:00', 'C', 'welcome', 1, "
+                 "'clean', 'allow', NULL, 0, '1', 1.0, '[]', '{}', '{}', 'v', '{}')")
+    conn.commit()
+    conn.close()
+    records = Records(tmp_path / "old.db")
+    rec = _record("new", "h2")
+    rec = ScoreRecord(*[getattr(rec, f) for f in rec.__dataclass_fields__ if f not in ("timings", "context")],
+                      timings={"total": 1.5}, context={"deciding_rule": None, "lift": float("nan")})
+    records.append(rec)
+    row = records.scored("new")
+    assert row is not None and row["timings_json"] == '{"total":1.5}'
+    assert row["context_json"] == '{"deciding_rule":null,"lift":null}'
+    old = records.scored("old")
+    assert old is not None and old["context_json"] is None
+    assert Records(tmp_path / "old.db").scored("new") is not None  # opening again adds nothing twice
+
+
+def test_history_lists_outcomes_and_labels_of_one_attempt_oldest_first(tmp_path: Path) -> None:
+    records = Records(tmp_path / "s.db")
+    when = datetime(2026, 11, 21, tzinfo=UTC)
+    records.add_outcome("r1", "abandoned", "released", when)
+    records.add_outcome("r2", "redeemed", "confirmed", when)
+    records.add_feedback("r1", "abuse", "manual_review", when)
+    records.add_feedback("r1", "legit", "customer_support", when)
+    outcomes, feedback = records.history("r1")
+    assert [o["outcome"] for o in outcomes] == ["abandoned"]
+    assert [(f["label"], f["source"]) for f in feedback] == [
+        ("abuse", "manual_review"), ("legit", "customer_support")]

@@ -27,16 +27,22 @@ def test_clean_request_has_no_hard_decision_and_zero_score() -> None:
 
 
 def test_spent_single_use_code_is_refused() -> None:
-    outcome = _run(promo_single_use=True, single_use_spent=True, code_stats__redeemed_total=3.0)
+    outcome = _run(promo_single_use=True, single_use_spent=True, code_redeemed_before=3.0)
     assert outcome.hard_decision == "refuse"
     hit = next(s for s in outcome.signals if s.rule_id == "single_use_code_spent")
-    assert "3 time(s)" in hit.description
+    assert hit.code == "SINGLE_USE_SPENT"
+    assert hit.description == (
+        "this single-use code was already claimed by an earlier checkout (redeemed 3 times)")
+    # Claimed by a held reservation, not yet redeemed: the count is left out, never "0 times" or "unknown".
+    held = _run(promo_single_use=True, single_use_spent=True)
+    assert held.signals[0].description == "this single-use code was already claimed by an earlier checkout"
 
 
 def test_per_customer_cap_reached_is_refused_naming_the_identity() -> None:
-    outcome = _run(customer_cap_reached=True, promo_per_customer_limit=1, cap_blocked_kind="device")
+    outcome = _run(customer_cap_reached=True, promo_per_customer_limit=1, cap_blocked_identity="home network")
     assert outcome.hard_decision == "refuse"
-    assert any("device" in s.description for s in outcome.signals)
+    assert outcome.signals[0].description == (
+        "per-customer limit of 1 use already reached on this home network")
 
 
 def test_missing_device_asks_for_verification() -> None:
@@ -50,18 +56,19 @@ def test_anonymous_network_on_limited_promotion_is_verified(flag: str) -> None:
 
 
 def test_referral_sharing_a_hard_identity_with_the_referrer_is_refused_only_for_referrals() -> None:
-    shared = {"referral_shares_hard_identity": True, "referral_shared_kind": "household"}
+    shared = {"referral_shares_hard_identity": True, "referral_shared_identity": "shipping household"}
     outcome = _run(promo_type="referral", **shared)
     assert outcome.hard_decision == "refuse"
-    assert any("household" in s.description for s in outcome.signals)
+    assert any("(same shipping household)" in s.description for s in outcome.signals)
     assert _run(promo_type="sitewide", **shared).hard_decision is None
 
 
 def test_segment_restricted_code_outside_its_segment_is_refused() -> None:
     outcome = _run(promo_type="wholesale", segment_mismatch=True, promo_eligible_segment="wholesale",
-                   account_segment="guest")
+                   shopper_segment="a guest")
     assert outcome.hard_decision == "refuse"
-    assert any("wholesale" in s.description and "guest" in s.description for s in outcome.signals)
+    assert outcome.signals[0].description == (
+        "code reserved for another segment (wholesale); the shopper is a guest")
 
 
 def test_refuse_wins_over_verify() -> None:
@@ -71,7 +78,8 @@ def test_refuse_wins_over_verify() -> None:
 def test_soft_rules_describe_actual_values_and_score_is_capped_at_100() -> None:
     outcome = _run(device_stats__distinct_accounts_24h=4.0)
     assert outcome.score == 25
-    assert outcome.signals[0].description == "device used by 4 accounts in the last 24 h"
+    assert outcome.signals[0].description == "device used by 4 accounts in the last 24 hours"
+    assert outcome.signals[0].code == "DEVICE_SHARED_ACCOUNTS"
     many = _run(device_missing=True, segment_mismatch=True, customer_cap_reached=True,
                 email_disposable=True, device_stats__distinct_accounts_24h=9.0)
     assert many.score == 100 and sum(s.points for s in many.signals) == 100
@@ -95,6 +103,21 @@ def test_malformed_tables_are_rejected_naming_the_rule() -> None:
         parse_rules({"version": "1", "rules": [{**base, "action": "ban"}]})
     with pytest.raises(RulesError, match="version"):
         parse_rules({"rules": [base]})
+    with pytest.raises(RulesError, match=r"rule r\.code: 'MADE_UP' is not a reason code"):
+        parse_rules({"version": "1", "rules": [{**base, "code": "MADE_UP"}]})
+    with pytest.raises(RulesError, match=r"\{y\} is not an input of the rule's condition"):
+        parse_rules({"version": "1", "rules": [{**base, "code": "CUSTOM_RULE", "description": "{x} {y}"}]})
+    with pytest.raises(RulesError, match="unknown format spec"):
+        parse_rules({"version": "1", "rules": [{**base, "code": "CUSTOM_RULE", "description": "{x:weeks}"}]})
+
+
+def test_the_rules_version_tells_apart_an_edit_that_kept_the_version_field() -> None:
+    base = {"id": "r", "code": "CUSTOM_RULE", "when": {"eq": ["x", True]}, "points": 5}
+    one = parse_rules({"version": "1", "rules": [base]})
+    edited = parse_rules({"version": "1", "rules": [{**base, "points": 6}]})
+    assert one.version == edited.version == "1"
+    assert one.label != edited.label and one.label.startswith("1+")
+    assert default_rules().label.startswith(default_rules().version + "+")
 
 
 def test_frame_scores_match_row_by_row_evaluation() -> None:

@@ -63,6 +63,34 @@ def test_timestamps_are_parsed_as_iso8601_and_made_utc() -> None:
     assert req.timestamp.hour == 8
 
 
+def test_a_timestamp_without_a_utc_form_is_a_validation_error_naming_it() -> None:
+    with pytest.raises(ValidationError) as info:
+        ScoreRequest.model_validate({"request_id": "r", "timestamp": "0001-01-01T00:03:03+01:00",
+                                     "promotion": {"code": "X"}})
+    assert "timestamp" in _error_locations(info.value)
+
+
+@pytest.mark.parametrize(("field", "body"), [
+    ("ip", {"ip": "203.0.113"}),
+    ("device.local_ip", {"device": {"local_ip": "router.local"}}),
+    ("cart.currency", {"cart": {"currency": "US$"}}),
+])
+def test_malformed_caller_fields_are_rejected_naming_them(field: str, body: dict[str, object]) -> None:
+    with pytest.raises(ValidationError) as info:
+        ScoreRequest.model_validate({"request_id": "r", "promotion": {"code": "X"}, **body})
+    assert _error_locations(info.value) == [field]
+
+
+def test_well_formed_addresses_and_currencies_are_accepted_and_shopper_typed_fields_never_rejected() -> None:
+    req = ScoreRequest.model_validate({
+        "request_id": "r", "promotion": {"code": "X"}, "ip": "2001:db8::1",
+        "device": {"local_ip": "192.168.1.4"}, "cart": {"currency": "eur"},
+        "email": "not an email", "phone": "12",
+    })
+    assert req.cart is not None and req.cart.currency == "EUR"
+    assert req.email == "not an email" and req.phone == "12"
+
+
 def test_outcome_and_feedback_accept_only_contract_values() -> None:
     assert OutcomeRequest.model_validate({"request_id": "r", "outcome": "redeemed"}).outcome == "redeemed"
     with pytest.raises(ValidationError):

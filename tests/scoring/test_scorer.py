@@ -58,7 +58,8 @@ def test_model_path_answers_with_signals_that_add_up(tmp_path: Path, model: Load
     assert resp.fallback is None and resp.degraded is False and resp.model_version == "7"
     assert sum(s.points for s in resp.signals) == resp.score
     assert [s.points for s in resp.signals] == sorted((s.points for s in resp.signals), reverse=True)
-    assert any(s.description == "device used by 6 accounts in the last 24 h" for s in resp.signals)
+    assert any(s.description == "device used by 6 accounts in the last 24 hours"
+               and s.code == "DEVICE_SHARED_ACCOUNTS" for s in resp.signals)
     assert resp.latency_ms > 0
 
 
@@ -119,9 +120,34 @@ def test_hard_rules_override_a_low_model_score(tmp_path: Path, model: LoadedMode
     quiet = {k: 0.0 for k in SHARED_DEVICE}
     req = _req(promotion={"code": "WHOLE", "type": "wholesale", "eligible_segment": "wholesale"},
                account={"account_id": "a", "segment": "retail"})
-    resp = _scorer(tmp_path, online=FakeOnline(quiet), model=model).score(req)
+    scorer = _scorer(tmp_path, online=FakeOnline(quiet), model=model)
+    resp = scorer.score(req)
     assert resp.fallback is None and resp.decision == "refuse"
-    assert any(s.name == "segment_not_eligible" and s.points == 0 for s in resp.signals)
+    # The rule decided: it comes first, and its points lift the model's low score to the refuse threshold.
+    refuse_at = scorer.policy().for_promotion("wholesale")["refuse"]
+    assert resp.score == refuse_at and resp.band == "high"
+    first = resp.signals[0]
+    assert first.name == "segment_not_eligible" and first.code == "SEGMENT_INELIGIBLE" and first.points > 0
+    assert sum(s.points for s in resp.signals) == resp.score
+
+
+def test_a_spent_single_use_code_is_refused_in_the_high_band_not_at_a_low_score(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    promo = {"code": "ONCE-9", "type": "sitewide", "single_use": True}
+    scorer.score(_req("a", promotion=promo))
+    resp = scorer.score(_req("b", promotion=promo, device={"device_id": "dev-other99"}))
+    assert resp.decision == "refuse" and resp.band == "high"
+    assert resp.signals[0].code == "SINGLE_USE_SPENT"
+    assert resp.signals[0].description == "this single-use code was already claimed by an earlier checkout"
+
+
+def test_a_missing_device_is_verified_at_least_in_the_medium_band(tmp_path: Path, model: LoadedModel) -> None:
+    quiet = {k: 0.0 for k in SHARED_DEVICE}
+    scorer = _scorer(tmp_path, online=FakeOnline(quiet), model=model)
+    resp = scorer.score(_req("nodevice", device=None))
+    assert resp.decision == "verify" and resp.band in ("medium", "high")
+    assert resp.signals[0].name == "device_missing" and resp.signals[0].code == "DEVICE_MISSING"
+    assert resp.score == scorer.policy().for_promotion("welcome")["verify"]
 
 
 def test_retry_returns_the_first_answer_and_a_changed_body_conflicts(tmp_path: Path) -> None:

@@ -1,0 +1,349 @@
+"""The OpenAPI document a checkout engineer reads: BentoML's generated one, completed.
+
+BentoML generates ``/docs.json`` from the pydantic models (field descriptions, the reason-code enum),
+but titles it with the service name, versions it "None", declares no security scheme, describes
+errors with its own generic shapes and cannot list the answers the guard in front of the endpoints
+gives. :func:`complete_openapi` rewrites that document once per worker: title and the package
+version, a description, the ``X-API-Key`` scheme on every protected operation, the true error shapes
+(400 as a list of ``{field, message}``, 401, 404, 409, 411, 413, 415, 429), a request and a response
+example, and ``GET /decisions/{request_id}``, which is served beside the BentoML endpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import metadata
+from typing import Any
+
+from pydantic import BaseModel
+
+from scoring.schemas import DecisionRecord, ErrorResponse
+
+TITLE = "promoguard scoring API"
+SECURITY_SCHEME = "ApiKeyAuth"
+_REF = "#/components/schemas/{model}"
+
+DESCRIPTION = """\
+Scores a promo-code attempt at checkout: a 0-100 risk **score**, its **band**, a **decision**
+(allow, watch, verify, refuse the discount) and the **signals** behind it, each with a stable
+reason **code** (the enum of `signals[].code`; the README's reason-code table says what each means).
+
+The score agrees with the decision: refuse is always in the high band, verify at least medium, allow
+below the promotion's verify threshold. The deciding rule comes first in `signals`, then the largest
+contributions; the points add up to the score.
+
+**Authentication**: send one of the service's keys in the `X-API-Key` header on `/score`, `/outcome`,
+`/feedback` and `/decisions/{request_id}` (health and metrics are open).
+
+**Bodies** are flat JSON (`Content-Type: application/json`; anything else is a 415). Unknown fields
+are a 400 naming the field. A malformed `ip`, `device.local_ip` or `cart.currency` is a 400; a
+malformed `email` or `phone` is accepted and raises the `EMAIL_INVALID` / `PHONE_INVALID` signal.
+
+**Errors** are `{"error": "..."}`; a 400 adds `errors`, one `{field, message}` per invalid field.
+Checkout always gets a decision: a failing dependency gives a degraded answer from the rules, never
+a 5xx.
+"""
+
+#: The README's example request (the demo's welcome-code attempt).
+REQUEST_EXAMPLE: dict[str, Any] = {
+    "request_id": "try-me-1",
+    "promotion": {"code": "WELCOME10", "type": "welcome", "discount_value": 15.0, "per_customer_limit": 1},
+    "account": {"is_guest": True},
+    "email": "Jane.Doe+promo@gmail.com",
+    "phone": "+1 415-555-0100",
+    "shipping_address": {
+        "line1": "123 Main St Apt 4B",
+        "city": "San Francisco",
+        "region": "CA",
+        "postal_code": "94110",
+        "country": "US",
+    },
+    "payment": {"fingerprint": "fp_demo_0001", "bin": "424242", "last4": "4242"},
+    "device": {"device_id": "3f2b8c1e-9a4d-4e7b-8c2a-5d6e7f8a9b0c", "user_agent": "Mozilla/5.0"},
+    "ip": "73.162.10.21",
+    "cart": {"total": 64.0, "currency": "USD"},
+}
+
+#: The README's example answer, from a real call (regenerated with the README's "The scoring API").
+RESPONSE_EXAMPLE: dict[str, Any] = json.loads(
+    # --- generated: begin
+    """{
+     "request_id": "try-me-1",
+     "score": 60,
+     "band": "high",
+     "decision": "refuse",
+     "signals": [
+      {
+       "name": "customer_cap_reached",
+       "code": "CUSTOMER_CAP_REACHED",
+       "description": "per-customer limit of 1 use already reached on this device",
+       "points": 43,
+       "source": "rule"
+      },
+      {
+       "name": "code_new_account_share",
+       "code": "CODE_NEW_ACCOUNT_SHARE",
+       "description": "100% of this code's attempts in the last 7 days came from new accounts or guests",
+       "points": 12,
+       "source": "model"
+      },
+      {
+       "name": "code_age",
+       "code": "CODE_AGE",
+       "description": "code first used 90 days ago",
+       "points": 9,
+       "source": "model"
+      },
+      {
+       "name": "account_attempts",
+       "code": "ACCOUNT_ATTEMPTS",
+       "description": "guest checkout, so no account history",
+       "points": 3,
+       "source": "model"
+      },
+      {
+       "name": "code_attempts",
+       "code": "CODE_ATTEMPTS",
+       "description": "1 attempt with this code in the last 24 hours",
+       "points": 2,
+       "source": "model"
+      },
+      {
+       "name": "baseline",
+       "code": "BASELINE",
+       "description": "typical risk of an attempt before any signal",
+       "points": 0,
+       "source": "model"
+      },
+      {
+       "name": "email_alias",
+       "code": "EMAIL_ALIAS",
+       "description": "email uses an alias (plus tag or dots) of another mailbox",
+       "points": 0,
+       "source": "identity"
+      },
+      {
+       "name": "code_redeemed",
+       "code": "CODE_REDEEMED",
+       "description": "this code was already redeemed 7668 times",
+       "points": -3,
+       "source": "model"
+      },
+      {
+       "name": "household_promo_type_reuse",
+       "code": "HOUSEHOLD_PROMO_TYPE_REUSE",
+       "description": "no attempts at this kind of promotion from this shipping household so far",
+       "points": -6,
+       "source": "model"
+      }
+     ],
+     "model_version": "promo-abuse-20261202081805-61t",
+     "degraded": false,
+     "fallback": null,
+     "latency_ms": 6.88
+    }"""
+    # --- generated: end
+)
+
+
+def _error(
+    description: str, example: str, *, fields: bool = False, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": example}
+    if fields:
+        body["errors"] = [
+            {"field": "promotion.code", "message": "required"},
+            {"field": "ip", "message": "not an IP address (IPv4 or IPv6 expected)"},
+        ]
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}, "example": body}
+        },
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _common_errors() -> dict[str, Any]:
+    return {
+        "400": _error(
+            "The body is not valid: one entry per invalid field.",
+            "invalid request body: 2 fields",
+            fields=True,
+        ),
+        "401": _error(
+            "X-API-Key is missing or not one of the service's keys.", "missing or invalid X-API-Key header"
+        ),
+        "411": _error("No Content-Length header.", "a Content-Length header is required"),
+        "413": _error("The body is larger than the service accepts.", "body larger than 65536 bytes"),
+        "415": _error(
+            "The body is not JSON.", "unsupported content type multipart/form-data: send application/json"
+        ),
+        "429": _error(
+            "This key sent more requests a minute than the service allows.",
+            "rate limit exceeded",
+            headers={"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+        ),
+    }
+
+
+def to_openapi30(schema: Any) -> Any:
+    """A pydantic JSON schema (2020-12 flavour) in OpenAPI 3.0's dialect: nullable, no const, no $defs."""
+    if isinstance(schema, list):
+        return [to_openapi30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: to_openapi30(v) for k, v in schema.items() if k not in ("$defs", "examples")}
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    for key in ("anyOf", "oneOf"):
+        branches = out.get(key)
+        if isinstance(branches, list) and any(b == {"type": "null"} for b in branches):
+            rest = [b for b in branches if b != {"type": "null"}]
+            out.pop(key)
+            if len(rest) == 1:
+                only = rest[0]
+                if "$ref" in only:
+                    out["allOf"] = [only]
+                else:
+                    out.update({k: v for k, v in only.items() if k not in out})
+            else:
+                out[key] = rest
+            out["nullable"] = True
+    return out
+
+
+def _components(*models: type[BaseModel]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF)
+        for name, sub in schema.get("$defs", {}).items():
+            found[name] = to_openapi30(sub)
+        found[model.__name__] = to_openapi30(schema)
+    return found
+
+
+def _decisions_path() -> dict[str, Any]:
+    return {
+        "get": {
+            "tags": ["Service APIs"],
+            "summary": "The decision record of one scored request (analysts only)",
+            "description": (
+                "The answer exactly as it was given (score, band, decision, signals), the model and rules "
+                "versions, every model input (hashed identity keys only, never raw identity), timings, "
+                "outcomes and labels received since, and for verify and refuse answers a counterfactual: "
+                "the smallest set of signals (found greedily over the top signals, re-scoring the model and "
+                "rules on the stored inputs) whose absence would have changed the decision. Computed on "
+                "demand, off the checkout path; never part of the /score answer."
+            ),
+            "operationId": "promoguard__decision",
+            "security": [{SECURITY_SCHEME: []}],
+            "parameters": [
+                {
+                    "name": "request_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "The request_id the attempt was scored under.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "The decision record.",
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF.format(model="DecisionRecord")}}
+                    },
+                },
+                "401": _common_errors()["401"],
+                "404": _error(
+                    "No attempt was scored under this request_id.", "request_id 'x' was never scored"
+                ),
+                "429": _common_errors()["429"],
+            },
+        }
+    }
+
+
+_SUMMARIES = {
+    "/score": "Score one promo-code attempt",
+    "/outcome": "Report what checkout did with a scored attempt",
+    "/feedback": "Label a scored attempt (abuse or legit) for retraining",
+}
+
+
+def package_version() -> str:
+    """The installed promoguard distribution's version."""
+    try:
+        return metadata.version("promoguard")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def complete_openapi(doc: dict[str, Any], max_body_bytes: int | None = None) -> dict[str, Any]:
+    """BentoML's generated document with title, version, security, true errors, examples and /decisions."""
+    out = copy.deepcopy(doc)
+    out["info"] = {"title": TITLE, "version": package_version(), "description": DESCRIPTION}
+    components = out.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name, schema in _components(ErrorResponse, DecisionRecord).items():
+        schemas.setdefault(name, schema)
+    components["securitySchemes"] = {
+        SECURITY_SCHEME: {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "One of the keys in PROMOGUARD_API_KEYS.",
+        }
+    }
+    paths = out.setdefault("paths", {})
+    errors = _common_errors()
+    if max_body_bytes is not None:
+        errors["413"]["content"]["application/json"]["example"] = {
+            "error": f"body larger than {max_body_bytes} bytes"
+        }
+    for path, summary in _SUMMARIES.items():
+        op = paths.get(path, {}).get("post")
+        if op is None:
+            continue
+        op["summary"] = summary
+        op["security"] = [{SECURITY_SCHEME: []}]
+        responses = {k: v for k, v in op.get("responses", {}).items() if str(k) == "200"}
+        responses.update(errors)
+        if path == "/score":
+            responses["409"] = _error(
+                "The request_id was already scored with a different body.",
+                "request_id 'try-me-1' was already scored with a different body; use a "
+                "new request_id for a new attempt",
+            )
+        else:
+            responses["404"] = _error(
+                "No attempt was scored under this request_id.", "request_id 'x' was never scored"
+            )
+        if path == "/outcome":
+            responses["503"] = _error(
+                "The reservation store is down; retry later.",
+                "the reservation store is unavailable; retry the outcome later",
+            )
+        responses["500"] = _error(
+            "A bug in the service (dependency failures never give a 5xx).",
+            "An unexpected error has occurred, please check the server log.",
+        )
+        op["responses"] = responses
+        body = op.get("requestBody")
+        if isinstance(body, dict):
+            body["required"] = True
+            if path == "/score":
+                body.setdefault("content", {}).setdefault("application/json", {})["example"] = REQUEST_EXAMPLE
+        if path == "/score" and "200" in responses:
+            responses["200"].setdefault("content", {}).setdefault("application/json", {})["example"] = (
+                RESPONSE_EXAMPLE
+            )
+    paths["/decisions/{request_id}"] = _decisions_path()
+    used = str(paths)
+    for stale in ("InvalidArgument", "NotFound", "InternalServerError"):
+        if f"/{stale}'" not in used:
+            schemas.pop(stale, None)
+    return out
