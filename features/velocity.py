@@ -58,8 +58,10 @@ class VelocityUnavailable(RuntimeError):
 class Reservation:
     """The answer to one :meth:`VelocityStore.reserve` call.
 
-    ``blocked_by`` names the identity that was at its limit (``None`` when reserved); ``duplicate`` is
-    true when the same ``request_id`` had already been answered and this is that stored answer.
+    ``blocked_by`` names the identity that was at its limit (``None`` when reserved); ``matched`` lists
+    every identity that was at its limit, also when too few of them to block (then the use was still
+    reserved); ``duplicate`` is true when the same ``request_id`` had already been answered and this is
+    that stored answer.
     """
 
     request_id: str
@@ -67,6 +69,7 @@ class Reservation:
     blocked_by: str | None = None
     expires_at: float | None = None
     duplicate: bool = False
+    matched: tuple[str, ...] = ()
 
     @property
     def reserved(self) -> bool:
@@ -106,8 +109,14 @@ class VelocityStore(Protocol):
         limit: int,
         ttl_s: float,
         now: float,
+        *,
+        quorum: int = 1,
+        decisive: Sequence[str] = (),
     ) -> Reservation:
-        """Reserve one use of ``scope`` for every identity unless any is at ``limit``."""
+        """Reserve one use of ``scope`` for every identity unless enough of them are at ``limit``.
+
+        Blocked when ``quorum`` identities are at their limit, or any ``decisive`` one is.
+        """
         ...
 
     def confirm(self, request_id: str) -> bool:
@@ -189,6 +198,21 @@ def _check_queries(queries: Sequence[tuple[str, float]]) -> list[tuple[str, floa
             (_check_text(f"queries[{i}].counter", pair[0]), _check_ts(f"queries[{i}].since_ts", pair[1]))
         )
     return checked
+
+
+def _check_quorum(quorum: int, decisive: Sequence[str], idents: Sequence[str]) -> set[str]:
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
+        raise ValueError(f"quorum must be an integer >= 1, got {quorum!r}")
+    if isinstance(decisive, str):
+        raise ValueError("decisive must be a sequence of identities, not one string")
+    unknown = [d for d in decisive if d not in idents]
+    if unknown:
+        raise ValueError(f"decisive: {unknown[0]!r} is not one of the identities")
+    return set(decisive)
+
+
+def _stored_matched(text: str | None) -> tuple[str, ...]:
+    return tuple(v for v in (text or "").split(_SEP) if v)
 
 
 def _check_reserve(
@@ -403,13 +427,18 @@ class SqliteVelocity:
         limit: int,
         ttl_s: float,
         now: float,
+        *,
+        quorum: int = 1,
+        decisive: Sequence[str] = (),
     ) -> Reservation:
-        """Reserve one use of ``scope`` per identity unless any identity is at ``limit``.
+        """Reserve one use of ``scope`` per identity unless ``quorum`` of them (or a ``decisive`` one) are
+        at ``limit``.
 
         Held (unexpired) plus confirmed uses count toward the limit. Idempotent on ``request_id``: a
         retry gets the stored answer with ``duplicate=True``.
         """
         idents = _check_reserve(request_id, scope, identities, limit, ttl_s, now)
+        deciding = _check_quorum(quorum, decisive, idents)
         expires_at = float(now) + float(ttl_s)
         with self._tx(immediate=True) as conn:
             row = conn.execute(
@@ -417,7 +446,7 @@ class SqliteVelocity:
             ).fetchone()
             if row is not None:
                 return _stored_answer(request_id, row[0], row[1], row[2])
-            blocked = None
+            matched = []
             for ident in idents:
                 conn.execute(
                     "DELETE FROM cap_use WHERE scope = ? AND identity = ? AND expires_at <= ?",
@@ -427,13 +456,15 @@ class SqliteVelocity:
                     "SELECT count(*) FROM cap_use WHERE scope = ? AND identity = ?", (scope, ident)
                 ).fetchone()
                 if used >= limit:
-                    blocked = ident
-                    break
+                    matched.append(ident)
+            blocked = matched[0] if len(matched) >= quorum or deciding & set(matched) else None
             state = "exhausted" if blocked else "held"
+            # blocked_by keeps every identity at its limit, so a retry's stored answer names them too.
             conn.execute(
                 "INSERT INTO reservation (request_id, scope, identities, state, blocked_by, expires_at, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (request_id, scope, _SEP.join(idents), state, blocked, None if blocked else expires_at, now),
+                (request_id, scope, _SEP.join(idents), state, _SEP.join(matched) or None,
+                 None if blocked else expires_at, now),
             )
             if blocked is None:
                 conn.executemany(
@@ -446,8 +477,8 @@ class SqliteVelocity:
                     (now - self.retention_s,),
                 )
         if blocked:
-            return Reservation(request_id, "exhausted", blocked_by=blocked)
-        return Reservation(request_id, "reserved", expires_at=expires_at)
+            return Reservation(request_id, "exhausted", blocked_by=blocked, matched=tuple(matched))
+        return Reservation(request_id, "reserved", expires_at=expires_at, matched=tuple(matched))
 
     @staticmethod
     def _held(conn: sqlite3.Connection, request_id: str) -> tuple[str, list[str]] | None:
@@ -519,9 +550,11 @@ def _one_in(n: int) -> bool:
 def _stored_answer(
     request_id: str, state: str, blocked_by: str | None, expires_at: float | None
 ) -> Reservation:
+    matched = _stored_matched(blocked_by)
     if state == "exhausted":
-        return Reservation(request_id, "exhausted", blocked_by=blocked_by, duplicate=True)
-    return Reservation(request_id, "reserved", expires_at=expires_at, duplicate=True)
+        first = matched[0] if matched else blocked_by
+        return Reservation(request_id, "exhausted", blocked_by=first, duplicate=True, matched=matched)
+    return Reservation(request_id, "reserved", expires_at=expires_at, duplicate=True, matched=matched)
 
 
 # --- Redis ------------------------------------------------------------------------------------------
@@ -540,8 +573,9 @@ return 1
 # KEYS[1] = reservation hash, KEYS[2..] = one sorted set per (scope, identity) whose members are
 # request ids scored by expiry ('+inf' once confirmed).
 # ARGV = now, limit, expires_at, retention_s, hold_ttl_ms, request_id, scope, identities joined,
-# then the identities in KEYS order (KEYS[i] <-> ARGV[i + 7]).
-# Returns {state, blocked_by, expires_at, duplicate}.
+# quorum, one '1'/'0' per identity saying whether it is decisive, then the identities in KEYS order
+# (KEYS[i] <-> ARGV[i + 9]).
+# Returns {state, matched identities joined, expires_at, duplicate}.
 _RESERVE_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state then
@@ -549,15 +583,21 @@ if state then
   return {state, v[1] or '', v[2] or '', 1}
 end
 local limit = tonumber(ARGV[2])
+local matched = {}
+local decisive = false
 for i = 2, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
   if redis.call('ZCARD', KEYS[i]) >= limit then
-    local who = ARGV[i + 7]
-    redis.call('HSET', KEYS[1], 'state', 'exhausted', 'blocked_by', who,
-               'scope', ARGV[7], 'identities', ARGV[8])
-    redis.call('EXPIRE', KEYS[1], ARGV[4])
-    return {'exhausted', who, '', 0}
+    table.insert(matched, ARGV[i + 9])
+    if string.sub(ARGV[10], i - 1, i - 1) == '1' then decisive = true end
   end
+end
+local who = table.concat(matched, '\\n')
+if decisive or #matched >= tonumber(ARGV[9]) then
+  redis.call('HSET', KEYS[1], 'state', 'exhausted', 'blocked_by', who,
+             'scope', ARGV[7], 'identities', ARGV[8])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {'exhausted', who, '', 0}
 end
 for i = 2, #KEYS do
   redis.call('ZADD', KEYS[i], ARGV[3], ARGV[6])
@@ -567,9 +607,10 @@ for i = 2, #KEYS do
     if ttl < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
   end
 end
-redis.call('HSET', KEYS[1], 'state', 'held', 'expires_at', ARGV[3], 'scope', ARGV[7], 'identities', ARGV[8])
+redis.call('HSET', KEYS[1], 'state', 'held', 'expires_at', ARGV[3], 'scope', ARGV[7], 'identities', ARGV[8],
+           'blocked_by', who)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {'held', '', ARGV[3], 0}
+return {'held', who, ARGV[3], 0}
 """
 
 # KEYS[1] = reservation hash, KEYS[2..] = cap sets; ARGV[1] = request id, ARGV[2] = new state.
@@ -694,9 +735,14 @@ class RedisVelocity:
         limit: int,
         ttl_s: float,
         now: float,
+        *,
+        quorum: int = 1,
+        decisive: Sequence[str] = (),
     ) -> Reservation:
-        """Reserve one use of ``scope`` per identity unless any identity is at ``limit`` (one script)."""
+        """Reserve one use of ``scope`` per identity unless ``quorum`` of them (or a ``decisive`` one) are
+        at ``limit`` (one script)."""
         idents = _check_reserve(request_id, scope, identities, limit, ttl_s, now)
+        deciding = _check_quorum(quorum, decisive, idents)
         expires_at = float(now) + float(ttl_s)
         keys = [self._reskey(request_id)] + [self._capkey(scope, i) for i in idents]
         hold_ttl_ms = str(math.ceil(ttl_s * 1000) + 1000)
@@ -709,16 +755,20 @@ class RedisVelocity:
             request_id,
             scope,
             _SEP.join(idents),
+            str(quorum),
+            "".join("1" if i in deciding else "0" for i in idents),
             *idents,
         ]
         raw = self._call(self._reserve, keys=keys, args=args)
-        state, blocked, exp = _text(raw[0]), _text(raw[1]), _text(raw[2])
-        duplicate = bool(int(raw[3]))
+        state, who, exp = _text(raw[0]), _text(raw[1]), _text(raw[2])
+        duplicate, matched = bool(int(raw[3])), _stored_matched(who)
         if state == "exhausted":
-            return Reservation(request_id, "exhausted", blocked_by=blocked or None, duplicate=duplicate)
-        return Reservation(
-            request_id, "reserved", expires_at=float(exp) if exp else None, duplicate=duplicate
-        )
+            first = matched[0] if matched else None
+            return Reservation(
+                request_id, "exhausted", blocked_by=first, duplicate=duplicate, matched=matched
+            )
+        expires = float(exp) if exp else None
+        return Reservation(request_id, "reserved", expires_at=expires, duplicate=duplicate, matched=matched)
 
     def _settle_state(self, request_id: str, new_state: str) -> bool:
         _check_text("request_id", request_id)

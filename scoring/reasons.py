@@ -61,6 +61,7 @@ ReasonCode = Literal[
     "DEVICE_PROMO_TYPE_REUSE",
     "DEVICE_REDEMPTIONS",
     "DEVICE_SHARED_ACCOUNTS",
+    "EARLIER_REDEEMER_ONE_SIGNAL",
     "EMAIL_ALIAS",
     "EMAIL_ATTEMPTS",
     "EMAIL_DISPOSABLE",
@@ -624,9 +625,16 @@ _FIXED_MEANING: dict[str, tuple[str, str | None, str]] = {
         "rule",
     ),
     "CUSTOMER_CAP_REACHED": (
-        "the promotion's per-customer limit is reached on one of the shopper's hard "
-        "identities (device, household, card, phone, home network)",
+        "the promotion's per-customer limit is reached: the shopper's own account, or two strong "
+        "identities (device, card, phone, email, household) of an earlier redeemer; for free samples "
+        "the household alone",
         "the per-customer limit had not been reached",
+        "rule",
+    ),
+    "EARLIER_REDEEMER_ONE_SIGNAL": (
+        "one strong identity (device, card, phone, email or household) matches an earlier redeemer of "
+        "this promotion: a warning, not a refusal, since families and shared devices look the same",
+        "no strong identity had matched an earlier redeemer",
         "rule",
     ),
     "ANONYMOUS_NETWORK_LIMITED_PROMO": (

@@ -2,7 +2,7 @@
 
 A rule is ``id``, a reason ``code`` (one of :data:`scoring.reasons.ReasonCode`), a ``description``
 template filled with the actual input values in human units (:mod:`scoring.text`), a condition
-(``when``) over named inputs, ``points`` toward the rules score, a hard ``action`` (none, verify,
+(``when``) over named inputs, ``points`` toward the rules score, a hard ``action`` (none, watch, verify,
 refuse) and the promotion types it ``applies_to``. The condition language is deliberately tiny
 (``eq``, ``gte``, ``in``, ``and``, ``or``, ``not``) so that a table edit can never run code.
 
@@ -34,10 +34,12 @@ import yaml
 from scoring import text
 from scoring.reasons import REASON_CODES
 
-Action = Literal["none", "verify", "refuse"]
-HardDecision = Literal["verify", "refuse"]
+Action = Literal["none", "watch", "verify", "refuse"]
+HardDecision = Literal["watch", "verify", "refuse"]
 _OPS = ("eq", "gte", "in", "and", "or", "not")
-_ACTIONS = ("none", "verify", "refuse")
+_ACTIONS = ("none", "watch", "verify", "refuse")
+#: How strict each hard action is: the strictest matched rule decides.
+_STRICTNESS = {"watch": 1, "verify": 2, "refuse": 3}
 _SOURCES = ("rule", "identity")
 _FIELDS = frozenset({"id", "code", "description", "when", "points", "action", "source", "applies_to"})
 DEFAULT_RULES_PATH = Path(__file__).with_name("rules.yaml")
@@ -296,10 +298,8 @@ def evaluate_rules(
             RuleHit(rule.id, text.render(rule.description, inputs), rule.points, rule.action, rule.source,
                     rule.code)
         )
-        if rule.action == "refuse":
-            hard = "refuse"
-        elif rule.action == "verify" and hard is None:
-            hard = "verify"
+        if rule.action != "none" and (hard is None or _STRICTNESS[rule.action] > _STRICTNESS[hard]):
+            hard = rule.action
     hits = _cap_points(hits)
     return RulesOutcome(score=sum(h.points for h in hits), signals=tuple(hits), hard_decision=hard)
 

@@ -129,6 +129,11 @@ class ReservationLike(Protocol):
         ...
 
     @property
+    def matched(self) -> tuple[str, ...]:
+        """Every ``kind:key`` identity at its limit (also when too few to block)."""
+        ...
+
+    @property
     def blocked_by(self) -> str | None:
         """The ``kind:key`` identity at its limit."""
         ...
@@ -146,9 +151,18 @@ class VelocityLike(Protocol):
         ...
 
     def reserve(
-        self, request_id: str, scope: str, identities: Sequence[str], limit: int, ttl_s: float, now: float
+        self,
+        request_id: str,
+        scope: str,
+        identities: Sequence[str],
+        limit: int,
+        ttl_s: float,
+        now: float,
+        *,
+        quorum: int = 1,
+        decisive: Sequence[str] = (),
     ) -> ReservationLike:
-        """Atomically reserve one use per identity unless any is at ``limit``."""
+        """Atomically reserve one use per identity unless ``quorum`` (or a decisive one) are at ``limit``."""
         ...
 
     def confirm(self, request_id: str) -> bool:
@@ -222,6 +236,49 @@ class ReservationOutcome:
     status: ReservationStatus
     #: The identity kind at its limit (``device``, ``household``, ``*`` for a spent single-use code).
     blocked_kind: str | None = None
+    #: Every identity kind that matched an earlier redeemer, also when too few to block.
+    matched: tuple[str, ...] = ()
+
+
+#: Identities strong enough that two of them matching an earlier redeemer make the same customer (seed:
+#: "block when two or more strong signals align"). Weak keys (public or private IP, network, user
+#: agent) never take part in a cap: millions of homes share 192.168.1.x.
+STRONG_IDENTITIES: tuple[str, ...] = ("device", "payment", "phone", "email", "household")
+
+
+@dataclass(frozen=True)
+class CapPlan:
+    """How one capped promotion is reserved: on which identities, and how many must match to block."""
+
+    identities: tuple[str, ...]
+    limit: int
+    quorum: int
+    decisive: tuple[str, ...]
+
+
+def cap_plan(promo: Promotion, keys: Mapping[str, Any]) -> CapPlan | None:
+    """The reservation of a capped promotion, following the seeds' policy.
+
+    A single-use code is one global use. A per-customer limit is kept per customer: the shopper's own
+    account decides alone; otherwise two strong identities (:data:`STRONG_IDENTITIES`) of an earlier
+    redeemer must match, and one alone is only a warning. A free sample is one per household, so there
+    the household decides alone, however the address is spelled. None when nothing can be reserved.
+    """
+    if promo.single_use:
+        return CapPlan((GLOBAL_IDENTITY,), 1, 1, (GLOBAL_IDENTITY,))
+    idents: list[str] = []
+    decisive: list[str] = []
+    if keys.get("account_key"):
+        idents.append(f"account:{keys['account_key']}")
+        decisive.append(idents[-1])
+    for kind in STRONG_IDENTITIES:
+        if keys.get(f"{kind}_key"):
+            idents.append(f"{kind}:{keys[f'{kind}_key']}")
+            if kind == "household" and promo.type == "free_sample":
+                decisive.append(idents[-1])
+    if not idents:
+        return None
+    return CapPlan(tuple(idents), int(promo.per_customer_limit or 1), 2, tuple(decisive))
 
 
 NO_RESERVATION = ReservationOutcome("not_needed")
@@ -246,6 +303,9 @@ def rule_inputs(
     spent_before = redeemed_before is not None and not math.isnan(redeemed_before) and redeemed_before >= 1
     blocked = reservation.status == "blocked"
     cap_kind = reservation.blocked_kind if blocked and not promo.single_use else None
+    cap_kinds = reservation.matched if blocked and not promo.single_use else ()
+    # One strong identity of an earlier redeemer, not enough to be the same customer: a warning.
+    one_match = reservation.status == "reserved" and len(reservation.matched) == 1
     inputs.update(
         promo_type=promo.type,
         promo_valid=promo.valid,
@@ -262,9 +322,16 @@ def rule_inputs(
         single_use_spent=promo.single_use and (spent_before or blocked),
         customer_cap_reached=blocked and not promo.single_use,
         cap_blocked_kind=cap_kind,
+        earlier_redeemer_one_signal=one_match,
+        earlier_redeemer_identity=(
+            IDENTITY_WORDS.get(reservation.matched[0], reservation.matched[0]) if one_match else None
+        ),
         # Words for the descriptions (scoring.text): present only when there is something to say.
         code_redeemed_before=redeemed_before if spent_before else None,
-        cap_blocked_identity=None if cap_kind is None else IDENTITY_WORDS.get(cap_kind, cap_kind),
+        cap_blocked_identity=(
+            " and ".join(IDENTITY_WORDS.get(k, k) for k in cap_kinds) if cap_kinds
+            else None if cap_kind is None else IDENTITY_WORDS.get(cap_kind, cap_kind)
+        ),
         referral_shared_identity=None if shared_kind is None else IDENTITY_WORDS.get(shared_kind),
         shopper_segment=(
             "a guest" if is_guest else f"in the {segment} segment" if segment else "in no segment"
@@ -593,28 +660,21 @@ class Scorer:
             return NO_RESERVATION
         if self.velocity is None:
             return ReservationOutcome("unavailable")
-        row = ctx.row
-        if promo.single_use:
-            identities, limit = [GLOBAL_IDENTITY], 1
-        else:
-            kinds = [k for k in HARD_IDENTITIES if row.get(f"{k}_key")]
-            # Without any hard identity the cheap ones are the only handle left.
-            kinds = kinds or [k for k in ("account", "email") if row.get(f"{k}_key")]
-            identities = [f"{k}:{row[f'{k}_key']}" for k in kinds]
-            limit = int(promo.per_customer_limit or 1)
-        if not identities:
+        plan = cap_plan(promo, ctx.row)
+        if plan is None:
             return NO_RESERVATION
         try:
             res = self.velocity.reserve(
-                ctx.req.request_id, f"promo:{promo.code}", identities, limit, self.config.reservation_ttl_s,
-                ctx.now,
+                ctx.req.request_id, f"promo:{promo.code}", list(plan.identities), plan.limit,
+                self.config.reservation_ttl_s, ctx.now, quorum=plan.quorum, decisive=list(plan.decisive),
             )
         except Exception as exc:
             logger.warning("reservation failed: %s", type(exc).__name__)
             return ReservationOutcome("unavailable")
+        matched = tuple(m.split(":", 1)[0] for m in res.matched)
         if res.status == "reserved":
-            return ReservationOutcome("reserved")
-        return ReservationOutcome("blocked", (res.blocked_by or "identity").split(":", 1)[0])
+            return ReservationOutcome("reserved", matched=matched)
+        return ReservationOutcome("blocked", (res.blocked_by or "identity").split(":", 1)[0], matched)
 
     def _verdict(self, ctx: RequestContext) -> Verdict:
         """Step 7-8: the rules, evaluated once, and the decision from score, thresholds and hard rules.

@@ -190,6 +190,31 @@ def test_single_use_code_reserves_once_and_names_the_global_limit(store: Velocit
     assert not second.reserved
 
 
+def test_a_quorum_blocks_on_two_matching_identities_or_one_decisive(store: VelocityStore) -> None:
+    first = store.reserve("r1", "WELCOME", ["device:d1", "payment:p1", "account:a1"], 1, 600, NOW)
+    assert first.reserved and first.matched == ()
+    # One strong identity seen before: still reserved, and the match is reported.
+    one = store.reserve("r2", "WELCOME", ["device:d1", "payment:p9", "account:a2"], 1, 600, NOW + 1,
+                        quorum=2, decisive=["account:a2"])
+    assert one.reserved and one.matched == ("device:d1",)
+    # Two strong identities at their limit: blocked, both named, also on a retry.
+    two = store.reserve("r3", "WELCOME", ["device:d1", "payment:p1", "account:a3"], 1, 600, NOW + 2,
+                        quorum=2, decisive=["account:a3"])
+    assert two.status == "exhausted" and set(two.matched) == {"device:d1", "payment:p1"}
+    assert two.blocked_kind in {"device", "payment"}
+    again = store.reserve("r3", "WELCOME", ["device:d1", "payment:p1", "account:a3"], 1, 600, NOW + 3,
+                          quorum=2, decisive=["account:a3"])
+    assert again.duplicate and again.status == "exhausted" and set(again.matched) == set(two.matched)
+    # The same account again: decisive on its own.
+    same_account = store.reserve("r4", "WELCOME", ["device:d7", "account:a1"], 1, 600, NOW + 4,
+                                 quorum=2, decisive=["account:a1"])
+    assert same_account.status == "exhausted" and same_account.matched == ("account:a1",)
+    with pytest.raises(ValueError, match="decisive"):
+        store.reserve("r5", "WELCOME", ["device:d1"], 1, 600, NOW, quorum=2, decisive=["account:zz"])
+    with pytest.raises(ValueError, match="quorum"):
+        store.reserve("r5", "WELCOME", ["device:d1"], 1, 600, NOW, quorum=0)
+
+
 def test_a_retried_reservation_gets_the_same_answer_flagged_duplicate(store: VelocityStore) -> None:
     first = store.reserve("r1", "LEAKED50", ["*"], 1, 600, NOW)
     blocked = store.reserve("r2", "LEAKED50", ["*"], 1, 600, NOW)

@@ -166,6 +166,7 @@ class FakeReservation:
     request_id: str
     status: str
     blocked_by: str | None = None
+    matched: tuple[str, ...] = ()
 
 
 class FakeVelocity:
@@ -207,16 +208,16 @@ class FakeVelocity:
         return [sum(1 for t in self.sets.get(c, {}).values() if t >= since) for c, since in queries]
 
     def reserve(self, request_id: str, scope: str, identities: Sequence[str], limit: int, ttl_s: float,
-                now: float) -> FakeReservation:
-        """Hold one use per identity unless any is at its limit."""
+                now: float, *, quorum: int = 1, decisive: Sequence[str] = ()) -> FakeReservation:
+        """Hold one use per identity unless ``quorum`` of them (or a decisive one) are at their limit."""
         self._check()
-        for ident in identities:
-            if len(self.uses.get((scope, ident), [])) >= limit:
-                return FakeReservation(request_id, "exhausted", ident)
+        matched = tuple(i for i in identities if len(self.uses.get((scope, i), [])) >= limit)
+        if len(matched) >= quorum or set(matched) & set(decisive):
+            return FakeReservation(request_id, "exhausted", matched[0], matched)
         for ident in identities:
             self.uses.setdefault((scope, ident), []).append((request_id, "held"))
         self.held[request_id] = (scope, list(identities))
-        return FakeReservation(request_id, "reserved")
+        return FakeReservation(request_id, "reserved", None, matched)
 
     def confirm(self, request_id: str) -> bool:
         """Keep the use."""

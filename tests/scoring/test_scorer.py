@@ -352,3 +352,64 @@ def test_the_model_reads_the_promotion_and_referral_context_the_batch_side_compu
     batch = add_context(pd.DataFrame(rows), catalog).set_index("request_id")
     for rid in ("redeem", "guest-trade"):
         assert {c: logged[rid][c] for c in CONTEXT_COLUMNS} == batch.loc[rid, list(CONTEXT_COLUMNS)].to_dict()
+
+
+def _shopper(rid: str, n: int, **extra: Any) -> ScoreRequest:
+    """Shopper ``n``: an account, email, device, card, phone and address of their own."""
+    body = {
+        "account": {"account_id": f"acct-{n}"},
+        "email": f"shopper{n}@example.com",
+        "phone": f"+1 415-555-01{n:02d}",
+        "device": {"device_id": f"dev-{n:04d}abcd", "local_ip": "192.168.1.20"},
+        "shipping_address": {"line1": f"{n} Oak Ave", "postal_code": "94110"},
+        "payment": {"fingerprint": f"fp-{n}"},
+        "ip": f"73.162.{n}.21",
+    }
+    body.update(extra)
+    return _req(rid, **body)
+
+
+WELCOME = {"code": "WELCOME10", "type": "welcome", "per_customer_limit": 1}
+
+
+def test_strangers_behind_one_private_lan_address_both_get_a_one_per_customer_code(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    first = scorer.score(_shopper("a", 1, promotion=WELCOME))
+    scorer.outcome(OutcomeRequest(request_id="a", outcome="redeemed"))
+    second = scorer.score(_shopper("b", 2, promotion=WELCOME))
+    assert first.decision == "allow" and second.decision == "allow"
+    assert not any(s.code == "EARLIER_REDEEMER_ONE_SIGNAL" for s in second.signals)
+
+
+def test_a_family_member_with_their_own_device_card_phone_and_email_is_only_watched(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    scorer.score(_shopper("parent", 1, promotion=WELCOME))
+    scorer.outcome(OutcomeRequest(request_id="parent", outcome="redeemed"))
+    same_door = {"line1": "1 Oak Ave", "postal_code": "94110"}
+    child = scorer.score(_shopper("child", 2, promotion=WELCOME, shipping_address=same_door))
+    assert child.decision in ("allow", "watch")
+    assert child.signals[0].code == "EARLIER_REDEEMER_ONE_SIGNAL"
+    assert "household" in child.signals[0].description
+
+
+def test_a_welcome_cycler_keeping_two_strong_signals_is_refused(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    scorer.score(_shopper("first", 1, promotion=WELCOME))
+    scorer.outcome(OutcomeRequest(request_id="first", outcome="redeemed"))
+    # A fresh account, email, phone and address, but the same device and card.
+    again = scorer.score(_shopper("again", 2, promotion=WELCOME, device={"device_id": "dev-0001abcd"},
+                                  payment={"fingerprint": "fp-1"}))
+    assert again.decision == "refuse" and again.band == "high"
+    assert again.signals[0].code == "CUSTOMER_CAP_REACHED"
+    assert "device and payment method" in again.signals[0].description
+
+
+def test_a_second_free_sample_to_one_household_is_refused(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    sample = {"code": "FREESAMPLE", "type": "free_sample", "per_customer_limit": 1}
+    scorer.score(_shopper("one", 1, promotion=sample))
+    scorer.outcome(OutcomeRequest(request_id="one", outcome="redeemed"))
+    second = scorer.score(_shopper("two", 2, promotion=sample,
+                                   shipping_address={"line1": "1 Oak Ave", "postal_code": "94110"}))
+    assert second.decision == "refuse"
+    assert second.signals[0].code == "CUSTOMER_CAP_REACHED"
