@@ -65,14 +65,22 @@ def test_referral_sharing_a_hard_identity_with_the_referrer_is_refused_only_for_
 
 def test_segment_restricted_code_outside_its_segment_is_refused() -> None:
     outcome = _run(promo_type="wholesale", segment_mismatch=True, promo_eligible_segment="wholesale",
-                   shopper_segment="a guest")
+                   account_is_guest=False, shopper_segment="in the consumer segment")
     assert outcome.hard_decision == "refuse"
     assert outcome.signals[0].description == (
-        "code reserved for another segment (wholesale); the shopper is a guest")
+        "code reserved for another segment (wholesale); the shopper is in the consumer segment")
+
+
+def test_segment_restricted_code_in_guest_checkout_is_verified_not_refused() -> None:
+    # An honest trade buyer who skipped logging in cannot show the segment: verification, not refusal.
+    outcome = _run(promo_type="wholesale", segment_mismatch=True, promo_eligible_segment="wholesale",
+                   account_is_guest=True, shopper_segment="a guest")
+    assert outcome.hard_decision == "verify"
+    assert outcome.signals[0].code == "SEGMENT_INELIGIBLE"
 
 
 def test_refuse_wins_over_verify() -> None:
-    assert _run(device_missing=True, segment_mismatch=True).hard_decision == "refuse"
+    assert _run(device_missing=True, segment_mismatch=True, account_is_guest=False).hard_decision == "refuse"
 
 
 def test_soft_rules_describe_actual_values_and_score_is_capped_at_100() -> None:

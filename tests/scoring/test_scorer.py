@@ -271,9 +271,10 @@ def test_the_rules_run_once_per_request_with_the_reservation_as_an_input(
 def test_a_refused_attempt_gives_its_hold_back(tmp_path: Path) -> None:
     velocity = FakeVelocity()
     scorer = _scorer(tmp_path, online=FakeOnline({}), velocity=velocity)
-    # A guest using a segment-only code is refused by a hard rule: it must not use up the cap.
+    # A consumer account using a segment-only code is refused by a hard rule: it must not use up the cap.
     promo = {"code": "VIP-1", "type": "wholesale", "per_customer_limit": 1, "eligible_segment": "wholesale"}
-    refused = scorer.score(_req("guest", promotion=promo, account={"is_guest": True}))
+    refused = scorer.score(_req("consumer", promotion=promo,
+                                account={"account_id": "acct-8", "segment": "consumer"}))
     assert refused.decision == "refuse"
     assert velocity.held == {}
     assert all(not uses for uses in velocity.uses.values())
