@@ -45,8 +45,9 @@ def test_per_customer_cap_reached_is_refused_naming_the_identity() -> None:
         "per-customer limit of 1 use already reached on this home network")
 
 
-def test_missing_device_asks_for_verification() -> None:
-    assert _run(device_missing=True).hard_decision == "verify"
+def test_missing_device_asks_for_verification_on_a_limited_promotion_only() -> None:
+    assert _run(device_missing=True, promo_limited=True).hard_decision == "verify"
+    assert _run(device_missing=True, promo_limited=False).hard_decision is None
 
 
 @pytest.mark.parametrize("flag", ["ip_is_tor", "ip_is_datacenter"])

@@ -144,7 +144,8 @@ def test_a_spent_single_use_code_is_refused_in_the_high_band_not_at_a_low_score(
 def test_a_missing_device_is_verified_at_least_in_the_medium_band(tmp_path: Path, model: LoadedModel) -> None:
     quiet = {k: 0.0 for k in SHARED_DEVICE}
     scorer = _scorer(tmp_path, online=FakeOnline(quiet), model=model)
-    resp = scorer.score(_req("nodevice", device=None))
+    limited = {"code": "WELCOME10", "type": "welcome", "per_customer_limit": 1}
+    resp = scorer.score(_req("nodevice", device=None, promotion=limited))
     assert resp.decision == "verify" and resp.band in ("medium", "high")
     assert resp.signals[0].name == "device_missing" and resp.signals[0].code == "DEVICE_MISSING"
     assert resp.score == scorer.policy().for_promotion("welcome")["verify"]

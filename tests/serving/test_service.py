@@ -254,7 +254,7 @@ def test_the_decision_record_is_the_frozen_answer_with_a_counterfactual_that_cha
     server: tuple[str, Path],
 ) -> None:
     url, _ = server
-    promotion = {"code": "REC-ONLY", "type": "welcome"}
+    promotion = {"code": "REC-ONLY", "type": "welcome", "per_customer_limit": 1}
     answer = _post(url, "/score", _body("rec-1", promotion=promotion, device={"device_id": "0000"})).json()
     assert answer["decision"] == "verify", answer
     headers = {"X-API-Key": API_KEY}
