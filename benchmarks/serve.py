@@ -96,56 +96,19 @@ def copy_world(source: Path, dest: Path) -> None:
         shutil.copytree(source / part, dest / part)
 
 
-def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return None if str(value) in ("NaT", "<NA>", "nan") else str(value)
-
-
 def request_bodies(root: Path, count: int, seed: int = 7) -> list[dict[str, Any]]:
     """``count`` /score bodies from random raw events, with each code's policy from the promotions table."""
     import pandas as pd
 
+    from replay.requests import request_bodies as bodies_of
+
     events = pd.read_parquet(root / "data" / "raw" / "events.parquet")
-    promos = pd.read_parquet(root / "data" / "raw" / "promotions.parquet").set_index("promo_code")
-    sample = events.sample(n=min(count, len(events)), random_state=seed).to_dict("records")
-    bodies = []
-    for ev in sample:
-        promotion: dict[str, Any] = {"code": ev["promo_code"], "type": ev["promo_type"],
-                                     "valid": bool(ev["promo_valid"])}
-        if _text(ev.get("discount_value")):
-            promotion["discount_value"] = float(ev["discount_value"])
-        if ev["promo_code"] in promos.index:
-            policy = promos.loc[ev["promo_code"]]
-            promotion["single_use"] = bool(policy["single_use"])
-            if _text(policy["per_customer_limit"]):
-                promotion["per_customer_limit"] = int(policy["per_customer_limit"])
-            if _text(policy["eligible_segment"]):
-                promotion["eligible_segment"] = str(policy["eligible_segment"])
-        if _text(ev.get("referrer_account_id")):
-            promotion["referrer_account_id"] = str(ev["referrer_account_id"])
-        guest = bool(ev["is_guest"]) or not _text(ev.get("account_id"))
-        account: dict[str, Any] = {"is_guest": guest}
-        if not guest:
-            account.update(account_id=str(ev["account_id"]), segment=_text(ev.get("account_segment")),
-                           created_at=_text(pd.Timestamp(ev["account_created_at"]).isoformat()
-                                            if _text(ev.get("account_created_at")) else None))
-        parts = ("line1", "line2", "city", "region", "postal_code", "country")
-        bodies.append({
-            "request_id": "",
-            "promotion": promotion,
-            "account": account,
-            "email": _text(ev.get("email")),
-            "phone": _text(ev.get("phone")),
-            "shipping_address": {p: _text(ev.get(f"ship_{p}")) for p in parts},
-            "billing_address": {p: _text(ev.get(f"bill_{p}")) for p in parts},
-            "payment": {"fingerprint": _text(ev.get("payment_fingerprint")),
-                        "bin": _text(ev.get("payment_bin")), "last4": _text(ev.get("payment_last4"))},
-            "device": {"device_id": _text(ev.get("device_id")), "local_ip": _text(ev.get("local_ip")),
-                       "user_agent": _text(ev.get("user_agent"))},
-            "ip": _text(ev.get("ip")),
-            "cart": {"total": float(ev["cart_total"]), "currency": _text(ev.get("currency")) or "USD"},
-        })
+    promos = pd.read_parquet(root / "data" / "raw" / "promotions.parquet")
+    bodies = bodies_of(events.sample(n=min(count, len(events)), random_state=seed), promos)
+    for body in bodies:
+        # Each send gets a fresh id; the service stamps its own time.
+        body["request_id"] = ""
+        body.pop("timestamp", None)
     return bodies
 
 
