@@ -15,6 +15,7 @@ duckdb, spark``.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -112,9 +113,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     feature_deadline_ms: float = Field(default=50.0, gt=0)
     request_deadline_ms: float = Field(default=200.0, gt=0)
+    # Shadow scoring: a challenger (a registered version or alias, and/or a rules file) scores a share of
+    # live traffic off the request path (serving.shadow). Off while the share is 0.
+    shadow_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
+    shadow_rules: Path | None = None
+    shadow_share: float = Field(default=0.0, ge=0, le=1)
+    shadow_queue: int = Field(default=1000, gt=0, le=1_000_000)
+    # The exploration holdout: per promotion type (``default`` for the others), the share of model-threshold
+    # verify/refuse answers let through as allow. Pairs, not a dict, so the frozen settings stay hashable.
+    exploration: Annotated[tuple[tuple[str, float], ...], NoDecode] = ()
     seed: int = 7
 
-    @field_validator("root", "model_dir", "rules_path")
+    @field_validator("root", "model_dir", "rules_path", "shadow_rules")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -129,6 +139,43 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("exploration", mode="before")
+    @classmethod
+    def _exploration_shares(cls, value: Any) -> Any:
+        # One number is a share for every promotion type; a JSON object one per type.
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                return (("default", float(text)),)
+            except ValueError:
+                pass
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = None
+            if not isinstance(value, Mapping):
+                raise ValueError(
+                    'expected a share 0-1 or a JSON object of shares by promotion type ({"welcome": 0.02})'
+                )
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (("default", float(value)),)
+        if isinstance(value, Mapping):
+            return tuple(sorted(value.items()))
+        return value
+
+    @field_validator("exploration")
+    @classmethod
+    def _exploration_known(cls, value: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+        from features.events import PROMO_TYPES
+
+        known = [*PROMO_TYPES, "default"]
+        for name, share in value:
+            if name not in known:
+                raise ValueError(f"unknown promotion type {name!r}: expected one of {', '.join(known)}")
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"the share of {name} must be between 0 and 1, got {share}")
         return value
 
     @field_validator("ipintel_http_url")
@@ -216,6 +263,11 @@ class Settings(BaseSettings):
     def _simulated_feed(self, name: str) -> str | None:
         path = self.raw_dir / "ipintel" / name
         return str(path) if path.exists() else None
+
+    @property
+    def exploration_shares(self) -> dict[str, float]:
+        """The exploration share per promotion type (``default``: every type without its own)."""
+        return dict(self.exploration)
 
     @property
     def uses_dev_pepper(self) -> bool:

@@ -476,6 +476,71 @@ def drift(
     raise typer.Exit(code=code)
 
 
+@app.command("shadow-report")
+def shadow_report(
+    days: float = typer.Option(7, help="The window: the most recent days of the shadow table and the log."),
+    root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
+) -> None:
+    """Compare the shadow challenger with the live decisions and measure the exploration holdout.
+
+    Agreement and decision mix of live and challenger over the shadow table; once labels arrive
+    (/feedback), recall and honest refusals per campaign, and the false-positive rate of the explored
+    attempts. Prints the tables and writes data/reports/shadow-<timestamp>.json.
+    """
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from scoring.records import exploration_frame, shadow_frame
+    from scoring.shadow import shadow_report as build_report
+
+    settings = _settings(root)
+    log = _need(settings.serving_dir / "scores.db", "the service writes it: run `promoguard serve` first")
+    now = datetime.now(UTC)
+    since = now - timedelta(days=days)
+    built = build_report(shadow_frame(log, since), exploration_frame(log, since), since, now)
+    report = {"days": days, **built}
+
+    def pct(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    agree = report["agreement"]
+    print_table(f"shadow: live vs challenger, last {days:g} days", pd.DataFrame([{
+        "attempts": agree["attempts"], "agreement": pct(agree["agreement"]),
+        "friction agreement": pct(agree["friction_agreement"]),
+        "challenger stricter": agree["challenger_stricter"], "challenger looser": agree["challenger_looser"],
+        "mean score change": "n/a" if agree["mean_score_change"] is None
+        else f"{agree['mean_score_change']:+.1f}",
+    }]))
+    print_table("shadow: decision mix", pd.DataFrame([
+        {"decision": r["decision"], "live": r["live"], "live share": pct(r["live_share"]),
+         "challenger": r["challenger"], "challenger share": pct(r["challenger_share"])}
+        for r in report["decision_mix"]
+    ]))
+    if report["labelled"]:
+        print_table("shadow: per campaign (labelled attempts)", pd.DataFrame([
+            {"campaign": r["campaign"], "attempts": r["attempts"], "abuse": r["abuse"], "legit": r["legit"],
+             "live recall": pct(r["live_recall"]), "challenger recall": pct(r["challenger_recall"]),
+             "live honest refused": r["live_honest_refused"],
+             "challenger honest refused": r["challenger_honest_refused"]}
+            for r in report["campaigns"]
+        ]))
+    explored = report["exploration"]
+    if explored["explored"]:
+        rows = [{"would_be_decision": "all", **explored}, *explored["by_would_be_decision"]]
+        print_table("exploration: attempts let through", pd.DataFrame([
+            {"would-be decision": r["would_be_decision"], "explored": r["explored"],
+             "labelled": r["labelled"], "legit": r["legit"], "abuse": r["abuse"],
+             "false-positive rate": pct(r["false_positive_rate"])}
+            for r in rows
+        ]))
+    for note in report["notes"]:
+        console.print(f"[yellow]note[/yellow]: {note}")
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.reports_dir / f"shadow-{now:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    console.print(f"wrote {path}")
+
+
 def main() -> None:
     """Entry point for ``python -m promoguard``."""
     app()

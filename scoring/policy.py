@@ -33,6 +33,7 @@ strictly than the score lifts the score to its decision's threshold (:func:`lift
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import Mapping
@@ -199,3 +200,33 @@ def lift_to(
     if decision not in _ACTIONS:
         return score
     return max(score, threshold_for(promo_type, decision, thresholds))
+
+
+# --- exploration: a deterministic holdout of model-threshold friction ---------------------------------
+
+#: The exploration map key that covers every promotion type without a share of its own.
+ALL_TYPES = "default"
+#: The decisions an exploration may turn into allow: the friction a model threshold puts on a shopper.
+EXPLORABLE: tuple[str, ...] = ("verify", "refuse")
+
+
+def unit_draw(request_id: str, salt: str) -> float:
+    """A number in [0, 1) fixed by ``request_id`` (and ``salt``): the same request always draws the same.
+
+    sha256, not Python's ``hash``: the draw must agree across worker processes and restarts, so a
+    retry of a request (or its concurrent twin on another worker) gets the same answer.
+    """
+    digest = hashlib.sha256(f"{salt}:{request_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def exploration_share(shares: Mapping[str, float], promo_type: str | None) -> float:
+    """The exploration share of a promotion type: its own, else the ``default`` entry, else 0."""
+    if promo_type is not None and promo_type in shares:
+        return float(shares[promo_type])
+    return float(shares.get(ALL_TYPES, 0.0))
+
+
+def explores(request_id: str, share: float) -> bool:
+    """True when this request falls in the exploration holdout of ``share`` (0 never, 1 always)."""
+    return share > 0.0 and unit_draw(request_id, "explore") < share

@@ -14,6 +14,15 @@ and rules versions, every model input, the hashed keys and flags, and in ``conte
 re-scoring the answer needs besides the features (the rules' other inputs, the deciding rule, the
 bands and thresholds that applied) plus ``timings_json``, milliseconds per step. Both columns were
 added to existing logs in place (``ALTER TABLE ... ADD COLUMN``); rows written before stay NULL there.
+
+Exploration (:func:`scoring.policy.explores`) lets a few would-be verify/refuse answers through: such a
+row has ``explored = 1`` and the decision the policy would have given in ``would_be_decision``, while
+``decision`` is what checkout got (allow); the record's ``context`` keeps it too, as ``explored_from``.
+Both columns were added the same way (NULL: not explored).
+
+The ``shadow`` table holds, per shadowed request, the live decision beside a challenger's (a model
+version and/or rules table scored off the request path on the same inputs, :mod:`serving.shadow`);
+``promoguard shadow-report`` reads it with :func:`shadow_frame`.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +54,16 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outcomes (
         request_id TEXT NOT NULL, outcome TEXT NOT NULL, reservation TEXT NOT NULL, ts TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS outcomes_request ON outcomes (request_id)",
+    # live_decision is the policy's decision before any exploration (live_explored says when it was let
+    # through): the shadow compares two policies, not the holdout.
+    """CREATE TABLE IF NOT EXISTS shadow (
+        request_id TEXT PRIMARY KEY, ts TEXT NOT NULL, promo_code TEXT NOT NULL, promo_type TEXT NOT NULL,
+        live_score INTEGER NOT NULL, live_decision TEXT NOT NULL, live_explored INTEGER NOT NULL,
+        live_fallback TEXT, live_model_version TEXT, live_rules_version TEXT,
+        challenger_score INTEGER NOT NULL, challenger_decision TEXT NOT NULL, challenger_fallback TEXT,
+        challenger_model_version TEXT, challenger_rules_version TEXT, challenger_deciding_rule TEXT,
+        shadow_ms REAL)""",
+    "CREATE INDEX IF NOT EXISTS shadow_ts ON shadow (ts)",
     # Append-only: the audit trail of decisions cannot be rewritten through this database.
     """CREATE TRIGGER IF NOT EXISTS scores_no_update BEFORE UPDATE ON scores
         BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END""",
@@ -53,8 +72,19 @@ _SCHEMA = (
 )
 
 
+#: The shadow table's columns, in order.
+SHADOW_COLUMNS = (
+    "request_id", "ts", "promo_code", "promo_type", "live_score", "live_decision", "live_explored",
+    "live_fallback", "live_model_version", "live_rules_version", "challenger_score", "challenger_decision",
+    "challenger_fallback", "challenger_model_version", "challenger_rules_version", "challenger_deciding_rule",
+    "shadow_ms",
+)
+
 #: Columns added to the scores table after its first release: (name, SQL type).
-_ADDED_COLUMNS = (("timings_json", "TEXT"), ("context_json", "TEXT"))
+_ADDED_COLUMNS = (
+    ("timings_json", "TEXT"), ("context_json", "TEXT"),
+    ("explored", "INTEGER"), ("would_be_decision", "TEXT"),
+)
 
 
 class IdempotencyConflict(ValueError):
@@ -92,8 +122,41 @@ class ScoreRecord:
     response: Mapping[str, Any]
     #: Milliseconds per step of the request path.
     timings: Mapping[str, float] | None = None
-    #: What re-scoring needs besides the features: rule inputs, deciding rule, policy.
+    #: What re-scoring needs besides the features: rule inputs, deciding rule, policy; and, for an
+    #: attempt exploration let through, ``explored_from``: the decision the policy would have given
+    #: (it fills the ``explored`` and ``would_be_decision`` columns).
     context: Mapping[str, Any] | None = None
+
+    @property
+    def would_be_decision(self) -> str | None:
+        """The policy's decision an explored attempt would have got (None unless explored)."""
+        value = (self.context or {}).get("explored_from")
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class ShadowRecord:
+    """One shadowed request: the live answer and a challenger's answer on the same inputs."""
+
+    request_id: str
+    ts: datetime
+    promo_code: str
+    promo_type: str
+    live_score: int
+    #: The live policy's decision (before exploration; ``live_explored`` says it was let through).
+    live_decision: str
+    live_explored: bool
+    live_fallback: str | None
+    live_model_version: str | None
+    live_rules_version: str | None
+    challenger_score: int
+    challenger_decision: str
+    challenger_fallback: str | None
+    challenger_model_version: str | None
+    challenger_rules_version: str | None
+    challenger_deciding_rule: str | None = None
+    #: Milliseconds the challenger took, in the shadow worker.
+    shadow_ms: float | None = None
 
 
 def _json(value: Any) -> str:
@@ -190,14 +253,15 @@ class Records:
             _json(dict(rec.response)),
             None if rec.timings is None else _json(_clean(dict(rec.timings))),
             None if rec.context is None else _json(_clean(dict(rec.context))),
+            None if rec.would_be_decision is None else 1, rec.would_be_decision,
         )
         try:
             with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
                 self._conn.execute(
                     "INSERT INTO scores (request_id, body_sha256, ts, promo_code, promo_type, score, band, "
                     "decision, fallback, degraded, model_version, latency_ms, signals_json, features_json, "
-                    "keys_json, rules_version, response_json, timings_json, context_json) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "keys_json, rules_version, response_json, timings_json, context_json, explored, "
+                    "would_be_decision) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     values,
                 )
         except sqlite3.IntegrityError:
@@ -247,10 +311,36 @@ class Records:
                 (request_id, label, source, ts.astimezone(UTC).isoformat()),
             )
 
+    def append_shadow(self, recs: Sequence[ShadowRecord]) -> int:
+        """Log challenger answers in one transaction; a request already shadowed keeps its first row.
+
+        Returns how many rows were new. Called by the shadow worker, never on the request path.
+        """
+        if not recs:
+            return 0
+        values = [
+            (
+                r.request_id, r.ts.astimezone(UTC).isoformat(), r.promo_code, r.promo_type, int(r.live_score),
+                r.live_decision, int(r.live_explored), r.live_fallback, r.live_model_version,
+                r.live_rules_version, int(r.challenger_score), r.challenger_decision, r.challenger_fallback,
+                r.challenger_model_version, r.challenger_rules_version, r.challenger_deciding_rule,
+                None if r.shadow_ms is None else float(r.shadow_ms),
+            )
+            for r in recs
+        ]
+        with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
+            before = self._conn.total_changes
+            self._conn.executemany(
+                f"INSERT OR IGNORE INTO shadow ({', '.join(SHADOW_COLUMNS)}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                values,
+            )
+            return int(self._conn.total_changes - before)
+
     def count(self, table: str) -> int:
-        """Rows in one of the service's tables (scores, outcomes, feedback)."""
-        if table not in ("scores", "outcomes", "feedback"):
-            raise ValueError(f"table: expected scores, outcomes or feedback, got {table!r}")
+        """Rows in one of the service's tables (scores, outcomes, feedback, shadow)."""
+        if table not in ("scores", "outcomes", "feedback", "shadow"):
+            raise ValueError(f"table: expected scores, outcomes, feedback or shadow, got {table!r}")
         with self._lock:
             return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
@@ -303,3 +393,82 @@ def scoring_frame(path: str | Path, since: datetime | None = None) -> Any:
     else:
         frame["label"] = float("nan")
     return frame
+
+
+#: Columns of :func:`shadow_frame` besides the shadow table's own.
+_TRUTH_COLUMNS = ("label", "label_ts", "outcome")
+
+
+def _latest(conn: sqlite3.Connection, table: str, column: str, ts: str) -> dict[str, tuple[str, str]]:
+    """``request_id -> (value, ts)`` of the last row per request (insertion order) of feedback or outcomes."""
+    rows = conn.execute(f"SELECT request_id, {column}, {ts} FROM {table} ORDER BY rowid").fetchall()
+    return {str(r): (str(v), str(t)) for r, v, t in rows}
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _with_truth(conn: sqlite3.Connection, frame: Any) -> Any:
+    """``frame`` with the latest label (abuse / legit / None), its time and the latest outcome per request."""
+    labels = _latest(conn, "feedback", "label", "label_ts") if "feedback" in _tables(conn) else {}
+    outcomes = _latest(conn, "outcomes", "outcome", "ts") if "outcomes" in _tables(conn) else {}
+    ids = frame["request_id"].astype(str)
+    frame["label"] = ids.map(lambda i: labels[i][0] if i in labels else None).astype(object)
+    frame["label_ts"] = ids.map(lambda i: labels[i][1] if i in labels else None).astype(object)
+    frame["outcome"] = ids.map(lambda i: outcomes[i][0] if i in outcomes else None).astype(object)
+    return frame
+
+
+def _read_only(path: str | Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+
+
+def shadow_frame(path: str | Path, since: datetime | None = None) -> Any:
+    """The shadow table as a frame, one row per shadowed request, with ``campaign`` and its truth so far.
+
+    Columns: every column of the ``shadow`` table, ``campaign`` (= promo_code, as :func:`scoring_frame`),
+    ``label`` (abuse / legit / None: the last label received), ``label_ts`` and ``outcome`` (the last
+    outcome received, None when none). Empty (same columns) for a log without a shadow table.
+    """
+    import pandas as pd
+
+    conn = _read_only(path)
+    try:
+        if "shadow" not in _tables(conn):
+            return pd.DataFrame(columns=[*SHADOW_COLUMNS, "campaign", *_TRUTH_COLUMNS])
+        query = "SELECT * FROM shadow"
+        params: tuple[str, ...] = ()
+        if since is not None:
+            query, params = query + " WHERE ts >= ?", (since.astimezone(UTC).isoformat(),)
+        frame = pd.read_sql_query(query + " ORDER BY ts", conn, params=params)
+        frame["campaign"] = frame["promo_code"]
+        return _with_truth(conn, frame)
+    finally:
+        conn.close()
+
+
+def exploration_frame(path: str | Path, since: datetime | None = None) -> Any:
+    """The scoring log's explored attempts (``explored = 1``) with ``campaign``, label and outcome so far.
+
+    Columns: request_id, ts, promo_code, promo_type, score, decision (what checkout got), would_be_decision,
+    model_version, campaign, label, label_ts, outcome. Empty for a log written before exploration existed.
+    """
+    import pandas as pd
+
+    columns = ["request_id", "ts", "promo_code", "promo_type", "score", "decision", "would_be_decision",
+               "model_version"]
+    conn = _read_only(path)
+    try:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(scores)")}
+        if "explored" not in have:
+            return pd.DataFrame(columns=[*columns, "campaign", *_TRUTH_COLUMNS])
+        query = f"SELECT {', '.join(columns)} FROM scores WHERE explored = 1"
+        params: tuple[str, ...] = ()
+        if since is not None:
+            query, params = query + " AND ts >= ?", (since.astimezone(UTC).isoformat(),)
+        frame = pd.read_sql_query(query + " ORDER BY ts", conn, params=params)
+        frame["campaign"] = frame["promo_code"]
+        return _with_truth(conn, frame)
+    finally:
+        conn.close()

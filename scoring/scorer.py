@@ -34,6 +34,10 @@ Design choices worth knowing:
 * The scoring log keeps what a decision record needs to re-score the answer later (the rules' inputs
   besides the features, the policy, per-step timings); the counterfactual itself is computed on
   demand (:mod:`scoring.decisions`), never on the request path.
+* Exploration (:meth:`Scorer._explore`): a configured share of the model's threshold verify/refuse
+  answers, drawn from a hash of ``request_id``, is let through as allow and marked in the scoring log;
+  hard-rule decisions are never explored. A challenger (the shadow) answers through the same pure steps
+  (:func:`model_answer_for`, :func:`verdict_for`) on the request's context, after the live answer.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -56,9 +60,12 @@ from scoring.artifact import LoadedModel
 from scoring.policy import (
     DEFAULT_BANDS,
     DEFAULT_THRESHOLDS,
+    EXPLORABLE,
     band_for,
     check_bands,
     decide,
+    exploration_share,
+    explores,
     lift_to,
     normalize_thresholds,
     stricter,
@@ -219,6 +226,8 @@ class ScorerConfig:
     bands: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_BANDS))
     thresholds: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     top_k_signals: int = 6
+    #: Exploration share per promotion type (``default``: every other type); empty: never explore.
+    exploration: Mapping[str, float] = field(default_factory=dict)
 
 
 def body_sha256(req: ScoreRequest) -> str:
@@ -406,6 +415,8 @@ class Verdict:
     deciding_rule: str | None = None
     #: Points the deciding rule added to lift the score into its decision's band.
     lift: int = 0
+    #: The policy's decision when exploration let the attempt through (``decision`` is then allow).
+    explored_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -428,6 +439,46 @@ def build_policy(bands: Mapping[str, int], thresholds: Mapping[str, Mapping[str,
         logger.error("%s: using the default bands %s", exc, DEFAULT_BANDS)
         checked = dict(DEFAULT_BANDS)
     return Policy(checked, normalize_thresholds(thresholds, checked))
+
+
+def model_answer_for(
+    model: LoadedModel, inputs: Mapping[str, float], keys: Mapping[str, Any], top_k: int
+) -> ModelAnswer:
+    """Steps 5-6 for any loaded model: booster + calibrator -> score, TreeSHAP -> signals (may raise)."""
+    x = feature_row(model.feature_names, inputs)
+    model_score, contrib = model.explain(x)
+    baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
+    sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
+                         top_k=top_k, absent=absent_identities(keys))
+    return ModelAnswer(model_score, sigs)
+
+
+def verdict_for(
+    promo_type: str | None, inputs: Mapping[str, Any], answer: ModelAnswer | None, rules: RulesTable,
+    policy: Policy,
+) -> Verdict:
+    """Steps 7-8 for any rules table and policy: the rules, evaluated once, and the decision.
+
+    Pure: ``inputs`` are the rules' inputs (:func:`rule_inputs`), ``answer`` the model's (None: the rules'
+    points are the score). A hard rule stricter than the score decides, and lifts the score to its
+    decision's threshold (so refuse is always high, verify at least medium); the lift is the deciding
+    rule's points.
+    """
+    outcome = evaluate_rules(inputs, rules)
+    thresholds = policy.thresholds
+    if answer is not None:
+        base, model_sigs = answer.score, answer.signals
+    else:
+        base, model_sigs = outcome.score, []
+    by_score = decide(base, promo_type, thresholds)
+    decision = stricter(by_score, outcome.hard_decision)
+    deciding = None
+    if outcome.hard_decision is not None and outcome.hard_decision == decision:
+        deciding = next(h.rule_id for h in outcome.signals if h.action == decision)
+    score = lift_to(base, decision, promo_type, thresholds) if decision != by_score else base
+    signals = compose_signals(model_sigs, rule_signals(outcome.signals, priced=answer is None), deciding,
+                              score - base)
+    return Verdict(score, decision, signals, outcome, deciding, score - base)
 
 
 @dataclass
@@ -477,6 +528,10 @@ class RequestContext:
 
 class Scorer:
     """Scores one request; thread-safe; dependencies are injected and may each be missing or failing."""
+
+    #: Called with each fresh answer's context, verdict and response once it is logged (the shadow's
+    #: submit, :mod:`serving.shadow`); it must return at once. None: nothing is called.
+    on_scored: Callable[[RequestContext, Verdict, ScoreResponse], object] | None = None
 
     def __init__(
         self,
@@ -608,7 +663,18 @@ class Scorer:
         mark = ctx.lap("rules", mark)
         self._record_attempt(ctx)
         ctx.lap("velocity_record", mark)
-        return self._respond(ctx, verdict)
+        response = self._respond(ctx, verdict)
+        if self.on_scored is not None:
+            self._hand_off(ctx, verdict, response)
+        return response
+
+    def _hand_off(self, ctx: RequestContext, verdict: Verdict, response: ScoreResponse) -> None:
+        """Hand a fresh answer to :attr:`on_scored` (the shadow's non-blocking submit); never fails it."""
+        assert self.on_scored is not None
+        try:
+            self.on_scored(ctx, verdict, response)
+        except Exception as exc:
+            logger.warning("on_scored hook failed: %s", type(exc).__name__)
 
     def _resolve(self, req: ScoreRequest, digest: str, started: float) -> RequestContext:
         """Step 2: identity keys and flags; a resolver failure degrades the answer, never fails it."""
@@ -633,11 +699,7 @@ class Scorer:
         if model is None or ctx.failed or not ctx.identity_ok:
             return None
         try:
-            x = feature_row(model.feature_names, ctx.inputs)
-            model_score, contrib = model.explain(x)
-            baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
-            sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
-                                 top_k=self.config.top_k_signals, absent=absent_identities(ctx.keys))
+            answer = model_answer_for(model, ctx.inputs, ctx.keys, self.config.top_k_signals)
         except Exception as exc:
             logger.warning("model prediction failed: %s", type(exc).__name__)
             ctx.model_failed = True
@@ -646,7 +708,7 @@ class Scorer:
             logger.warning("model path ran past the %.0f ms deadline", self.config.request_deadline_ms)
             ctx.model_failed = True
             return None
-        return ModelAnswer(model_score, sigs)
+        return answer
 
     def _reserve(self, ctx: RequestContext) -> ReservationOutcome:
         """Step 8's reservation: take one use of a capped promotion on its scope, atomically.
@@ -677,29 +739,59 @@ class Scorer:
         return ReservationOutcome("blocked", (res.blocked_by or "identity").split(":", 1)[0], matched)
 
     def _verdict(self, ctx: RequestContext) -> Verdict:
-        """Step 7-8: the rules, evaluated once, and the decision from score, thresholds and hard rules.
+        """Step 7-8: the rules, evaluated once, and the decision (:func:`verdict_for`), then exploration.
 
         A hard rule stricter than the score decides, and lifts the score to its decision's threshold
         (so refuse is always high, verify at least medium); the lift is the deciding rule's points.
         """
         inputs = rule_inputs(ctx.req, ctx.keys, ctx.features, ctx.shared_kind, ctx.reservation)
         ctx.rule_inputs = {k: v for k, v in inputs.items() if k not in ctx.features}
-        outcome = evaluate_rules(inputs, self.rules)
-        thresholds = self.policy().thresholds
-        promo_type = ctx.req.promotion.type
-        if ctx.model is not None:
-            base, model_sigs = ctx.model.score, ctx.model.signals
-        else:
-            base, model_sigs = outcome.score, []
-        by_score = decide(base, promo_type, thresholds)
-        decision = stricter(by_score, outcome.hard_decision)
-        deciding = None
-        if outcome.hard_decision is not None and outcome.hard_decision == decision:
-            deciding = next(h.rule_id for h in outcome.signals if h.action == decision)
-        score = lift_to(base, decision, promo_type, thresholds) if decision != by_score else base
-        rules = rule_signals(outcome.signals, priced=ctx.model is None)
-        signals = compose_signals(model_sigs, rules, deciding, score - base)
-        return Verdict(score, decision, signals, outcome, deciding, score - base)
+        verdict = verdict_for(ctx.req.promotion.type, inputs, ctx.model, self.rules, self.policy())
+        return self._explore(ctx, verdict)
+
+    def _explore(self, ctx: RequestContext, verdict: Verdict) -> Verdict:
+        """Let a drawn share of the model's verify/refuse answers through as allow (the exploration holdout).
+
+        Only a decision the model's score made by threshold is explored: never a hard rule's (a spent
+        single-use code, a reached cap, a self-referral...), never the rules fallback's, never an attempt
+        whose reservation was blocked. The draw is a hash of ``request_id``, so a retry gets the same
+        answer. Score and signals stay as they are: they still show the risk.
+        """
+        share = exploration_share(self.config.exploration, ctx.req.promotion.type)
+        if (
+            share <= 0.0
+            or verdict.decision not in EXPLORABLE
+            or ctx.model is None
+            or verdict.rules.hard_decision is not None
+            or verdict.deciding_rule is not None
+            or ctx.reservation.status not in ("not_needed", "reserved")
+            or not explores(ctx.req.request_id, share)
+        ):
+            return verdict
+        return replace(verdict, decision="allow", explored_from=verdict.decision)
+
+    def challenger_verdict(
+        self, ctx: RequestContext, model: LoadedModel | None, rules: RulesTable, policy: Policy
+    ) -> tuple[Verdict, bool]:
+        """What another model and rules table answer on this request's own inputs: (verdict, on the model).
+
+        For the shadow (:mod:`serving.shadow`), off the request path, after the live answer: it reads
+        ``ctx`` as the live path left it (features, keys and flags, the reservation's outcome, referral
+        kinds, the rules' inputs) and writes nothing: no velocity, no reservation, no log, no field of
+        ``ctx``. The model answers under the live path's conditions (every read on time, identity
+        resolved); a model that raises leaves the rules to answer, as on the live path. No exploration.
+        """
+        answer: ModelAnswer | None = None
+        if model is not None and not ctx.failed and ctx.identity_ok:
+            if model is self.model and ctx.model is not None:
+                answer = ctx.model
+            else:
+                try:
+                    answer = model_answer_for(model, ctx.inputs, ctx.keys, self.config.top_k_signals)
+                except Exception as exc:
+                    logger.warning("challenger model prediction failed: %s", type(exc).__name__)
+        inputs = {**ctx.features, **ctx.rule_inputs}
+        return verdict_for(ctx.req.promotion.type, inputs, answer, rules, policy), answer is not None
 
     def _give_back(self, ctx: RequestContext) -> None:
         """Release the hold of an attempt that is refused: a refusal never uses up a shopper's cap."""
@@ -746,6 +838,9 @@ class Scorer:
             "policy": {"promo_type": req.promotion.type, "bands": bands,
                        "thresholds": policy.for_promotion(req.promotion.type)},
         }
+        if verdict.explored_from is not None:
+            # Exploration let the attempt through: the log keeps what the policy decided (Records.append).
+            context["explored_from"] = verdict.explored_from
         stored_now = self.records.append(
             ScoreRecord(
                 request_id=req.request_id, body_sha256=ctx.digest, ts=datetime.fromtimestamp(ctx.now, UTC),

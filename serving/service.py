@@ -52,6 +52,7 @@ from serving.decisions import MOUNT as DECISIONS_MOUNT
 from serving.decisions import decisions_app
 from serving.model_cache import fetch_champion
 from serving.openapi import complete_openapi
+from serving.shadow import start_shadow
 
 logger = logging.getLogger("promoguard.serving")
 
@@ -344,7 +345,8 @@ def build_scorer(settings: Settings) -> Scorer:
     model = load_model(settings)
     records = Records(settings.serving_dir / "scores.db", checkpoint_interval_s=0.5)
     config = ScorerConfig(
-        feature_deadline_ms=settings.feature_deadline_ms, request_deadline_ms=settings.request_deadline_ms
+        feature_deadline_ms=settings.feature_deadline_ms, request_deadline_ms=settings.request_deadline_ms,
+        exploration=settings.exploration_shares,
     )
     return Scorer(resolver, build_online(settings), build_velocity(settings), model, rules, records, config)
 
@@ -396,6 +398,24 @@ class PromoGuard:
         )
         self.m_errors = bentoml.metrics.Counter(
             name="promoguard_request_errors_total", documentation="Rejected calls", labelnames=["kind"]
+        )
+        self.m_shadow_dropped = bentoml.metrics.Counter(
+            name="promoguard_shadow_dropped_total",
+            documentation="Shadowed requests dropped because the shadow queue was full (never a live answer)",
+        )
+        self.m_shadow_scored = bentoml.metrics.Counter(
+            name="promoguard_shadow_scored_total",
+            documentation="Requests the shadow challenger scored and logged",
+            labelnames=["live_decision", "challenger_decision"],
+        )
+        self.m_shadow_errors = bentoml.metrics.Counter(
+            name="promoguard_shadow_errors_total", documentation="Shadowed requests not scored or not logged"
+        )
+        self.shadow = start_shadow(
+            self.settings, self.scorer, on_drop=self.m_shadow_dropped.inc, on_error=self.m_shadow_errors.inc,
+            on_logged=lambda row: self.m_shadow_scored.labels(
+                live_decision=row.live_decision, challenger_decision=row.challenger_decision
+            ).inc(),
         )
         # What is loaded by now (libraries, model, Feast registry: ~480k objects) lives as long as the
         # worker. Frozen, it is never walked by the cyclic collector again: measured at 200 req/s, the
@@ -450,7 +470,9 @@ class PromoGuard:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Close the online reader, the velocity store (its last WAL checkpoint) and the scoring log."""
+        """Stop the shadow worker, then close the online reader, the velocity store and the scoring log."""
+        if self.shadow is not None:
+            self.shadow.close()
         self.scorer.close()
 
 

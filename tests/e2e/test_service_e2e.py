@@ -330,7 +330,7 @@ def summary(answer: Mapping[str, Any]) -> str:
 
 
 @shows_service_log
-def test_second_account_on_same_device_cannot_reuse_one_per_customer_code(
+def test_a_second_account_on_the_same_device_and_card_cannot_reuse_a_one_per_customer_code(
     client: httpx.Client, honest_shoppers: list[dict[str, Any]], promotions: pd.DataFrame
 ) -> None:
     code = promo_code(promotions, "welcome")
@@ -341,14 +341,20 @@ def test_second_account_on_same_device_cannot_reuse_one_per_customer_code(
     assert answer["decision"] in HOLDS_A_USE, f"an honest first use was refused: {summary(answer)}"
     assert redeem(client, first["request_id"])["reservation"] == "confirmed"
 
-    rng = random.Random(1)
-    second = fresh_shopper(rng, request_id=new_request_id("device-2"), promotion=promotion,
-                           account={"account_id": f"acct_new_{uuid.uuid4().hex[:8]}", "is_guest": False,
-                                    "segment": "consumer"},
-                           device=first["device"])
-    again = score(client, second)
-    assert again["decision"] in {"refuse", "verify"}, f"second account on the same device: {summary(again)}"
-    assert cap_signal(again, "device"), f"the device's spent use is not named: {summary(again)}"
+    def new_account(label: str, **shared: Any) -> dict[str, Any]:
+        return fresh_shopper(random.Random(label), request_id=new_request_id(label), promotion=promotion,
+                             account={"account_id": f"acct_new_{uuid.uuid4().hex[:8]}", "is_guest": False,
+                                      "segment": "consumer"}, **shared)
+
+    # One strong signal alone (the device: a shared family tablet looks the same) is a warning.
+    device_only = score(client, new_account("device-2", device=first["device"]))
+    assert device_only["decision"] != "refuse", f"one shared device refused: {summary(device_only)}"
+    codes = [s["code"] for s in device_only["signals"]]
+    assert "EARLIER_REDEEMER_ONE_SIGNAL" in codes, summary(device_only)
+    # Two strong signals (device and card) are the same customer under a fresh account: refused.
+    both = score(client, new_account("device-3", device=first["device"], payment=first["payment"]))
+    assert both["decision"] == "refuse", f"second account on the same device and card: {summary(both)}"
+    assert cap_signal(both, "device"), f"the device's spent use is not named: {summary(both)}"
 
 
 @shows_service_log

@@ -63,7 +63,7 @@ def test_thresholds_drop_when_the_discount_at_risk_grows() -> None:
     # verify from the medium band up, refuse inside the high band.
     for t in (t_cheap, t_dear):
         assert t["watch"] <= 30 and t["watch"] + 5 <= t["verify"]
-        assert 30 <= t["verify"] and t["verify"] + 5 <= t["refuse"] and 60 <= t["refuse"] <= 100
+        assert t["verify"] >= 30 and t["verify"] + 5 <= t["refuse"] and 60 <= t["refuse"] <= 100
 
 
 def test_costlier_false_refusals_push_the_refuse_threshold_up() -> None:
