@@ -338,7 +338,7 @@ def rule_inputs(
         # Words for the descriptions (scoring.text): present only when there is something to say.
         code_redeemed_before=redeemed_before if spent_before else None,
         cap_blocked_identity=(
-            " and ".join(IDENTITY_WORDS.get(k, k) for k in cap_kinds) if cap_kinds
+            _word_list([IDENTITY_WORDS.get(k, k) for k in cap_kinds]) if cap_kinds
             else None if cap_kind is None else IDENTITY_WORDS.get(cap_kind, cap_kind)
         ),
         referral_shared_identity=None if shared_kind is None else IDENTITY_WORDS.get(shared_kind),
@@ -347,6 +347,11 @@ def rule_inputs(
         ),
     )
     return inputs
+
+
+def _word_list(words: Sequence[str]) -> str:
+    """"device", "device and card", "account, device and card": a list as a sentence says it."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def promo_is_limited(promo: Promotion) -> bool:
