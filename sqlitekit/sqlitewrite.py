@@ -90,9 +90,11 @@ class WriteLock:
                         conn.execute("BEGIN IMMEDIATE")
                         break
                     except sqlite3.OperationalError as exc:
-                        if not _busy(exc) or time.monotonic() + self.poll_s > deadline:
+                        remaining = deadline - time.monotonic()
+                        if not _busy(exc) or remaining <= 0:
                             raise
-                    time.sleep(self.poll_s)
+                    # The last sleep is cut to the deadline: the writer waits its whole timeout, no less.
+                    time.sleep(min(self.poll_s, remaining))
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             with _committed(conn):
