@@ -19,25 +19,21 @@ cannot keep up.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from config.settings import Settings
-from scoring.artifact import MANIFEST_FILE, ArtifactError, LoadedModel
+from scoring.artifact import ArtifactError, LoadedModel
 from scoring.policy import unit_draw
 from scoring.records import ShadowRecord
 from scoring.rules import load_rules
 from scoring.schemas import ScoreResponse
 from scoring.scorer import RequestContext, Scorer, Verdict
 from scoring.shadow import Challenger, challenger_policy, shadow_record
-from serving.model_cache import _install
+from serving.model_cache import fetch_version
 
 logger = logging.getLogger(__name__)
 
@@ -205,50 +201,6 @@ class ShadowRunner:
 
 
 # --- building the challenger -----------------------------------------------------------------------
-
-
-def fetch_version(tracking_uri: str, model_name: str, ref: str, cache_dir: str | Path) -> Path:
-    """Download a registered version (a number) or the version an alias names into ``cache_dir/<version>/``.
-
-    A version already cached is used as is (a registered version never changes). Unlike the champion's
-    fetch, there is no fallback to another cached version: a challenger is one version or none.
-    """
-    cache = Path(cache_dir)
-    if ref.isdigit() and (cache / ref / MANIFEST_FILE).is_file():
-        return cache / ref
-    cache.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    try:
-        import mlflow
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        if ref.isdigit():
-            version = client.get_model_version(model_name, ref)
-        else:
-            version = client.get_model_version_by_alias(model_name, ref)
-        target = cache / str(version.version)
-        if (target / MANIFEST_FILE).is_file():
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{version.version}.partial-", dir=cache))
-        try:
-            mlflow.set_tracking_uri(tracking_uri)
-            source = version.source or f"models:/{model_name}/{version.version}"
-            downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging)))
-            found = next((p.parent for p in downloaded.rglob(MANIFEST_FILE)), None)
-            if found is None:
-                raise ArtifactError(f"model {model_name} version {version.version}: no {MANIFEST_FILE}")
-            _install(found, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
-    except ArtifactError:
-        raise
-    except Exception as exc:
-        raise ArtifactError(
-            f"model registry at {tracking_uri} gave no {model_name} {ref} ({type(exc).__name__})"
-        ) from None
 
 
 def load_challenger(settings: Settings) -> Challenger | None:

@@ -21,7 +21,8 @@ from scoring.rules import DEFAULT_RULES_PATH, load_rules
 from scoring.schemas import ScoreRequest, ScoreResponse
 from scoring.scorer import Scorer, ScorerConfig
 from scoring.shadow import Challenger
-from serving.shadow import ShadowRunner, fetch_version, in_shadow, load_challenger, start_shadow
+from serving.model_cache import fetch_version
+from serving.shadow import ShadowRunner, in_shadow, load_challenger, start_shadow
 from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 #: The tiny model scores 77-79 here: verify under its own thresholds, refuse under the challenger's.
