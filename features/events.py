@@ -73,6 +73,20 @@ BILL_COLUMNS = tuple(f"bill_{p}" for p in ADDRESS_PARTS)
 RAW_PII_COLUMNS = ("email", "phone", *SHIP_COLUMNS, *BILL_COLUMNS, "ip", "local_ip")
 
 
+#: The abuse patterns of the seed catalogue, as ``truth.parquet`` names them (an evaluation-only file
+#: beside a simulated history: request_id, actor_id, pattern, is_abuse, evasion). Never a feature.
+SEED_PATTERNS: tuple[str, ...] = (
+    "welcome_cycling",
+    "referral_self",
+    "code_leak",
+    "intro_reset",
+    "sample_stacking",
+    "wholesale_guest",
+)
+#: Automated abuse, always reported apart from the seed patterns.
+BOT_PATTERNS: tuple[str, ...] = ("bot_spray",)
+
+
 class ContractError(ValueError):
     """A record or frame broke the data contract; the message names the field(s) and rows."""
 

@@ -94,22 +94,21 @@ import numpy.typing as npt
 import pandas as pd
 from disposable_email_domains import blocklist as _DISPOSABLE_BLOCKLIST
 
-from features.events import EVENT_COLUMNS, validate_events, validate_labels, validate_promotions
+from features.events import (
+    BOT_PATTERNS,
+    EVENT_COLUMNS,
+    SEED_PATTERNS,
+    validate_events,
+    validate_labels,
+    validate_promotions,
+)
 from features.ipintel import cloud_ranges
 
 DriftKind = Literal["none", "new_leak", "new_bot_farm", "seasonal_legit"]
 Evasion = Literal["none", "naive", "careful", "sophisticated", "rotating"]
 EVASION_TIERS = ("naive", "careful", "sophisticated", "rotating")
 
-ABUSE_PATTERNS = (
-    "welcome_cycling",
-    "referral_self",
-    "code_leak",
-    "intro_reset",
-    "sample_stacking",
-    "wholesale_guest",
-    "bot_spray",
-)
+ABUSE_PATTERNS = (*SEED_PATTERNS, *BOT_PATTERNS)
 LEGIT_PATTERNS = (
     "legit_repeat",
     "legit_new",

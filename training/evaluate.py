@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+from features.events import BOT_PATTERNS, SEED_PATTERNS
 from scoring.calibration import apply_calibrator, to_score
 from scoring.policy import threshold_per_row
 from training.calibrate import CostModel
@@ -31,17 +32,6 @@ from training.train import matrix, predict_proba
 
 Scorer = Callable[[pd.DataFrame], np.ndarray]
 
-#: The abuse patterns of the seed catalogue: the headline of every truth metric.
-SEED_PATTERNS: tuple[str, ...] = (
-    "welcome_cycling",
-    "referral_self",
-    "code_leak",
-    "intro_reset",
-    "sample_stacking",
-    "wholesale_guest",
-)
-#: Automated abuse, reported apart from the seed patterns.
-BOT_PATTERNS: tuple[str, ...] = ("bot_spray",)
 #: Truly abusive (or honest) rows a slice needs before its rate is shown; below it the rate is NaN.
 MIN_TRUTH_ROWS = 20
 #: Column of simulator ground truth (``True`` = the attempt is abuse).

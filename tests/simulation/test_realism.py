@@ -22,19 +22,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.events import SEED_PATTERNS
 from features.ipintel import cloud_ranges
 from simulation.simulate import SimulatedHistory, SimulationConfig, simulate_history
 
 pytestmark = pytest.mark.xdist_group("realism")
 
-SEED_PATTERNS = (
-    "welcome_cycling",
-    "referral_self",
-    "code_leak",
-    "intro_reset",
-    "sample_stacking",
-    "wholesale_guest",
-)
 MAX_AUC = 0.85
 MAX_MARKED_SHARE = 0.05
 EARLY_SHARE = 0.6
