@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -113,8 +114,11 @@ def running_service(
 
 
 def example_request(settings: Settings) -> dict[str, Any]:
-    """A realistic /score body: a welcome code from the promotions table, a shopper, a device."""
-    code = "WELCOME10"
+    """The API document's example /score body, with a welcome code from the world's promotions table."""
+    from serving.openapi import REQUEST_EXAMPLE
+
+    body = copy.deepcopy(REQUEST_EXAMPLE)
+    body["request_id"] = f"demo-{int(time.time())}"
     promotions = settings.raw_dir / "promotions.parquet"
     if promotions.exists():
         import pandas as pd
@@ -122,25 +126,8 @@ def example_request(settings: Settings) -> dict[str, Any]:
         promos = pd.read_parquet(promotions)
         welcome = promos[promos["promo_type"] == "welcome"]
         if len(welcome):
-            code = str(welcome["promo_code"].iloc[0])
-    return {
-        "request_id": f"demo-{int(time.time())}",
-        "promotion": {"code": code, "type": "welcome", "discount_value": 15.0, "per_customer_limit": 1},
-        "account": {"is_guest": True},
-        "email": "Jane.Doe+promo@gmail.com",
-        "phone": "+1 415-555-0100",
-        "shipping_address": {
-            "line1": "123 Main St Apt 4B",
-            "city": "San Francisco",
-            "region": "CA",
-            "postal_code": "94110",
-            "country": "US",
-        },
-        "payment": {"fingerprint": "fp_demo_0001", "bin": "424242", "last4": "4242"},
-        "device": {"device_id": "3f2b8c1e-9a4d-4e7b-8c2a-5d6e7f8a9b0c", "user_agent": "Mozilla/5.0"},
-        "ip": "73.162.10.21",
-        "cart": {"total": 64.0, "currency": "USD"},
-    }
+            body["promotion"]["code"] = str(welcome["promo_code"].iloc[0])
+    return body
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -70,36 +70,50 @@ RESPONSE_EXAMPLE: dict[str, Any] = json.loads(
     # --- generated: begin
     """{
      "request_id": "try-me-1",
-     "score": 60,
+     "score": 97,
      "band": "high",
      "decision": "refuse",
      "signals": [
       {
        "name": "customer_cap_reached",
        "code": "CUSTOMER_CAP_REACHED",
-       "description": "per-customer limit of 1 use already reached on this device",
-       "points": 43,
+       "description": "per-customer limit of 1 use already reached on this device, payment method, phone number, email address and shipping household",
+       "points": 69,
        "source": "rule"
-      },
-      {
-       "name": "code_new_account_share",
-       "code": "CODE_NEW_ACCOUNT_SHARE",
-       "description": "100% of this code's attempts in the last 7 days came from new accounts or guests",
-       "points": 12,
-       "source": "model"
       },
       {
        "name": "code_age",
        "code": "CODE_AGE",
        "description": "code first used 90 days ago",
-       "points": 9,
+       "points": 8,
        "source": "model"
       },
       {
-       "name": "account_attempts",
-       "code": "ACCOUNT_ATTEMPTS",
-       "description": "guest checkout, so no account history",
+       "name": "code_shared_widely",
+       "code": "CODE_SHARED_WIDELY",
+       "description": "code used from 1 device in the last 24 hours",
+       "points": 8,
+       "source": "model"
+      },
+      {
+       "name": "code_new_account_share",
+       "code": "CODE_NEW_ACCOUNT_SHARE",
+       "description": "100% of this code's attempts in the last 7 days came from new accounts or guests",
+       "points": 5,
+       "source": "model"
+      },
+      {
+       "name": "one_per_customer",
+       "code": "ONE_PER_CUSTOMER",
+       "description": "a code limited to one use per customer",
        "points": 3,
+       "source": "model"
+      },
+      {
+       "name": "account_new",
+       "code": "ACCOUNT_NEW",
+       "description": "guest checkout, so no account history",
+       "points": 2,
        "source": "model"
       },
       {
@@ -122,27 +136,13 @@ RESPONSE_EXAMPLE: dict[str, Any] = json.loads(
        "description": "email uses an alias (plus tag or dots) of another mailbox",
        "points": 0,
        "source": "identity"
-      },
-      {
-       "name": "code_redeemed",
-       "code": "CODE_REDEEMED",
-       "description": "this code was already redeemed 7668 times",
-       "points": -3,
-       "source": "model"
-      },
-      {
-       "name": "household_promo_type_reuse",
-       "code": "HOUSEHOLD_PROMO_TYPE_REUSE",
-       "description": "no attempts at this kind of promotion from this shipping household so far",
-       "points": -6,
-       "source": "model"
       }
      ],
-     "model_version": "promo-abuse-20261202081805-61t",
+     "model_version": "promo-abuse-20261202092031-58t",
      "degraded": false,
      "fallback": null,
-     "latency_ms": 6.88
-    }"""
+     "latency_ms": 6.245
+    }"""  # noqa: E501 (a real answer's description, verbatim)
     # --- generated: end
 )
 
