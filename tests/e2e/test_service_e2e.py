@@ -10,7 +10,6 @@ new identities. When a test fails, the service log is attached to the failure.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import random
 import select
@@ -37,6 +36,7 @@ from schemathesis.core.result import Ok
 
 from promoguard.demo import running_service
 from promoguard.settings import Settings
+from replay.requests import request_body
 from tests.conftest import require_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("world")]
@@ -151,48 +151,19 @@ def client(service: Service) -> Iterator[httpx.Client]:
 # --- shoppers from the world's raw data -------------------------------------------------------------
 
 
-def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
-        return None
-    return str(value)
-
-
 def body_from_event(
     event: Mapping[str, Any], promotion: Mapping[str, Any], request_id: str
 ) -> dict[str, Any]:
-    """A /score body carrying one raw event's shopper (account, contact, address, card, device, network)."""
-    created = event.get("account_created_at")
-    account: dict[str, Any] = {"is_guest": bool(event["is_guest"])}
-    if not event["is_guest"] and _text(event.get("account_id")):
-        account.update(account_id=_text(event["account_id"]), segment=_text(event.get("account_segment")))
-        if created is not None and not pd.isna(created):
-            account["created_at"] = pd.Timestamp(created).isoformat()
-    address = {
-        part: _text(event.get(f"ship_{part}"))
-        for part in ("line1", "line2", "city", "region", "postal_code", "country")
-    }
-    total = event.get("cart_total")
-    return {
-        "request_id": request_id,
-        "promotion": dict(promotion),
-        "account": account,
-        "email": _text(event.get("email")),
-        "phone": _text(event.get("phone")),
-        "shipping_address": address,
-        "payment": {
-            "fingerprint": _text(event.get("payment_fingerprint")),
-            "bin": _text(event.get("payment_bin")),
-            "last4": _text(event.get("payment_last4")),
-        },
-        "device": {
-            "device_id": _text(event.get("device_id")),
-            "local_ip": _text(event.get("local_ip")),
-            "user_agent": _text(event.get("user_agent")),
-        },
-        "ip": _text(event.get("ip")),
-        "cart": {"total": float(total) if total is not None and not math.isnan(total) else 40.0,
-                 "currency": _text(event.get("currency")) or "USD"},
-    }
+    """A /score body carrying one raw event's shopper (account, contact, address, card, device, network).
+
+    Built by the replay's request builder, with this test's promotion and id, the shipping address
+    only, and a cart even when the event had none.
+    """
+    body = request_body(event, None, with_timestamp=False)
+    body.update(request_id=request_id, promotion=dict(promotion))
+    body.pop("billing_address", None)
+    body.setdefault("cart", {"total": 40.0, "currency": "USD"})
+    return body
 
 
 @pytest.fixture(scope="module")
