@@ -85,16 +85,16 @@ def referral_context(shared_kinds: int, referrer_is_account: bool) -> dict[str, 
 
 def _policy(keys: pd.DataFrame, promotions: pd.DataFrame | None) -> pd.DataFrame:
     """single_use, per_customer_limit and eligible_segment per attempt, from the catalog by code."""
-    n = len(keys)
-    empty = pd.DataFrame(
-        {
-            "single_use": np.zeros(n, dtype=bool),
-            "per_customer_limit": pd.array([pd.NA] * n, dtype="Int64"),
-            "eligible_segment": pd.Series([None] * n, dtype=object).to_numpy(),
-        }
-    )
     if promotions is None or promotions.empty:
-        return empty
+        # No catalog: every code is unknown, the one path below then gives no policy anywhere.
+        promotions = pd.DataFrame(
+            {
+                "promo_code": pd.Series(dtype=object),
+                "single_use": pd.Series(dtype=bool),
+                "per_customer_limit": pd.Series(dtype="Int64"),
+                "eligible_segment": pd.Series(dtype=object),
+            }
+        )
     catalog = promotions.drop_duplicates("promo_code", keep="last").set_index("promo_code")
     codes = keys["promo_code"].astype(str)
     single = codes.map(catalog["single_use"].astype(bool)).eq(True).to_numpy()
