@@ -7,12 +7,15 @@ sets while it parses them.
 
 Serving reads go through :class:`OnlineFeatures`, built once per process. Its fast path skips Feast's
 per-call request planning (resolving the service, building a protobuf response, converting it to a
-dict) and reads every view of the service at once, with Feast's own entity-key serialization and
-value encoding: one pipelined round trip through Feast's Redis store class, or, on SQLite, one
-statement over Feast's online tables on a per-thread read-only connection (Feast's own SQLite
-reader issues one query per view and converts every row's timestamp, which serving never reads; that
-was 1.6 ms of a request). Every failure of Feast or of the online store surfaces as
-:class:`FeatureStoreUnavailable` so that the caller can fall back to rules.
+dict) and reads every view of the service at once: one pipelined round trip through Feast's Redis
+store class, or, on SQLite, one statement over the online tables on a per-thread read-only
+connection (Feast's own SQLite reader issues one query per view and converts every row's timestamp,
+which serving never reads; that was 1.6 ms of a request). Every failure of Feast or of the online
+store surfaces as :class:`FeatureStoreUnavailable` so that the caller can fall back to rules.
+
+The SQLite online store is :mod:`features.online_store` (one packed row per entity and view, written
+from Arrow in one transaction per view), which Feast loads as a plugin; ``sqlite_layout="feast"``
+selects Feast's own row-per-feature store instead, for comparison (``benchmarks/materialize.py``).
 
 A serving read is bounded by its caller's deadline without a watchdog thread: on SQLite the wait for
 a writer's lock (``feast materialize`` commits while serving reads; the store is in rollback-journal
@@ -49,6 +52,13 @@ from feast.repo_contents import RepoContents
 from feast.repo_operations import extract_objects_for_apply_delete
 
 from features.definitions import FEATURE_SERVICE, feature_views
+from features.online_store import (
+    PACKED_ENGINE_TYPE,
+    PACKED_STORE_TYPE,
+    PackedLayout,
+    compact_entity_key,
+    packed_table_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +98,9 @@ class StoreConfig:
     registry_ttl_s: int = 60
     #: Feast project name; also the suffix of every Redis key, so two projects can share one Redis.
     project: str = "promoguard"
+    #: The SQLite layout: ``packed`` (features/online_store.py: one row per entity and view, bulk
+    #: writes) or ``feast`` (Feast's own store: one row per entity and feature, kept for comparison).
+    sqlite_layout: Literal["packed", "feast"] = "packed"
 
     @classmethod
     def from_settings(cls, settings: Any) -> StoreConfig:
@@ -130,20 +143,27 @@ def repo_config(cfg: StoreConfig, *, serving: bool = False) -> RepoConfig:
         if password:
             conn += f",password={password}"
         online = {"type": "redis", "connection_string": conn}
-    else:
+    elif cfg.sqlite_layout == "packed":
+        online = {"type": PACKED_STORE_TYPE, "path": str(feast_dir / "online.db")}
+    elif cfg.sqlite_layout == "feast":
         online = {"type": "sqlite", "path": str(feast_dir / "online.db")}
+    else:
+        raise ValueError(f"sqlite_layout={cfg.sqlite_layout!r}: expected packed or feast")
     registry = {
         "registry_type": "file",
         "path": str(feast_dir / "registry.db"),
         "cache_mode": "thread" if serving else "sync",
         "cache_ttl_seconds": 0 if serving else cfg.registry_ttl_s,
     }
+    packed = online["type"] == PACKED_STORE_TYPE
     return RepoConfig(
         project=cfg.project,
         provider="local",
         registry=registry,
         offline_store={"type": "duckdb"},
         online_store=online,
+        # The packed store is written from Arrow by its own engine (Feast's local one, last step aside).
+        batch_engine={"type": PACKED_ENGINE_TYPE} if packed else "local",
         entity_key_serialization_version=3,
     )
 
@@ -355,11 +375,15 @@ class _ViewPlan:
     qualified: tuple[str, ...]
     hset_keys: tuple[Any, ...] = ()
     sqlite_table: str = ""
+    #: How the packed layout's rows of this view decode; None for Feast's own layout.
+    packed: PackedLayout | None = None
 
 
-def _to_float(value: ValueProto | None) -> float:
+def _to_float(value: ValueProto | float | None) -> float:
     if value is None:
         return math.nan
+    if isinstance(value, float):
+        return value
     kind = value.WhichOneof("val")
     if kind is None or kind == "null_val":
         return math.nan
@@ -424,9 +448,14 @@ class OnlineFeatures:
                 _, keys = online._generate_hset_keys_for_features(table, list(feats))
                 hset_keys = tuple(keys)
             sqlite_table = ""
+            packed: PackedLayout | None = None
             if self._cfg.online_store == "sqlite":
                 versioned = self._store.config.registry.enable_online_feature_view_versioning
-                sqlite_table = _table_id(self._store.project, table, versioned)
+                if self._cfg.sqlite_layout == "packed":
+                    sqlite_table = packed_table_name(self._store.project, table, versioned)
+                    packed = PackedLayout.of(table)
+                else:
+                    sqlite_table = _table_id(self._store.project, table, versioned)
             plans.append(
                 _ViewPlan(
                     table=table,
@@ -435,6 +464,7 @@ class OnlineFeatures:
                     qualified=tuple(f"{projection.name_to_use()}__{f}" for f in feats),
                     hset_keys=hset_keys,
                     sqlite_table=sqlite_table,
+                    packed=packed,
                 )
             )
         # One attribute swap, so a reader never sees half of a refreshed plan.
@@ -574,22 +604,27 @@ class OnlineFeatures:
         keys_per_view: Sequence[list[EntityKeyProto]],
         deadline: float | None,
     ) -> list[list[tuple[Any, Any]]]:
-        # One statement for every view: Feast's tables hold one row per (entity key, feature).
+        # One statement for every view. A packed table (features/online_store.py) holds one row per
+        # entity key with every value of the view; Feast's own tables one row per (entity key, feature).
         version = config.entity_key_serialization_version
         parts: list[str] = []
         params: list[bytes] = []
         serialized: list[list[bytes]] = []
         for v, (plan, keys) in enumerate(zip(plans, keys_per_view, strict=True)):
-            blobs = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
+            if plan.packed is not None:
+                blobs = [compact_entity_key(k, version) for k in keys]
+            else:
+                blobs = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
             serialized.append(blobs)
             if blobs:
                 table = plan.sqlite_table.replace('"', '""')
+                column = "NULL, vals" if plan.packed is not None else "feature_name, value"
                 parts.append(
-                    f'SELECT {v}, entity_key, feature_name, value FROM "{table}" '
+                    f'SELECT {v}, entity_key, {column} FROM "{table}" '
                     f"WHERE entity_key IN ({','.join('?' * len(blobs))})"
                 )
                 params.extend(blobs)
-        found: list[dict[bytes, dict[str, ValueProto]]] = [{} for _ in plans]
+        found: list[dict[bytes, Any]] = [{} for _ in plans]
         if parts:
             conn = self._sqlite_conn()
             # Wait for a materialization's lock only as long as the caller can: the connection's
@@ -597,6 +632,10 @@ class OnlineFeatures:
             left_ms = _LOCK_WAIT_MS if deadline is None else (deadline - time.perf_counter()) * 1000
             conn.execute(f"PRAGMA busy_timeout = {max(0, int(left_ms))}")
             for v, entity_key, feature_name, value in conn.execute(" UNION ALL ".join(parts), params):
+                layout = plans[v].packed
+                if layout is not None:
+                    found[v][bytes(entity_key)] = layout.decode_floats(value)
+                    continue
                 proto = ValueProto()
                 proto.ParseFromString(value)
                 found[v].setdefault(bytes(entity_key), {})[feature_name] = proto

@@ -21,6 +21,7 @@ keys; raw identity never reaches this module.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import sqlite3
@@ -80,6 +81,42 @@ class Reservation:
     def blocked_kind(self) -> str | None:
         """The kind of identity that hit the limit (e.g. ``device``), ``*`` for a single-use code."""
         return None if self.blocked_by is None else identity_kind(self.blocked_by)
+
+
+@dataclass(frozen=True)
+class VelocityPruneCounts:
+    """What :meth:`SqliteVelocity.prune` / :meth:`RedisVelocity.prune` removed.
+
+    ``members``: counter members older than their counter's horizon; ``requests``: idempotency markers
+    of recorded requests past retention; ``holds``: cap holds past their expiry (never a confirmed
+    use); ``reservations``: reservation records, other than confirmed ones, created before retention.
+    """
+
+    members: int = 0
+    requests: int = 0
+    holds: int = 0
+    reservations: int = 0
+
+
+def _horizon(counter: str, windows: Sequence[tuple[str, float]], default_s: float) -> float:
+    """Seconds a counter's members are kept: the first matching ``(glob, seconds)``, else ``default_s``."""
+    for pattern, seconds in windows:
+        if fnmatch.fnmatchcase(counter, pattern):
+            return seconds
+    return default_s
+
+
+def _check_windows(windows: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    checked = []
+    for i, pair in enumerate(windows):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"windows[{i}] must be a (glob pattern, seconds) pair")
+        pattern = _check_text(f"windows[{i}].pattern", pair[0])
+        seconds = _check_ts(f"windows[{i}].seconds", pair[1])
+        if seconds <= 0:
+            raise ValueError(f"windows[{i}].seconds must be > 0, got {seconds}")
+        checked.append((pattern, seconds))
+    return checked
 
 
 class VelocityStore(Protocol):
@@ -523,6 +560,48 @@ class SqliteVelocity:
             conn.execute("UPDATE reservation SET state = 'released' WHERE request_id = ?", (request_id,))
         return True
 
+    def prune(
+        self, now: float, *, windows: Sequence[tuple[str, float]] = (), vacuum: bool = False
+    ) -> VelocityPruneCounts:
+        """Delete what no read can see any more as of ``now`` (epoch seconds); returns the counts.
+
+        Counter members older than their counter's horizon: the first ``(glob pattern, seconds)`` of
+        ``windows`` matching the counter's name, else ``retention_s`` (at least the longest window any
+        counter is read with). Recorded request ids past ``retention_s``. Cap holds past their expiry
+        (a confirm re-inserts its use, so a late confirm still counts). Reservations other than
+        confirmed ones created before ``retention_s`` (a confirmed one is a lifetime use and stays).
+        Writes prune the counters they touch as they go; this reaches the idle ones. Freed pages are
+        reused by later writes; ``vacuum=True`` also returns them to the file system (a full rewrite).
+        """
+        now = _check_ts("now", now)
+        rules = _check_windows(windows)
+        cutoff = now - self.retention_s
+        with self._tx(immediate=True) as conn:
+            if rules:
+                conn.create_function(
+                    "pg_horizon", 1, lambda c: _horizon(c, rules, self.retention_s), deterministic=True
+                )
+                members = conn.execute("DELETE FROM vset WHERE ts < ? - pg_horizon(counter)", (now,)).rowcount
+            else:
+                members = conn.execute("DELETE FROM vset WHERE ts < ?", (cutoff,)).rowcount
+            counts = VelocityPruneCounts(
+                members=members,
+                requests=conn.execute("DELETE FROM recorded WHERE ts < ?", (cutoff,)).rowcount,
+                holds=conn.execute("DELETE FROM cap_use WHERE expires_at <= ?", (now,)).rowcount,
+                reservations=conn.execute(
+                    "DELETE FROM reservation WHERE state != 'confirmed' AND created_at < ?", (cutoff,)
+                ).rowcount,
+            )
+        try:
+            conn = self._conn()
+            if vacuum:
+                conn.execute("VACUUM")
+            # Rewind the log the deletes went through; a reader in the way leaves it to the checkpointer.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise VelocityUnavailable(f"velocity store busy or failing: {exc}") from exc
+        return counts
+
     def close(self) -> None:
         """Stop the checkpointer and close every thread's connection."""
         if self._checkpointer is not None:
@@ -788,6 +867,58 @@ class RedisVelocity:
         """Free a held reservation so another request can use it."""
         return self._settle_state(request_id, "released")
 
+    def prune(
+        self,
+        now: float,
+        *,
+        windows: Sequence[tuple[str, float]] = (),
+        vacuum: bool = False,
+        batch: int = 1000,
+    ) -> VelocityPruneCounts:
+        """Trim every counter and cap set of this prefix as of ``now``; returns the counts.
+
+        The same rules as :meth:`SqliteVelocity.prune`. Redis expires idle keys by itself (every key
+        carries a TTL of ``retention_s``), and writes trim the keys they touch, so this only reaches
+        members of live keys that no write touched since they aged out. Request markers and
+        reservation records expire by TTL and are not counted. ``vacuum`` is accepted for symmetry.
+        """
+        now = _check_ts("now", now)
+        rules = _check_windows(windows)
+        members = holds = 0
+        try:
+            for kind in ("v", "cap"):
+                strip = len(f"{self.prefix}{kind}:")
+                keys: list[bytes] = []
+                for key in self.client.scan_iter(match=f"{self.prefix}{kind}:*", count=batch):
+                    keys.append(key)
+                    if len(keys) >= batch:
+                        members, holds = self._trim(kind, keys, strip, now, rules, members, holds)
+                        keys = []
+                if keys:
+                    members, holds = self._trim(kind, keys, strip, now, rules, members, holds)
+        except redis.RedisError as exc:
+            raise VelocityUnavailable(f"velocity redis failed: {type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise VelocityUnavailable(f"velocity redis unreachable: {exc}") from exc
+        return VelocityPruneCounts(members=members, holds=holds)
+
+    def _trim(
+        self, kind: str, keys: list[bytes], strip: int, now: float, rules: list[tuple[str, float]],
+        members: int, holds: int,
+    ) -> tuple[int, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            if kind == "cap":
+                # Holds are scored by expiry; confirmed uses by +inf, which this never reaches.
+                pipe.zremrangebyscore(key, "-inf", repr(now))
+            else:
+                horizon = _horizon(_text(key)[strip:], rules, self.retention_s)
+                pipe.zremrangebyscore(key, "-inf", f"({now - horizon!r}")
+        removed = [int(n) for n in pipe.execute()]
+        if kind == "cap":
+            return members, holds + sum(removed)
+        return members + sum(removed), holds
+
     def close(self) -> None:
         """Close the client's connections."""
         self.client.close()
@@ -805,11 +936,12 @@ def velocity_store(
     redis_url: str,
     redis_timeout_s: float = 0.05,
     prefix: str = DEFAULT_PREFIX,
+    retention_s: float = DEFAULT_RETENTION_S,
 ) -> VelocityStore:
     """Build the configured backend (the edge where settings become a store)."""
     if backend == "sqlite":
         Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteVelocity(sqlite_path)
+        return SqliteVelocity(sqlite_path, retention_s=retention_s)
     if backend == "redis":
-        return RedisVelocity(redis_client(redis_url, redis_timeout_s), prefix=prefix)
+        return RedisVelocity(redis_client(redis_url, redis_timeout_s), prefix=prefix, retention_s=retention_s)
     raise ValueError(f"backend must be 'sqlite' or 'redis', got {backend!r}")

@@ -31,14 +31,20 @@ import json
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from scoring.signals import top_signal_names
 from sqlitekit.sqlitewrite import WriteLock
 from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
+
+_NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS scores_no_delete BEFORE DELETE ON scores
+        BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END"""
+
+#: Days of decisions :meth:`Records.prune` keeps unless told otherwise (``PROMOGUARD_SCORES_RETENTION_DAYS``).
+DEFAULT_RETENTION_DAYS = 90.0
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS scores (
@@ -67,8 +73,7 @@ _SCHEMA = (
     # Append-only: the audit trail of decisions cannot be rewritten through this database.
     """CREATE TRIGGER IF NOT EXISTS scores_no_update BEFORE UPDATE ON scores
         BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS scores_no_delete BEFORE DELETE ON scores
-        BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END""",
+    _NO_DELETE_TRIGGER,
 )
 
 
@@ -132,6 +137,16 @@ class ScoreRecord:
         """The policy's decision an explored attempt would have got (None unless explored)."""
         value = (self.context or {}).get("explored_from")
         return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class PruneCounts:
+    """Rows :meth:`Records.prune` deleted, per table."""
+
+    scores: int
+    outcomes: int
+    feedback: int
+    shadow: int
 
 
 @dataclass(frozen=True)
@@ -336,6 +351,46 @@ class Records:
                 values,
             )
             return int(self._conn.total_changes - before)
+
+    def prune(
+        self, now: datetime, days: float = DEFAULT_RETENTION_DAYS, *, vacuum: bool = False
+    ) -> PruneCounts:
+        """Delete the decisions logged more than ``days`` before ``now``, with their outcomes, labels and
+        shadow rows; returns how many rows of each table went.
+
+        A decision and what followed it leave together, whenever the follow-up arrived, so no label or
+        outcome outlives the attempt it is about. ``scores`` is append-only for every other writer: its
+        delete trigger is dropped and re-created inside the pruning transaction, so no other connection
+        ever sees the log without it. A request id pruned here is new again to :meth:`lookup`. Freed
+        pages are reused by later writes, so the file stops growing at its retention size;
+        ``vacuum=True`` also gives them back to the file system (a full rewrite: run it off-peak).
+        """
+        if days <= 0:
+            raise ValueError(f"days must be > 0, got {days}")
+        cutoff = (now.astimezone(UTC) - timedelta(days=days)).isoformat()
+        with self._lock:
+            # The index makes the cut a range scan; built by the first prune, not by every open.
+            self._conn.execute("CREATE INDEX IF NOT EXISTS scores_ts ON scores (ts)")
+            with self._writes.transaction(self._conn, self._busy_timeout_ms):
+                old = "SELECT request_id FROM scores WHERE ts < ?"
+                counts = PruneCounts(
+                    outcomes=self._conn.execute(
+                        f"DELETE FROM outcomes WHERE request_id IN ({old})", (cutoff,)
+                    ).rowcount,
+                    feedback=self._conn.execute(
+                        f"DELETE FROM feedback WHERE request_id IN ({old})", (cutoff,)
+                    ).rowcount,
+                    shadow=self._conn.execute("DELETE FROM shadow WHERE ts < ?", (cutoff,)).rowcount,
+                    scores=0,
+                )
+                self._conn.execute("DROP TRIGGER IF EXISTS scores_no_delete")
+                scores = self._conn.execute("DELETE FROM scores WHERE ts < ?", (cutoff,)).rowcount
+                self._conn.execute(_NO_DELETE_TRIGGER)
+            if vacuum:
+                self._conn.execute("VACUUM")
+            # Rewind the log the deletes (and a vacuum) went through.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return replace(counts, scores=scores)
 
     def count(self, table: str) -> int:
         """Rows in one of the service's tables (scores, outcomes, feedback, shadow)."""

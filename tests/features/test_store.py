@@ -316,3 +316,152 @@ def test_apply_names_a_nanosecond_timestamp_column(tmp_path: Path) -> None:
     df.to_parquet(cfg.features_dir / "code_stats.parquet", index=False)
     with pytest.raises(ValueError, match=r"code_stats.parquet.*event_timestamp"):
         apply(cfg)
+
+
+# --- the packed online store (features/online_store.py) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def feast_layout_store(
+    sqlite_store: tuple[StoreConfig, dict[str, pd.DataFrame]],
+) -> StoreConfig:
+    """The same parquet files materialized into Feast's own row-per-feature SQLite layout."""
+    cfg, _ = sqlite_store
+    fcfg = replace(cfg, feast_dir=cfg.feast_dir.parent / "feast_layout", sqlite_layout="feast")
+    apply_and_materialize(fcfg, AS_OF)
+    return fcfg
+
+
+def test_packed_store_reads_as_feasts_own_sqlite_store(sqlite_store, feast_layout_store) -> None:
+    # Parity across layouts and read paths: Feast's SDK and the fast path on the packed store, and
+    # both on Feast's own store, give the same values for known, unknown and missing keys.
+    cfg, _ = sqlite_store
+    rows = [_row_keys(i) for i in range(N_ENTITIES)]
+    rows.append({**_row_keys(0), "household_key": "unknown", "promo_code": "NOPE", "phone_key": None})
+    answers = [
+        OnlineFeatures(c, fast=fast, refresh_registry=False).read_many(rows)
+        for c in (cfg, feast_layout_store)
+        for fast in (True, False)
+    ]
+    for per_row in zip(*answers, strict=True):
+        first = per_row[0]
+        for other in per_row[1:]:
+            assert other.keys() == first.keys()
+            assert all(_same(other[k], first[k]) for k in first), [
+                k for k in first if not _same(other[k], first[k])
+            ]
+
+
+def test_packed_store_keeps_one_row_per_entity_and_view(sqlite_store) -> None:
+    from features.online_store import packed_table_name
+
+    cfg, _ = sqlite_store
+    store = open_store(cfg)
+    conn = sqlite3.connect(cfg.feast_dir / "online.db")
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        expected = {packed_table_name(cfg.project, store.get_feature_view(v.name)) for v in feature_views()}
+        assert tables == expected
+        for name in expected:
+            # Five offline rows per entity (four events and the snapshot); only the snapshot is online.
+            assert conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] == N_ENTITIES
+    finally:
+        conn.close()
+
+
+def test_apply_drops_another_layout_of_a_view(tmp_path: Path) -> None:
+    from features.online_store import packed_table_name
+
+    cfg = StoreConfig(feast_dir=tmp_path / "feast", features_dir=tmp_path / "features")
+    write_feature_parquets(cfg.features_dir)
+    # Feast's own layout first, as a store written before the packed one would hold.
+    apply_and_materialize(replace(cfg, sqlite_layout="feast"), AS_OF)
+    apply(cfg)
+    store = open_store(cfg)
+    conn = sqlite3.connect(cfg.feast_dir / "online.db")
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+    assert tables == {packed_table_name(cfg.project, store.get_feature_view(v.name)) for v in feature_views()}
+
+
+def test_packed_entity_keys_from_arrow_equal_feasts_serialization() -> None:
+    import pyarrow as pa
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.value_type import ValueType
+
+    from features.online_store import _compact_keys_arrow, compact_entity_key
+
+    table = pa.table({"b_key": ["x", "héllo", ""], "a_key": ["SAVE10", "Z", "q"], "n": [1, -(2**40), 7]})
+    got = _compact_keys_arrow(table, {"b_key": ValueType.STRING, "a_key": ValueType.STRING})
+    for i, key in enumerate(got):
+        proto = EntityKey(
+            join_keys=["b_key", "a_key"],
+            entity_values=[
+                Value(string_val=table["b_key"][i].as_py()),
+                Value(string_val=table["a_key"][i].as_py()),
+            ],
+        )
+        assert key == compact_entity_key(proto)
+    ints = _compact_keys_arrow(table, {"n": ValueType.INT64})
+    for i, key in enumerate(ints):
+        proto = EntityKey(join_keys=["n"], entity_values=[Value(int64_val=table["n"][i].as_py())])
+        assert key == compact_entity_key(proto)
+
+
+def test_packed_values_round_trip_from_arrow_and_from_feast_values() -> None:
+    import pyarrow as pa
+    from feast import Entity, FeatureView, Field, FileSource
+    from feast.types import Bool, Float64, Int64
+
+    from features.online_store import PackedLayout
+
+    view = FeatureView(
+        name="v",
+        entities=[Entity(name="k", join_keys=["k"])],
+        schema=[Field(name="n", dtype=Int64), Field(name="x", dtype=Float64), Field(name="b", dtype=Bool)],
+        source=FileSource(path="unused.parquet", timestamp_field="ts"),
+    )
+    layout = PackedLayout.of(view)
+    for n_values in ([1, None, 3], [2**40, None, -(2**40)]):  # 4-byte, then 8-byte integers
+        table = pa.table({
+            "n": pa.array(n_values, pa.int64()),
+            "x": pa.array([0.5, 1e300, None], pa.float64()),
+            "b": pa.array([True, False, None], pa.bool_()),
+        })
+        blobs = layout.encode_arrow(table)
+        for i, blob in enumerate(blobs):
+            want = [n_values[i], table["x"][i].as_py(), table["b"][i].as_py()]
+            assert layout.decode(blob)[:2] == want[:2]
+            assert layout.decode(blob)[2] == (None if want[2] is None else int(want[2]))
+            protos = layout.decode_protos(blob)
+            # The same row encoded from Feast values decodes to the same values.
+            assert layout.decode(layout.encode_protos(protos)) == layout.decode(blob)
+            floats = layout.decode_floats(blob)
+            assert _same(floats["x"], math.nan if want[1] is None else want[1])
+
+
+def test_a_write_of_feast_values_keeps_the_latest_row_per_entity(tmp_path: Path) -> None:
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    cfg = StoreConfig(feast_dir=tmp_path / "feast", features_dir=tmp_path / "features")
+    write_feature_parquets(cfg.features_dir)
+    apply(cfg)
+    store = open_store(cfg)
+    view = store.get_feature_view("code_stats")
+    key = EntityKey(join_keys=["promo_code"], entity_values=[Value(string_val="PUSHED")])
+    ints = {f.name for f in view.features if f.dtype.to_value_type().name == "INT64"}
+    older = {f.name: Value(int64_val=1) if f.name in ints else Value() for f in view.features}
+    newer = {**older, "attempts_1h": Value(int64_val=9)}
+    online = store._get_provider().online_store  # noqa: SLF001 - the store Feast loaded, as a push writes it
+    online.online_write_batch(store.config, view, [(key, newer, AS_OF, None), (key, older, T0, None)], None)
+    ((ts, values),) = online.online_read(store.config, view, [key])
+    assert ts == AS_OF
+    assert values is not None and values["attempts_1h"].int64_val == 9
+    assert values["new_account_share_7d"].WhichOneof("val") is None
+    row = {**_row_keys(0), "promo_code": "PUSHED"}
+    got = OnlineFeatures(cfg, refresh_registry=False).read(row)
+    assert got["code_stats__attempts_1h"] == 9.0 and math.isnan(got["code_stats__new_account_share_7d"])

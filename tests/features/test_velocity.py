@@ -504,3 +504,90 @@ def test_a_finished_threads_connection_is_closed_when_another_thread_connects(
         opened[first].execute("SELECT 1")
     assert opened[second].execute("SELECT 1").fetchone() == (1,)
     store.close()
+
+
+# --- retention: prune -------------------------------------------------------------------------------
+
+
+def test_prune_drops_members_past_retention_and_keeps_the_rest(short_retention_store: VelocityStore) -> None:
+    s: Any = short_retention_store
+    s.record("old", NOW, [("idle", "a"), ("idle", "b"), ("busy", "a")])
+    s.record("new", NOW + 150, [("busy", "b"), ("fresh", "c")])
+    # 'idle' is never written again, so no write trimmed it; at NOW + 150 its members are 150 s old.
+    assert s.cardinality("idle", 0.0) == 2
+    counts = s.prune(NOW + 150)
+    assert counts.members == 2
+    assert s.cardinality("idle", 0.0) == 0
+    assert s.cardinality("busy", 0.0) == 1 and s.cardinality("fresh", 0.0) == 1
+    # A second run finds nothing more to do.
+    assert s.prune(NOW + 150).members == 0
+
+
+def test_prune_keeps_members_exactly_at_the_horizon(short_retention_store: VelocityStore) -> None:
+    s: Any = short_retention_store
+    s.record("r1", NOW, [("c", "at")])
+    s.record("r2", NOW - 1, [("d", "before")])
+    s.prune(NOW + 100)
+    assert s.cardinality("c", 0.0) == 1  # exactly 100 s old: still readable by a 100 s window
+    assert s.cardinality("d", 0.0) == 0
+
+
+def test_prune_uses_the_first_matching_window_per_counter(store: VelocityStore) -> None:
+    s: Any = store
+    s.record("r1", NOW, [("device_stats|k|attempts", "r1"), ("xref:a:device:k", "seen"), ("other", "x")])
+    counts = s.prune(NOW + 2 * 86_400, windows=[("*|attempts", 86_400.0), ("xref:*", 30 * 86_400.0)])
+    assert counts.members == 1
+    assert s.cardinality("device_stats|k|attempts", 0.0) == 0
+    assert s.cardinality("xref:a:device:k", 0.0) == 1
+    assert s.cardinality("other", 0.0) == 1  # the store's retention (31 days) applies
+    with pytest.raises(ValueError, match="seconds"):
+        s.prune(NOW, windows=[("*", 0.0)])
+
+
+def test_prune_drops_expired_holds_but_never_a_confirmed_use(store: VelocityStore) -> None:
+    s: Any = store
+    assert s.reserve("held", "CODE", ["device:d1"], 5, 60, NOW).reserved
+    assert s.reserve("used", "CODE", ["device:d1"], 5, 60, NOW).reserved
+    assert s.confirm("used")
+    assert s.reserve("fresh", "CODE", ["device:d1"], 5, 600, NOW).reserved
+    counts = s.prune(NOW + 120)
+    assert counts.holds == 1
+    # 'used' and 'fresh' still count: a limit of 2 is reached, a limit of 3 is not.
+    assert not s.reserve("probe2", "CODE", ["device:d1"], 2, 60, NOW + 120).reserved
+    assert s.reserve("probe3", "CODE", ["device:d1"], 3, 60, NOW + 120).reserved
+    # A confirm that arrives after its hold was pruned still counts the redemption.
+    assert s.confirm("held")
+    assert not s.reserve("probe4", "CODE", ["device:d1"], 4, 60, NOW + 120).reserved
+
+
+def test_prune_forgets_old_request_ids_and_unconfirmed_reservations_sqlite(tmp_path: Path) -> None:
+    s = SqliteVelocity(tmp_path / "v.db", retention_s=100)
+    try:
+        assert s.record("req", NOW, [("c", "m")])
+        assert not s.record("req", NOW + 10, [("c", "m")])  # idempotent while kept
+        s.reserve("gone", "CODE", ["device:d1"], 1, 10, NOW)
+        s.reserve("kept", "CODE", ["device:d2"], 1, 10, NOW)
+        assert s.confirm("kept")
+        counts = s.prune(NOW + 200)
+        assert (counts.requests, counts.reservations) == (1, 1)
+        # Past retention the id is new again; the confirmed reservation still answers a retry.
+        assert s.record("req", NOW + 200, [("c", "m")])
+        assert s.reserve("kept", "CODE", ["device:d2"], 1, 10, NOW + 200).duplicate
+        assert not s.reserve("gone", "CODE", ["device:d1"], 1, 10, NOW + 200).duplicate
+    finally:
+        s.close()
+
+
+def test_prune_and_vacuum_shrink_the_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    s = SqliteVelocity(path, retention_s=100)
+    try:
+        for i in range(300):
+            s.record(f"r{i}", NOW, [(f"counter-{i}", "x" * 200)])
+        s.prune(NOW, vacuum=True)
+        full = path.stat().st_size
+        counts = s.prune(NOW + 1000, vacuum=True)
+        assert counts.members == 300
+        assert path.stat().st_size < full
+    finally:
+        s.close()

@@ -134,3 +134,66 @@ def test_history_lists_outcomes_and_labels_of_one_attempt_oldest_first(tmp_path:
     assert [o["outcome"] for o in outcomes] == ["abandoned"]
     assert [(f["label"], f["source"]) for f in feedback] == [
         ("abuse", "manual_review"), ("legit", "customer_support")]
+
+
+# --- retention: prune -------------------------------------------------------------------------------
+
+
+def _at(request_id: str, ts: datetime, digest: str = "h") -> ScoreRecord:
+    rec = _record(request_id, digest)
+    return ScoreRecord(**{**vars(rec), "ts": ts})
+
+
+def test_prune_removes_old_decisions_with_their_follow_ups_and_keeps_the_rest(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from scoring.records import ShadowRecord
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    records = Records(tmp_path / "s.db")
+    old, edge, new = now - timedelta(days=91), now - timedelta(days=90), now - timedelta(days=1)
+    for rid, ts in (("old", old), ("edge", edge), ("new", new)):
+        records.append(_at(rid, ts))
+        records.add_outcome(rid, "redeemed", "confirmed", ts)
+        # The label of the old decision arrives late, inside retention: it still leaves with it.
+        records.add_feedback(rid, "abuse", "manual_review", now)
+        records.append_shadow([ShadowRecord(rid, ts, "CODE", "welcome", 10, "allow", False, None, "1", "v",
+                                            20, "watch", None, "2", "v")])
+    counts = records.prune(now, days=90)
+    assert (counts.scores, counts.outcomes, counts.feedback, counts.shadow) == (1, 1, 1, 1)
+    assert records.scored("old") is None and records.history("old") == ([], [])
+    for rid in ("edge", "new"):  # exactly 90 days old is kept
+        assert records.scored(rid) is not None
+        outcomes, labels = records.history(rid)
+        assert len(outcomes) == 1 and len(labels) == 1
+    assert records.count("shadow") == 2
+    # Idempotent, and the log is append-only again for everyone else.
+    assert records.prune(now, days=90).scores == 0
+    conn = sqlite3.connect(tmp_path / "s.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM scores")
+    conn.close()
+    records.close()
+
+
+def test_idempotency_still_holds_for_kept_decisions_after_a_prune(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    records = Records(tmp_path / "s.db")
+    records.append(_at("kept", now - timedelta(days=10), digest="h1"))
+    records.append(_at("gone", now - timedelta(days=100), digest="h1"))
+    records.prune(now, days=90, vacuum=True)
+    assert records.lookup("kept", "h1") == {"request_id": "kept", "score": 10}
+    with pytest.raises(IdempotencyConflict):
+        records.lookup("kept", "h2")
+    # Past retention an id is new again.
+    assert records.lookup("gone", "h2") is None
+    records.close()
+
+
+def test_prune_rejects_a_non_positive_retention(tmp_path: Path) -> None:
+    records = Records(tmp_path / "s.db")
+    with pytest.raises(ValueError, match="days"):
+        records.prune(datetime.now(UTC), days=0)
+    records.close()
