@@ -16,7 +16,7 @@ DEMO_EVENTS ?= 200000
 DEMO_PORT ?= 3000
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo test bench lint clean
+.PHONY: setup browser promtool bento demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,15 @@ $(STAMP): pyproject.toml constraints.txt
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# promtool, for the alert rules' tests (Debian's prometheus package; needs root, as here).
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# A bento of the service (deploy/requirements.txt is regenerated from the pins first).
+bento: setup
+	$(BIN)/python deploy/requirements.py
+	$(BIN)/bentoml build
+
 demo: setup
 	$(BIN)/promoguard simulate --events $(DEMO_EVENTS)
 	$(BIN)/promoguard features build
@@ -39,7 +48,7 @@ demo: setup
 	$(BIN)/promoguard promote
 	$(BIN)/promoguard serve --port $(DEMO_PORT) --demo
 
-test: setup browser
+test: setup browser promtool
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --cov --cov-report=term $(PYTEST_ARGS)
 
 bench: setup

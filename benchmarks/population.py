@@ -4,7 +4,9 @@ The simulator's own traffic cannot judge a policy tuned on it. These shoppers ar
 seeds: new customers on a welcome offer, family members at one address with identities of their own,
 repeat customers, VPN users, guests and trade buyers; and abusers who keep two strong identities (a
 welcome cycler's device and card, an intro resetter's card and phone), stack free samples at one door
-however it is spelled, redeem their own referral, or use a trade code from a consumer account. Every
+however it is spelled, redeem their own referral (through a shared device and card, or the card
+alone), use a trade code from a consumer account, or open account after account from one home
+network (the first two of each five are not counted either way). Every
 home sits behind the same private router address, as millions of real homes do. Prints, per group,
 the attempts and their decisions, then the honest refusal and verification rates and the recall.
 
@@ -147,6 +149,24 @@ def _abusers(pop: Population) -> None:
         code = {"code": f"REF-{referrer[-6:]}", "type": "referral", "discount_value": 15.0,
                 "per_customer_limit": 1, "referrer_account_id": referrer}
         pop.send(False, "referral to oneself (same device and card)", referee, code)
+    for _ in range(10):
+        sharer = pop.person()
+        pop.send(None, "referrer's own order", sharer, PROMOS["sitewide"])
+        referee = pop.person()
+        referee["payment"] = sharer["payment"]
+        referrer = sharer["account"]["account_id"]
+        code = {"code": f"REF-{referrer[-6:]}", "type": "referral", "discount_value": 15.0,
+                "per_customer_limit": 1, "referrer_account_id": referrer}
+        pop.send(False, "referral to oneself (same card only)", referee, code)
+    for _ in range(8):
+        # One machine at home, a fresh browser profile, email, card and account each time: no two
+        # strong identities ever match, only the home network (public IP and local address) repeats.
+        home = pop.person()
+        for i in range(5):
+            fresh = pop.person()
+            fresh["ip"], fresh["device"]["local_ip"] = home["ip"], home["device"]["local_ip"]
+            pop.send(None if i < 2 else False, "new accounts from one home network (welcome)", fresh,
+                     PROMOS["welcome"])
 
 
 def main() -> None:

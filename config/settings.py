@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_socket_timeout_s: float = Field(default=0.05, gt=0, validation_alias="PROMOGUARD_REDIS_TIMEOUT_S")
+    # The identity graph (features.graph) lives beside the velocity counters (SQLite file or Redis).
+    # Links not seen for this many days are pruned; a key seen with more persons than the bound (a shop
+    # tablet, a library PC) stops linking anyone.
+    graph_retention_days: float = Field(default=400.0, gt=0)
+    graph_max_persons_per_key: int = Field(default=8, ge=1, le=1000)
+    # Campaign codes that get a /metrics label of their own per worker; the others are "other".
+    metrics_campaigns: int = Field(default=50, ge=0, le=10_000)
     mlflow_tracking_uri: str = Field(
         default_factory=_default_tracking_uri, validation_alias="PROMOGUARD_MLFLOW_URI"
     )
@@ -113,6 +120,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     feature_deadline_ms: float = Field(default=50.0, gt=0)
     request_deadline_ms: float = Field(default=200.0, gt=0)
+    # Circuit breakers of the service's dependencies (serving.breaker): after this many failures in a
+    # row a dependency is skipped (the rules answer at once) for the cool-down, then probed. 0: off.
+    breaker_failures: int = Field(default=3, ge=0, le=1000)
+    breaker_cooldown_s: float = Field(default=2.0, gt=0, le=3600)
     # Shadow scoring: a challenger (a registered version or alias, and/or a rules file) scores a share of
     # live traffic off the request path (serving.shadow). Off while the share is 0.
     shadow_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
@@ -123,6 +134,11 @@ class Settings(BaseSettings):
     # verify/refuse answers let through as allow. Pairs, not a dict, so the frozen settings stay hashable.
     exploration: Annotated[tuple[tuple[str, float], ...], NoDecode] = ()
     seed: int = 7
+    # Retention (``promoguard maintenance``): days of decisions the scoring log keeps, their outcomes,
+    # labels and shadow rows with them; and days the velocity store keeps counter members and request
+    # ids, at least the longest window a counter is read with (30 days: the referral cross-check).
+    scores_retention_days: float = Field(default=90.0, gt=0)
+    velocity_retention_days: float = Field(default=31.0, ge=30)
 
     @field_validator("root", "model_dir", "rules_path", "shadow_rules")
     @classmethod

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.definitions import HARD_IDENTITIES
+from features.graph import GRAPH_COLUMNS, GraphConfig, graph_context
 
 #: Promotion types that get a 0/1 column; ``sitewide`` is the reference type (all zeros).
 PROMO_TYPE_FLAGS: tuple[str, ...] = ("welcome", "referral", "intro_offer", "free_sample", "wholesale")
@@ -38,8 +39,9 @@ PROMOTION_COLUMNS: tuple[str, ...] = (
 #: Referral link columns, in model order.
 REFERRAL_COLUMNS: tuple[str, ...] = ("referrer_shared_hard_kinds", "referrer_is_account")
 
-#: Every context column, in model order.
-CONTEXT_COLUMNS: tuple[str, ...] = (*PROMOTION_COLUMNS, *REFERRAL_COLUMNS)
+#: Every context column, in model order: the identity graph's person and household columns last
+#: (:mod:`features.graph`, resolved attempt by attempt in batch and online alike).
+CONTEXT_COLUMNS: tuple[str, ...] = (*PROMOTION_COLUMNS, *REFERRAL_COLUMNS, *GRAPH_COLUMNS)
 
 #: How far back a referrer's identities count, the same window as serving's ``xref`` counters.
 REFERRAL_WINDOW_S = 30 * 86_400
@@ -193,16 +195,32 @@ def _pair(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.asarray(pairs, dtype=object)
 
 
-def add_context(keys: pd.DataFrame, promotions: pd.DataFrame | None) -> pd.DataFrame:
-    """``keys`` with every :data:`CONTEXT_COLUMNS` column added (replaced when already there)."""
+def add_context(
+    keys: pd.DataFrame, promotions: pd.DataFrame | None, graph: GraphConfig | None = None
+) -> pd.DataFrame:
+    """``keys`` with every :data:`CONTEXT_COLUMNS` column added (replaced when already there).
+
+    The graph columns come from resolving every attempt in time order (:func:`features.graph.build_graph`),
+    so each row holds what serving resolved at that attempt.
+    """
     out = keys.drop(columns=[c for c in CONTEXT_COLUMNS if c in keys.columns])
-    return pd.concat([out, context_frame(keys, promotions), referral_links(keys)], axis=1)
+    return pd.concat(
+        [out, context_frame(keys, promotions), referral_links(keys), graph_context(keys, graph)], axis=1
+    )
 
 
 def request_context(
-    promotion: Mapping[str, Any], account: Mapping[str, Any], shared_kinds: int, referrer_is_account: bool
+    promotion: Mapping[str, Any],
+    account: Mapping[str, Any],
+    shared_kinds: int,
+    referrer_is_account: bool,
+    graph: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """Every context column of one request, from plain mappings of its promotion and account."""
+    """Every context column of one request, from plain mappings of its promotion and account.
+
+    ``graph`` holds the attempt's :data:`GRAPH_COLUMNS` (``Resolution.features()``); without it (the
+    graph store is down) they are NaN, which the model reads as missing.
+    """
     out = promotion_context(
         promo_type=promotion.get("type"),
         is_guest=bool(account.get("is_guest")),
@@ -212,4 +230,6 @@ def request_context(
         account_segment=account.get("segment"),
     )
     out.update(referral_context(shared_kinds, referrer_is_account))
+    for col in GRAPH_COLUMNS:
+        out[col] = float(graph[col]) if graph is not None and col in graph else float("nan")
     return out

@@ -769,9 +769,16 @@ class IdentityResolver:
         """Key of a validated device id (None when missing, malformed or all-zero)."""
         return self.hasher.maybe("device", normalize_device(raw))
 
-    def local_ip_key(self, raw: Any) -> str | None:
-        """Key of a WebRTC local IP (None when invalid)."""
-        return self.hasher.maybe("local_ip", normalize_local_ip(raw))
+    def local_ip_key(self, raw: Any, network_key: str | None) -> str | None:
+        """Key of the home network: a WebRTC local IP scoped by the public network it was seen behind.
+
+        A private address alone (192.168.1.23) is shared by millions of unrelated homes, so without a
+        public network there is no key (None), as there is none for an invalid local IP.
+        """
+        local = normalize_local_ip(raw)
+        if local is None or network_key is None:
+            return None
+        return self.hasher.key("local_ip", f"{network_key}|{local}")
 
     def resolve(self, record: Mapping[str, Any]) -> IdentityKeys:
         """Resolve one record (missing columns count as missing values); never raises on bad values."""
@@ -788,7 +795,7 @@ class IdentityResolver:
             referrer_key=self.simple_key("account", get("referrer_account_id")),
             payment_key=self.simple_key("payment", get("payment_fingerprint")),
             device_key=device,
-            local_ip_key=self.local_ip_key(get("local_ip")),
+            local_ip_key=self.local_ip_key(get("local_ip"), ip.network_key),
             email=email, phone=phone, ship=ship, bill=bill, ip=ip,
         )
 
@@ -867,6 +874,14 @@ def _map_unique(values: pd.Series | np.ndarray, fn: Callable[[Any], _T]) -> list
     return list(table[codes])
 
 
+def _home_network_key(resolver: IdentityResolver, joined: Any) -> str | None:
+    """``local_ip_key`` of a ``local\x1fnetwork_key`` pair built by :func:`resolve_frame`."""
+    if not isinstance(joined, str):
+        return None
+    local, _, network = joined.partition("\x1f")
+    return resolver.local_ip_key(local, network or None)
+
+
 def _column(events: pd.DataFrame, name: str) -> pd.Series:
     if name in events.columns:
         return events[name]
@@ -934,7 +949,9 @@ def resolve_frame(events: pd.DataFrame, resolver: IdentityResolver) -> pd.DataFr
     out["device_key"] = _map_unique(_column(events, "device_id"), resolver.device_key)
     out["network_key"] = [i.network_key for i in ips]
     out["ip_key"] = [i.ip_key for i in ips]
-    out["local_ip_key"] = _map_unique(_column(events, "local_ip"), resolver.local_ip_key)
+    local = _column(events, "local_ip").astype(object)
+    scoped = local.where(local.isna(), local.astype(str) + "\x1f" + out["network_key"].fillna("").astype(str))
+    out["local_ip_key"] = _map_unique(scoped, lambda v: _home_network_key(resolver, v))
     out["referrer_key"] = _map_unique(
         _column(events, "referrer_account_id"), lambda v: resolver.simple_key("account", v)
     )

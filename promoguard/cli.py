@@ -231,6 +231,7 @@ def train(
 
     truth_patterns = getattr(result, "truth_patterns", None)
     if truth_patterns is not None and not truth_patterns.empty:
+        from training.evaluate import source_importance
         from training.run import FOLD_SUMMARY_COLUMNS
 
         print_table(
@@ -290,6 +291,12 @@ def train(
             shown(folds.rename(columns=short)),
         )
         print_table("evasion: recall of seed-pattern abusers after each change", result.evasion)
+        if not result.group_importance.empty:
+            print_table(
+                "where the model's mean |SHAP| comes from: identity (who the shopper is, persons and "
+                "households included) vs code popularity (how everyone uses the code) vs context",
+                source_importance(result.group_importance),
+            )
     else:
         print_table("test window: model vs baselines at equal false-positive rate", result.comparison)
         print_table("test window per abuse pattern", result.patterns)
@@ -539,6 +546,64 @@ def shadow_report(
     path = settings.reports_dir / f"shadow-{now:%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     console.print(f"wrote {path}")
+
+
+@app.command("maintenance")
+def maintenance(
+    vacuum: bool = typer.Option(False, help="Also return freed pages to the file system (rewrites files)."),
+    root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
+) -> None:
+    """Apply retention: prune the scoring log, the velocity store and the identity graph; print what went.
+
+    Decisions older than PROMOGUARD_SCORES_RETENTION_DAYS (90) leave with their outcomes, labels and
+    shadow rows; velocity counter members and request ids older than PROMOGUARD_VELOCITY_RETENTION_DAYS
+    (31), expired cap holds and stale reservations are dropped; identity-graph entries not seen for
+    PROMOGUARD_GRAPH_RETENTION_DAYS (400). Safe to run while the service runs.
+    """
+    from datetime import UTC, datetime
+
+    from features.velocity import velocity_store
+    from scoring.records import Records
+
+    settings = _settings(root)
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    log = settings.serving_dir / "scores.db"
+    if log.exists():
+        records = Records(log)
+        try:
+            pruned = records.prune(now, settings.scores_retention_days, vacuum=vacuum)
+        finally:
+            records.close()
+        rows += [{"store": "scoring log", "removed": name, "rows": n} for name, n in vars(pruned).items()]
+    velocity_path = settings.serving_dir / "velocity.db"
+    if settings.velocity_backend == "redis" or velocity_path.exists():
+        store: Any = velocity_store(
+            settings.velocity_backend, velocity_path, settings.redis_url, redis_timeout_s=5.0,
+            retention_s=settings.velocity_retention_days * 86_400,
+        )
+        try:
+            counts = store.prune(now.timestamp(), vacuum=vacuum)
+        finally:
+            store.close()
+        rows += [{"store": f"velocity ({settings.velocity_backend})", "removed": name, "rows": n}
+                 for name, n in vars(counts).items()]
+    graph_path = settings.serving_dir / "graph.db"
+    if settings.velocity_backend != "redis" and graph_path.exists():
+        # Redis graph entries expire by themselves; the SQLite graph is pruned here.
+        from features.graph import GraphConfig, SqliteGraph
+
+        graph = SqliteGraph(graph_path, GraphConfig(retention_days=settings.graph_retention_days),
+                            busy_timeout_ms=5000)
+        try:
+            gone = graph.prune(now.timestamp())
+        finally:
+            graph.close()
+        rows.append({"store": "identity graph (sqlite)", "removed": "entries", "rows": gone})
+    if not rows:
+        console.print(f"nothing to prune: no scoring log or velocity store under {settings.serving_dir}")
+        return
+    print_table(f"maintenance as of {now:%Y-%m-%d %H:%M} UTC", pd.DataFrame(rows))
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.graph import MemoryGraph
 from features.velocity import SqliteVelocity
 from scoring.artifact import LoadedModel
 from scoring.records import Records
@@ -122,6 +123,8 @@ def _scorer(
             records,
             replayer.config,
             clock,
+            # The graph grows with the replayed history, as the service's would have.
+            graph=MemoryGraph(),
         )
         try:
             yield scorer, clock

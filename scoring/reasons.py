@@ -44,6 +44,7 @@ ReasonCode = Literal[
     "ADDRESS_UNPARSED",
     "ANONYMOUS_NETWORK_LIMITED_PROMO",
     "BASELINE",
+    "CAP_STORE_UNAVAILABLE",
     "CODE_AGE",
     "CODE_ATTEMPTS",
     "CODE_NEW_ACCOUNT_SHARE",
@@ -75,6 +76,7 @@ ReasonCode = Literal[
     "EMAIL_REDEMPTIONS",
     "EMAIL_SHARED_ACCOUNTS",
     "GUEST_CHECKOUT",
+    "HOME_NETWORK_NEW_ACCOUNTS",
     "HOUSEHOLD_ATTEMPTS",
     "HOUSEHOLD_CODE_REUSE",
     "HOUSEHOLD_INVALID_CODES",
@@ -113,6 +115,10 @@ ReasonCode = Literal[
     "PAYMENT_PROMO_TYPE_REUSE",
     "PAYMENT_REDEMPTIONS",
     "PAYMENT_SHARED_ACCOUNTS",
+    "PERSON_CODE_REUSE",
+    "PERSON_LINKED",
+    "PERSON_MANY_ACCOUNTS",
+    "PERSON_PROMO_TYPE_REUSE",
     "PHONE_ATTEMPTS",
     "PHONE_CODE_REUSE",
     "PHONE_INVALID",
@@ -179,6 +185,7 @@ IDENTITY_WORDS: dict[str, str] = {
     **{name: e.noun for name, e in ENTITIES.items()},
     "*": "code",
     "identity": "identity",
+    "person": "person (two strong identities of earlier attempts)",
 }
 
 
@@ -542,6 +549,54 @@ def _shared_kinds(v: float | None) -> str:
     return f"the referrer was seen with {text.number(n)} of this shopper's {kinds}"
 
 
+def _linked(v: float | None) -> str:
+    n = _count(v)
+    if n >= 2:
+        return (
+            "this shopper is a person seen before: two strong identities (or an account) match earlier "
+            "attempts"
+        )
+    return "this shopper matches no earlier person on two strong identities"
+
+
+#: The identity graph's columns (:mod:`features.graph`): code, neutral value, wording.
+_GRAPH_REASONS: dict[str, tuple[str, float, Describe]] = {
+    "person_linked_evidence": ("PERSON_LINKED", 0.0, _linked),
+    "person_accounts": (
+        "PERSON_MANY_ACCOUNTS", 1.0,
+        lambda v: f"this person has used {text.some(max(_count(v), 1.0), 'account')}",
+    ),
+    "person_emails": (
+        "PERSON_MANY_ACCOUNTS", 1.0,
+        lambda v: f"this person has used {text.some(max(_count(v), 1.0), 'email address')}",
+    ),
+    "person_code_attempts": (
+        "PERSON_CODE_REUSE", 0.0,
+        lambda v: f"this person already tried this code {text.times(_count(v))}" if _count(v) > 0
+        else "this person had not tried this code before",
+    ),
+    "person_type_attempts": (
+        "PERSON_PROMO_TYPE_REUSE", 0.0,
+        lambda v: f"this person already tried this kind of promotion {text.times(_count(v))}"
+        if _count(v) > 0 else "this person had not tried this kind of promotion before",
+    ),
+    "household_accounts": (
+        "HOUSEHOLD_SHARED_ACCOUNTS", 1.0,
+        lambda v: f"{text.some(_count(v), 'account')} seen at this shipping household",
+    ),
+    "referrer_same_person": (
+        "REFERRAL_SELF_REDEMPTION", 0.0,
+        lambda v: "the referrer resolves to this same person" if _count(v) >= 0.5
+        else "the referrer is another person",
+    ),
+    "referrer_same_household": (
+        "REFERRAL_SELF_REDEMPTION", 0.0,
+        lambda v: "the referrer lives at this shopper's household" if _count(v) >= 0.5
+        else "the referrer lives elsewhere",
+    ),
+}
+
+
 @cache
 def feature_reason(feature: str) -> FeatureReason | None:
     """The reason a model feature belongs to, from its name alone; None for a name no catalog knows."""
@@ -551,6 +606,9 @@ def feature_reason(feature: str) -> FeatureReason | None:
         return _promo_type_reason(feature, feature.removeprefix("promo_is_"))
     if feature == "referrer_shared_hard_kinds":
         return FeatureReason(feature, "REFERRAL_SELF_REDEMPTION", None, 0.0, _shared_kinds)
+    if feature in _GRAPH_REASONS:
+        code, neutral, describe = _GRAPH_REASONS[feature]
+        return FeatureReason(feature, code, None, neutral, describe)
     view_name, sep, feat_name = feature.partition("__")
     if not sep:
         return None
@@ -631,10 +689,42 @@ _FIXED_MEANING: dict[str, tuple[str, str | None, str]] = {
         "the per-customer limit had not been reached",
         "rule",
     ),
+    "CAP_STORE_UNAVAILABLE": (
+        "the promotion's cap could not be checked because the reservation store was unavailable, and the "
+        "promotion asks for verification then (by default a single-use code)",
+        "the promotion's cap had been checked",
+        "rule",
+    ),
     "EARLIER_REDEEMER_ONE_SIGNAL": (
         "one strong identity (device, card, phone, email or household) matches an earlier redeemer of "
         "this promotion: a warning, not a refusal, since families and shared devices look the same",
         "no strong identity had matched an earlier redeemer",
+        "rule",
+    ),
+    "PERSON_LINKED": (
+        "the attempt resolves to a person seen before: two strong identities (or the account) match "
+        "earlier attempts in the identity graph",
+        "the shopper had matched no earlier person",
+        "model",
+    ),
+    "PERSON_MANY_ACCOUNTS": (
+        "the resolved person has used several accounts or email addresses",
+        "the person had used one account",
+        "model",
+    ),
+    "PERSON_CODE_REUSE": (
+        "the resolved person already tried this very code (under any account)",
+        "the person had not tried this code before",
+        "model",
+    ),
+    "PERSON_PROMO_TYPE_REUSE": (
+        "the resolved person already tried this kind of promotion (under any account)",
+        "the person had not tried this kind of promotion before",
+        "model",
+    ),
+    "HOME_NETWORK_NEW_ACCOUNTS": (
+        "several accounts claimed this limited promotion from one home network within the hour",
+        "the home network had not claimed it under other accounts",
         "rule",
     ),
     "ANONYMOUS_NETWORK_LIMITED_PROMO": (
@@ -705,6 +795,7 @@ _RULE_CODES = frozenset(
         "DEVICE_INVALID_CODES",
         "NETWORK_ATTEMPTS",
         "DEVICE_PAST_ABUSE",
+        "CAP_STORE_UNAVAILABLE",
     }
 )
 

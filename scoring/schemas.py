@@ -50,6 +50,9 @@ def _ip_address(value: str | None) -> str | None:
     return value
 
 
+CapScope = Literal["person", "household", "account"]
+
+
 class Promotion(_Body):
     """The code being applied and the store's policy for it."""
 
@@ -63,8 +66,15 @@ class Promotion(_Body):
     single_use: bool = Field(default=False, description="The code may be redeemed once, by anybody.")
     per_customer_limit: int | None = Field(
         default=None, ge=1, le=1000,
-        description="Uses allowed per customer, counted on hard identities (device, household, card, phone, "
-                    "home network), not on the email or account.",
+        description="Uses allowed per customer. Who a customer is follows cap_scope: the resolved person "
+                    "(the account, or two strong identities of an earlier redeemer: device, card, phone, "
+                    "email, household), the household, or the account alone.",
+    )
+    cap_scope: CapScope | None = Field(
+        default=None,
+        description="Scope of per_customer_limit: person (default; welcome, intro and referral offers), "
+                    "household (default for free samples: one per address, however spelled) or account. "
+                    "A single-use code is one use globally whatever its scope.",
     )
     referrer_account_id: str | None = Field(
         default=None, max_length=_ID, description="For a referral code: the account that shared it."
@@ -76,6 +86,13 @@ class Promotion(_Body):
         default=True,
         description="False when the store's own promo engine rejected the code: still scored and counted, "
                     "which is how code spraying shows.",
+    )
+    on_cap_outage: Literal["allow", "verify"] | None = Field(
+        default=None,
+        description="What a capped promotion (single_use or per_customer_limit) gets while the reservation "
+                    "store is unreachable and its cap cannot be checked: verify (the CAP_STORE_UNAVAILABLE "
+                    "signal asks for verification) or allow (fail open: the rules decide, marked degraded). "
+                    "Default: verify for a single-use code, allow for every other promotion.",
     )
 
 

@@ -1,7 +1,8 @@
 """One /score request, in the architecture's order, with every dependency injected.
 
-validate (done by the schema) -> identity keys -> request-time signals -> online features and
-velocity counts under a deadline -> booster + calibrator -> TreeSHAP signals -> hard rules (and the
+validate (done by the schema) -> identity keys -> request-time signals -> online features, velocity
+counts and the identity graph's person under a deadline -> booster + calibrator -> TreeSHAP signals ->
+hard rules (and the
 rules score when the model path is unavailable) -> decision and the atomic reservation of capped
 promotions -> velocity counters and the hashed scoring log -> response.
 
@@ -18,12 +19,20 @@ Design choices worth knowing:
   better lower bound of the true count (a freshly started service does not read zeros).
 * Referral self-redemption: every attempt by an account records ``xref:{account_key}:{kind}:{key}``
   for each hard identity it carried (30-day window). A referral checks the referrer's counters against
-  the redeemer's hard keys, so "the referrer was seen on this device/household/card/phone/LAN" is one
-  velocity read, and a referrer who is the redeemer's own account is caught directly.
+  the redeemer's hard keys, so "the referrer was seen on this device/household/card/phone" is one
+  velocity read; a referrer who is the redeemer's own account, or whom the identity graph resolves to
+  the redeemer's person or household, is caught directly. A shared home network alone is only a model
+  input: a weak key never refuses.
+* The identity graph (:mod:`features.graph`) resolves every attempt to a person (two strong signals
+  agreeing) and a household. A per-customer cap counts on the promotion's ``cap_scope``
+  (:func:`cap_plan`): the person decides alone there, as the account does.
 * Velocity time is the server's clock, not the request's ``timestamp``: a caller cannot move itself
   out of a window.
-* When the reservation of a capped promotion cannot be made (velocity down) the service fails open to
-  the rules decision and says so (degraded): checkout keeps working while Redis is away.
+* When the reservation of a capped promotion cannot be made (velocity down) the promotion's
+  ``on_cap_outage`` decides (:func:`cap_outage_action`): a single-use code, by default, asks for
+  verification (``cap_unverifiable``, one leaked code must not be redeemed a thousand times during an
+  outage); every other promotion fails open to the rules decision and says so (degraded), so checkout
+  keeps working while Redis is away.
 * The request runs as typed steps over one :class:`RequestContext`. A valid capped code is reserved
   before the rules run, so the rules are evaluated once with the reservation's outcome as an input;
   an attempt they then refuse gives its hold back at once.
@@ -56,11 +65,13 @@ import numpy as np
 
 from features.context import request_context
 from features.definitions import HARD_IDENTITIES, redemption_updates, velocity_queries, velocity_updates
+from features.graph import Attempt, Resolution
 from scoring.artifact import LoadedModel
 from scoring.policy import (
     DEFAULT_BANDS,
     DEFAULT_THRESHOLDS,
     EXPLORABLE,
+    MIN_GAP,
     band_for,
     check_bands,
     decide,
@@ -83,6 +94,7 @@ from scoring.schemas import (
     to_event_record,
 )
 from scoring.signals import compose_signals, model_signals, rule_signals
+from scoring.text import duration_hours
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -185,7 +197,41 @@ class VelocityLike(Protocol):
         ...
 
 
+class IdentityGraphLike(Protocol):
+    """features.graph.SqliteGraph / RedisGraph: online identity resolution."""
+
+    def resolve(self, attempt: Attempt) -> Resolution:
+        """Resolve and add one attempt atomically (idempotent on its request id)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
 # --- velocity counters: which ones a request reads and writes ---------------------------------------
+
+#: Window of the home-network check: several new accounts on one limited code within the hour.
+HOME_NETWORK_WINDOW_S = 3600.0
+
+#: Identities whose being shared with the referrer makes a referral self-redemption. A home network
+#: (local IP behind one public network) stays a model input: a weak key never refuses alone.
+REFERRAL_STRONG_KINDS: tuple[str, ...] = ("device", "household", "payment", "phone")
+
+
+def home_network_counter(row: Mapping[str, Any]) -> str | None:
+    """The counter of accounts that tried one code from one home network, None without both."""
+    home, code = row.get("local_ip_key"), row.get("promo_code")
+    return f"homenet:{home}:{code}" if home and code else None
+
+
+def home_network_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Add this attempt's customer (account, else email, else the attempt) to its home network's counter."""
+    counter = home_network_counter(row)
+    if counter is None:
+        return []
+    member = row.get("account_key") or row.get("email_key") or f"rq:{row.get('request_id')}"
+    return [(counter, str(member))]
 
 
 def referral_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -265,32 +311,67 @@ class CapPlan:
     decisive: tuple[str, ...]
 
 
-def cap_plan(promo: Promotion, keys: Mapping[str, Any]) -> CapPlan | None:
-    """The reservation of a capped promotion, following the seeds' policy.
+def cap_scope(promo: Promotion) -> str:
+    """Who a per-customer limit counts: the promotion's ``cap_scope``, else household for free samples
+    (the seed: one per household) and the resolved person for every other promotion."""
+    if promo.cap_scope is not None:
+        return promo.cap_scope
+    return "household" if promo.type == "free_sample" else "person"
 
-    A single-use code is one global use. A per-customer limit is kept per customer: the shopper's own
-    account decides alone; otherwise two strong identities (:data:`STRONG_IDENTITIES`) of an earlier
-    redeemer must match, and one alone is only a warning. A free sample is one per household, so there
-    the household decides alone, however the address is spelled. None when nothing can be reserved.
+
+def cap_plan(promo: Promotion, keys: Mapping[str, Any], person_id: str | None = None) -> CapPlan | None:
+    """The reservation of a capped promotion, following the seeds' policy and the promotion's scope.
+
+    A single-use code is one global use. A per-customer limit is kept per customer, as
+    :func:`cap_scope` says:
+
+    * ``person``: the shopper's own account decides alone, and so does the person the identity graph
+      resolved the attempt to (``person_id``: joined to earlier attempts by two strong identities);
+      otherwise two strong identities (:data:`STRONG_IDENTITIES`) of an earlier redeemer must match,
+      and one alone is only a warning;
+    * ``household``: the same, and the household decides alone, however the address is spelled;
+    * ``account``: the account alone (a guest cannot be capped there).
+
+    Weak keys (IP, network, home network) never take part. None when nothing can be reserved.
     """
     if promo.single_use:
         return CapPlan((GLOBAL_IDENTITY,), 1, 1, (GLOBAL_IDENTITY,))
+    limit = int(promo.per_customer_limit or 1)
+    scope = cap_scope(promo)
+    account = keys.get("account_key")
+    if scope == "account":
+        if not account:
+            return None
+        ident = f"account:{account}"
+        return CapPlan((ident,), limit, 1, (ident,))
     idents: list[str] = []
     decisive: list[str] = []
-    if keys.get("account_key"):
-        idents.append(f"account:{keys['account_key']}")
+    if account:
+        idents.append(f"account:{account}")
+        decisive.append(idents[-1])
+    if person_id:
+        idents.append(f"person:{person_id}")
         decisive.append(idents[-1])
     for kind in STRONG_IDENTITIES:
         if keys.get(f"{kind}_key"):
             idents.append(f"{kind}:{keys[f'{kind}_key']}")
-            if kind == "household" and promo.type == "free_sample":
+            if kind == "household" and scope == "household":
                 decisive.append(idents[-1])
     if not idents:
         return None
-    return CapPlan(tuple(idents), int(promo.per_customer_limit or 1), 2, tuple(decisive))
+    return CapPlan(tuple(idents), limit, 2, tuple(decisive))
 
 
 NO_RESERVATION = ReservationOutcome("not_needed")
+
+
+def cap_outage_action(promo: Promotion) -> Literal["allow", "verify"]:
+    """What a capped promotion gets while its cap cannot be checked: its own ``on_cap_outage``, else verify
+    for a single-use code (one global use: failing open could honour a leaked code without bound) and
+    allow (fail open) for every other promotion, whose per-customer cap costs at most one extra use each."""
+    if promo.on_cap_outage is not None:
+        return promo.on_cap_outage
+    return "verify" if promo.single_use else "allow"
 
 
 def rule_inputs(
@@ -299,8 +380,12 @@ def rule_inputs(
     features: Mapping[str, float],
     shared_kind: str | None,
     reservation: ReservationOutcome,
+    resolution: Resolution | None = None,
+    home_network_accounts: int | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
-    """Every named input the rules table may use: the request, its keys, its features and its reservation."""
+    """Every named input the rules table may use: the request, its keys, its features, its reservation,
+    the person the identity graph resolved it to and the home network's recent customers of the code."""
     promo = req.promotion
     account = req.account
     is_guest = account is None or account.is_guest or not account.account_id
@@ -313,6 +398,13 @@ def rule_inputs(
     blocked = reservation.status == "blocked"
     cap_kind = reservation.blocked_kind if blocked and not promo.single_use else None
     cap_kinds = reservation.matched if blocked and not promo.single_use else ()
+    if "person" in cap_kinds:
+        # Name the evidence, not the graph's node: the identities that joined this person.
+        evidence = () if resolution is None else resolution.evidence
+        cap_kinds = tuple(dict.fromkeys([*(k for k in cap_kinds if k != "person"), *evidence])) or ("person",)
+    earlier_ago = None
+    if blocked and resolution is not None and resolution.person_code_last_ts is not None and now is not None:
+        earlier_ago = duration_hours(max(0.0, now - resolution.person_code_last_ts) / 3600.0) + " ago"
     # One strong identity of an earlier redeemer, not enough to be the same customer: a warning.
     one_match = reservation.status == "reserved" and len(reservation.matched) == 1
     inputs.update(
@@ -330,11 +422,20 @@ def rule_inputs(
         referral_shared_kind=shared_kind,
         single_use_spent=promo.single_use and (spent_before or blocked),
         customer_cap_reached=blocked and not promo.single_use,
+        # The cap could not be checked (reservation store down) and the promotion asks to verify then.
+        cap_unverifiable=reservation.status == "unavailable" and cap_outage_action(promo) == "verify",
         cap_blocked_kind=cap_kind,
         earlier_redeemer_one_signal=one_match,
         earlier_redeemer_identity=(
             IDENTITY_WORDS.get(reservation.matched[0], reservation.matched[0]) if one_match else None
         ),
+        # Other customers of this code on this home network within the hour (this one not counted
+        # until it is recorded); None when there is no home network or velocity is down.
+        home_network_code_accounts_1h=home_network_accounts,
+        person_linked=bool(resolution is not None and resolution.evidence),
+        person_accounts=None if resolution is None else resolution.person_accounts,
+        person_code_attempts=None if resolution is None else resolution.person_code_attempts,
+        earlier_redeemer_ago=earlier_ago,
         # Words for the descriptions (scoring.text): present only when there is something to say.
         code_redeemed_before=redeemed_before if spent_before else None,
         cap_blocked_identity=(
@@ -377,9 +478,12 @@ def model_inputs(
 
 
 def context_inputs(
-    req: ScoreRequest, shared_kinds: Sequence[str], referrer_is_account: bool
+    req: ScoreRequest,
+    shared_kinds: Sequence[str],
+    referrer_is_account: bool,
+    graph: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """The promotion and referral context of one request, defined once in :mod:`features.context`."""
+    """The promotion, referral and identity-graph context of one request (:mod:`features.context`)."""
     account = req.account
     guest = account is None or account.is_guest or not account.account_id
     return request_context(
@@ -387,7 +491,29 @@ def context_inputs(
         {"is_guest": guest, "segment": None if account is None else account.segment},
         len(shared_kinds),
         referrer_is_account,
+        graph,
     )
+
+
+def referral_shared_kind(
+    own_account: bool, shared_kinds: Sequence[str], resolution: Resolution | None
+) -> str | None:
+    """What makes a referral self-redemption, or None.
+
+    The referrer is the redeemer's own account; or the referrer was seen with one of the redeemer's
+    strong identities (:data:`REFERRAL_STRONG_KINDS`: device, household, card, phone); or the identity
+    graph resolves the referrer to the redeemer's person or household. A home network alone never does.
+    """
+    if own_account:
+        return "account"
+    strong = [k for k in shared_kinds if k in REFERRAL_STRONG_KINDS]
+    if strong:
+        return strong[0]
+    if resolution is not None and resolution.referrer_same_person:
+        return "person"
+    if resolution is not None and resolution.referrer_same_household:
+        return "household"
+    return None
 
 
 def feature_row(names: Sequence[str], inputs: Mapping[str, float]) -> np.ndarray:
@@ -458,6 +584,35 @@ def model_answer_for(
     return ModelAnswer(model_score, sigs)
 
 
+#: The model's verify and refuse thresholds on an unprotected promotion (:func:`unprotected`).
+UNPROTECTED_VERIFY = 95
+UNPROTECTED_REFUSE = 100
+
+
+def unprotected(inputs: Mapping[str, Any]) -> bool:
+    """A valid sitewide promotion with nothing to protect from one customer: no single use, no
+    per-customer limit, no segment. Every abuse pattern of the seed catalogue games a limit (welcome,
+    intro, referral and sample offers are one per customer by nature), a segment or an invalid code;
+    here there is none, so the model's score alone asks for verification only when it is all but
+    certain (:data:`UNPROTECTED_VERIFY`) and refuses only at 100. Hard rules still decide as usual."""
+    return (
+        inputs.get("promo_type") == "sitewide"
+        and inputs.get("promo_valid") is True
+        and not inputs.get("promo_limited")
+        and not inputs.get("promo_eligible_segment")
+    )
+
+
+def thresholds_for(promo_type: str | None, inputs: Mapping[str, Any], policy: Policy) -> dict[str, int]:
+    """The thresholds one request is decided with: its type's, raised for an unprotected promotion."""
+    own = policy.for_promotion(promo_type)
+    if not unprotected(inputs):
+        return own
+    refuse = max(own["refuse"], UNPROTECTED_REFUSE)
+    verify = max(own["verify"], min(UNPROTECTED_VERIFY, refuse - MIN_GAP))
+    return {"watch": min(own["watch"], verify - MIN_GAP), "verify": verify, "refuse": refuse}
+
+
 def verdict_for(
     promo_type: str | None, inputs: Mapping[str, Any], answer: ModelAnswer | None, rules: RulesTable,
     policy: Policy,
@@ -467,10 +622,10 @@ def verdict_for(
     Pure: ``inputs`` are the rules' inputs (:func:`rule_inputs`), ``answer`` the model's (None: the rules'
     points are the score). A hard rule stricter than the score decides, and lifts the score to its
     decision's threshold (so refuse is always high, verify at least medium); the lift is the deciding
-    rule's points.
+    rule's points. The thresholds are the request's own (:func:`thresholds_for`).
     """
     outcome = evaluate_rules(inputs, rules)
-    thresholds = policy.thresholds
+    thresholds = {"default": thresholds_for(promo_type, inputs, policy)}
     if answer is not None:
         base, model_sigs = answer.score, answer.signals
     else:
@@ -502,6 +657,10 @@ class RequestContext:
     #: ``features`` plus the identity flags: what the model reads and the scoring log keeps.
     inputs: dict[str, float] = field(default_factory=dict)
     shared_kind: str | None = None
+    #: Who the identity graph resolved the attempt to (None: no graph, or it failed).
+    resolution: Resolution | None = None
+    #: Customers that tried this code from this home network in the last hour (None: not known).
+    home_network_accounts: int | None = None
     failed: list[str] = field(default_factory=list)
     model: ModelAnswer | None = None
     model_failed: bool = False
@@ -548,9 +707,11 @@ class Scorer:
         records: Records,
         config: ScorerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        graph: IdentityGraphLike | None = None,
     ) -> None:
-        """Keep the dependencies."""
+        """Keep the dependencies (``graph``: online identity resolution; None runs without persons)."""
         self.resolver = resolver
+        self.graph = graph
         self.online = online
         self.velocity = velocity
         self.model = model
@@ -578,20 +739,29 @@ class Scorer:
             self.online.close()
         if self.velocity is not None:
             self.velocity.close()
+        if self.graph is not None:
+            self.graph.close()
         self.records.close()
 
     # -- step 4 ---------------------------------------------------------------------------------------
 
-    def _read_velocity(self, row: Mapping[str, Any], now: float) -> tuple[dict[str, float], list[str]]:
+    def _read_velocity(
+        self, row: Mapping[str, Any], now: float
+    ) -> tuple[dict[str, float], list[str], int | None]:
         assert self.velocity is not None
         queries = velocity_queries(row, now)
         xref = referral_queries(row, now)
-        counts = self.velocity.read([(c, s) for _, c, s in queries] + [(c, s) for _, c, s in xref])
+        home = home_network_counter(row)
+        extra = [] if home is None else [(home, now - HOME_NETWORK_WINDOW_S)]
+        counts = self.velocity.read(
+            [(c, s) for _, c, s in queries] + [(c, s) for _, c, s in xref] + extra
+        )
         values: dict[str, float] = {}
         for (name, _, _), count in zip(queries, counts, strict=False):
             values[name] = float(count)
         shared = [kind for (kind, _, _), n in zip(xref, counts[len(queries):], strict=False) if n]
-        return values, shared
+        # Customers that tried this code from this home network in the hour, before this attempt.
+        return values, shared, None if home is None else int(counts[-1])
 
     def _bounded(self, name: str, read: Callable[[], _T], deadline: float, failed: list[str]) -> _T | None:
         """``read()``, or None when it raised; a read that raised or ended past ``deadline`` joins ``failed``.
@@ -634,7 +804,11 @@ class Scorer:
         else:
             counts = self._bounded("velocity", lambda: self._read_velocity(row, now), deadline, failed)
             if counts is not None:
-                live, shared = counts
+                live, shared, ctx.home_network_accounts = counts
+        graph = self.graph
+        if graph is not None:
+            attempt = Attempt.from_keys(ctx.req.request_id, now, row)
+            ctx.resolution = self._bounded("graph", lambda: graph.resolve(attempt), deadline, failed)
         merged = dict(feast)
         for name, value in live.items():
             old = merged.get(name)
@@ -642,8 +816,9 @@ class Scorer:
         # A referrer that is the redeemer's own account shares every identity.
         own = bool(row.get("referrer_key")) and row.get("referrer_key") == row.get("account_key")
         ctx.features = merged
-        ctx.shared_kind = "account" if own else (shared[0] if shared else None)
-        ctx.inputs = model_inputs(merged, ctx.keys, context_inputs(ctx.req, shared, own))
+        ctx.shared_kind = referral_shared_kind(own, shared, ctx.resolution)
+        graph_values = None if ctx.resolution is None else ctx.resolution.features()
+        ctx.inputs = model_inputs(merged, ctx.keys, context_inputs(ctx.req, shared, own, graph_values))
 
     # -- the request ----------------------------------------------------------------------------------
 
@@ -727,7 +902,7 @@ class Scorer:
             return NO_RESERVATION
         if self.velocity is None:
             return ReservationOutcome("unavailable")
-        plan = cap_plan(promo, ctx.row)
+        plan = cap_plan(promo, ctx.row, None if ctx.resolution is None else ctx.resolution.person_id)
         if plan is None:
             return NO_RESERVATION
         try:
@@ -749,7 +924,10 @@ class Scorer:
         A hard rule stricter than the score decides, and lifts the score to its decision's threshold
         (so refuse is always high, verify at least medium); the lift is the deciding rule's points.
         """
-        inputs = rule_inputs(ctx.req, ctx.keys, ctx.features, ctx.shared_kind, ctx.reservation)
+        inputs = rule_inputs(
+            ctx.req, ctx.keys, ctx.features, ctx.shared_kind, ctx.reservation, ctx.resolution,
+            ctx.home_network_accounts, ctx.now,
+        )
         ctx.rule_inputs = {k: v for k, v in inputs.items() if k not in ctx.features}
         verdict = verdict_for(ctx.req.promotion.type, inputs, ctx.model, self.rules, self.policy())
         return self._explore(ctx, verdict)
@@ -811,7 +989,7 @@ class Scorer:
         if self.velocity is None:
             return
         try:
-            updates = velocity_updates(ctx.row) + referral_updates(ctx.row)
+            updates = velocity_updates(ctx.row) + referral_updates(ctx.row) + home_network_updates(ctx.row)
             self.velocity.record(ctx.req.request_id, ctx.now, updates)
         except Exception as exc:
             ctx.record_failed = True
@@ -841,7 +1019,7 @@ class Scorer:
             "deciding_rule": verdict.deciding_rule,
             "lift": verdict.lift,
             "policy": {"promo_type": req.promotion.type, "bands": bands,
-                       "thresholds": policy.for_promotion(req.promotion.type)},
+                       "thresholds": thresholds_for(req.promotion.type, ctx.rule_inputs, policy)},
         }
         if verdict.explored_from is not None:
             # Exploration let the attempt through: the log keeps what the policy decided (Records.append).

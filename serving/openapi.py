@@ -6,7 +6,8 @@ errors with its own generic shapes and cannot list the answers the guard in fron
 gives. :func:`complete_openapi` rewrites that document once per worker: title and the package
 version, a description, the ``X-API-Key`` scheme on every protected operation, the true error shapes
 (400 as a list of ``{field, message}``, 401, 404, 409, 411, 413, 415, 429), a request and a response
-example, and ``GET /decisions/{request_id}``, which is served beside the BentoML endpoints.
+example, and ``GET /decisions/{request_id}`` and ``GET /identity/{request_id}``, which are served beside
+the BentoML endpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from scoring.schemas import DecisionRecord, ErrorResponse
+from serving.identity import IdentityResponse
 
 TITLE = "promoguard scoring API"
 SECURITY_SCHEME = "ApiKeyAuth"
@@ -226,20 +228,16 @@ def _components(*models: type[BaseModel]) -> dict[str, Any]:
     return found
 
 
-def _decisions_path() -> dict[str, Any]:
+def _analyst_path(
+    summary: str, description: str, operation: str, model: str, found: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A GET ``/{request_id}`` lookup for analysts: API key, the id in the path, ``model`` when found."""
     return {
         "get": {
             "tags": ["Service APIs"],
-            "summary": "The decision record of one scored request (analysts only)",
-            "description": (
-                "The answer exactly as it was given (score, band, decision, signals), the model and rules "
-                "versions, every model input (hashed identity keys only, never raw identity), timings, "
-                "outcomes and labels received since, and for verify and refuse answers a counterfactual: "
-                "the smallest set of signals (found greedily over the top signals, re-scoring the model and "
-                "rules on the stored inputs) whose absence would have changed the decision. Computed on "
-                "demand, off the checkout path; never part of the /score answer."
-            ),
-            "operationId": "promoguard__decision",
+            "summary": summary,
+            "description": description,
+            "operationId": operation,
             "security": [{SECURITY_SCHEME: []}],
             "parameters": [
                 {
@@ -252,19 +250,52 @@ def _decisions_path() -> dict[str, Any]:
             ],
             "responses": {
                 "200": {
-                    "description": "The decision record.",
-                    "content": {
-                        "application/json": {"schema": {"$ref": _REF.format(model="DecisionRecord")}}
-                    },
+                    "description": found,
+                    "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}},
                 },
                 "401": _common_errors()["401"],
-                "404": _error(
-                    "No attempt was scored under this request_id.", "request_id 'x' was never scored"
-                ),
                 "429": _common_errors()["429"],
+                **extra,
             },
         }
     }
+
+
+def _identity_path() -> dict[str, Any]:
+    return _analyst_path(
+        "The person and household one attempt resolved to (analysts only)",
+        "Who the identity graph resolved the attempt to: the person (attempts joined by two strong "
+        "identities, or the same account) with its linked attempts and the evidence kinds that joined "
+        "each, accounts (keyed hashes), codes tried, first and last seen; and the household (the "
+        "normalised shipping address). Keyed hashes and counts only: the graph holds no raw identifier.",
+        "promoguard__identity",
+        "IdentityResponse",
+        "The person and household.",
+        {
+            "404": _error(
+                "No attempt was resolved under this request_id.", "request_id 'x' was never resolved"
+            ),
+            "503": _error(
+                "The identity graph is down; retry later.", "identity graph unavailable: GraphUnavailable"
+            ),
+        },
+    )
+
+
+def _decisions_path() -> dict[str, Any]:
+    return _analyst_path(
+        "The decision record of one scored request (analysts only)",
+        "The answer exactly as it was given (score, band, decision, signals), the model and rules "
+        "versions, every model input (hashed identity keys only, never raw identity), timings, outcomes "
+        "and labels received since, and for verify and refuse answers a counterfactual: the smallest set "
+        "of signals (found greedily over the top signals, re-scoring the model and rules on the stored "
+        "inputs) whose absence would have changed the decision. Computed on demand, off the checkout "
+        "path; never part of the /score answer.",
+        "promoguard__decision",
+        "DecisionRecord",
+        "The decision record.",
+        {"404": _error("No attempt was scored under this request_id.", "request_id 'x' was never scored")},
+    )
 
 
 _SUMMARIES = {
@@ -288,7 +319,7 @@ def complete_openapi(doc: dict[str, Any], max_body_bytes: int | None = None) -> 
     out["info"] = {"title": TITLE, "version": package_version(), "description": DESCRIPTION}
     components = out.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for name, schema in _components(ErrorResponse, DecisionRecord).items():
+    for name, schema in _components(ErrorResponse, DecisionRecord, IdentityResponse).items():
         schemas.setdefault(name, schema)
     components["securitySchemes"] = {
         SECURITY_SCHEME: {
@@ -342,6 +373,7 @@ def complete_openapi(doc: dict[str, Any], max_body_bytes: int | None = None) -> 
                 RESPONSE_EXAMPLE
             )
     paths["/decisions/{request_id}"] = _decisions_path()
+    paths["/identity/{request_id}"] = _identity_path()
     used = str(paths)
     for stale in ("InvalidArgument", "NotFound", "InternalServerError"):
         if f"/{stale}'" not in used:

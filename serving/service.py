@@ -35,7 +35,7 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
-from config.settings import Settings
+from config.settings import InvalidSettings, Settings
 from scoring.artifact import ArtifactError, LoadedModel
 from scoring.records import IdempotencyConflict, Records
 from scoring.rules import default_rules, load_rules
@@ -48,17 +48,29 @@ from scoring.schemas import (
     ScoreResponse,
 )
 from scoring.scorer import Scorer, ScorerConfig, VelocityLike
+from serving.breaker import MOUNT as HEALTH_MOUNT
+from serving.breaker import (
+    BreakerGraph,
+    BreakerOnline,
+    BreakerVelocity,
+    CircuitBreaker,
+    breakers_of,
+    health_app,
+)
 from serving.decisions import MOUNT as DECISIONS_MOUNT
 from serving.decisions import decisions_app
+from serving.identity import MOUNT as IDENTITY_MOUNT
+from serving.identity import identity_app
+from serving.metrics import service_metrics
 from serving.model_cache import fetch_champion
-from serving.openapi import complete_openapi
+from serving.openapi import complete_openapi, package_version
 from serving.shadow import start_shadow
 
 logger = logging.getLogger("promoguard.serving")
 
 PROTECTED_PATHS = frozenset({"/score", "/outcome", "/feedback"})
 #: Paths under these prefixes are protected too.
-PROTECTED_PREFIXES = (DECISIONS_MOUNT + "/",)
+PROTECTED_PREFIXES = (DECISIONS_MOUNT + "/", IDENTITY_MOUNT + "/")
 #: The one body type the endpoints accept.
 JSON_TYPE = "application/json"
 #: How long a request waits for the SQLite velocity store's write lock before failing open.
@@ -160,6 +172,7 @@ class RequestGuard:
         self.app = app
         self.settings = Settings.from_env()
         self.bucket = TokenBucket(self.settings.rate_limit_per_minute)
+        self.metrics = service_metrics()
         self._openapi: bytes | None = None
         if self.settings.require_api_key and not self.settings.api_keys:
             logger.error("PROMOGUARD_API_KEYS is empty while keys are required: every call gets 401")
@@ -226,11 +239,29 @@ class RequestGuard:
         await self.app(scope, receive, relay)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check a protected request, then hand it on."""
-        path = scope.get("path") or ""
+        """Check a protected request, then hand it on; every 4xx and 5xx answer is counted by status."""
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
+        status = 0
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._guard(scope, receive, counted)
+        except Exception:
+            # What escapes here reaches the client as a 500 from the server's outermost handler.
+            status = status or 500
+            raise
+        finally:
+            self.metrics.observe_http_error(scope.get("path") or "", status)
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path") or ""
         if path == "/docs.json" and scope.get("method") == "GET":
             await self._openapi_document(scope, receive, send)
             return
@@ -306,17 +337,43 @@ def build_velocity(settings: Settings) -> VelocityLike | None:
     try:
         if settings.velocity_backend == "redis":
             client = velocity.redis_client(settings.redis_url, settings.redis_socket_timeout_s)
-            return velocity.RedisVelocity(client)
+            return velocity.RedisVelocity(client, retention_s=settings.velocity_retention_days * 86_400)
         settings.serving_dir.mkdir(parents=True, exist_ok=True)
         # A local file is busy only because sibling threads hold the write lock (and, on a loaded host,
         # wait for the GIL while holding it); giving up after the store's default 50 ms fails open and
         # lets a burst on one capped code, the very case a cap exists for, slip past it. Waiting is
         # bounded by the traffic timeout of the service, and costs latency only during such a burst.
         return velocity.SqliteVelocity(
-            settings.serving_dir / "velocity.db", busy_timeout_ms=SQLITE_BUSY_MS, checkpoint_interval_s=0.5
+            settings.serving_dir / "velocity.db", busy_timeout_ms=SQLITE_BUSY_MS, checkpoint_interval_s=0.5,
+            retention_s=settings.velocity_retention_days * 86_400,
         )
     except Exception as exc:
         logger.warning("velocity store unavailable (%s): every answer will be degraded", type(exc).__name__)
+        return None
+
+
+def build_graph(settings: Settings, redis_connection: Any = None) -> Any:
+    """The identity graph beside the velocity store (SQLite file or Redis), or None when it cannot open.
+
+    ``redis_connection``: the velocity store's Redis client, shared so that after an outage one pool
+    reconnects, not two.
+    """
+    from features import graph, velocity
+
+    config = graph.GraphConfig(
+        max_persons_per_key=settings.graph_max_persons_per_key, retention_days=settings.graph_retention_days
+    )
+    try:
+        if settings.velocity_backend == "redis":
+            client = redis_connection or velocity.redis_client(
+                settings.redis_url, settings.redis_socket_timeout_s
+            )
+            return graph.RedisGraph(client, config)
+        settings.serving_dir.mkdir(parents=True, exist_ok=True)
+        return graph.SqliteGraph(settings.serving_dir / "graph.db", config, busy_timeout_ms=SQLITE_BUSY_MS,
+                                 checkpoint_interval_s=0.5)
+    except Exception as exc:
+        logger.warning("identity graph unavailable (%s): every answer will be degraded", type(exc).__name__)
         return None
 
 
@@ -348,7 +405,54 @@ def build_scorer(settings: Settings) -> Scorer:
         feature_deadline_ms=settings.feature_deadline_ms, request_deadline_ms=settings.request_deadline_ms,
         exploration=settings.exploration_shares,
     )
-    return Scorer(resolver, build_online(settings), build_velocity(settings), model, rules, records, config)
+    velocity_store = build_velocity(settings)
+    online, velocity, graph = build_breakers(
+        settings, build_online(settings), velocity_store,
+        build_graph(settings, getattr(velocity_store, "client", None)),
+    )
+    return Scorer(resolver, online, velocity, model, rules, records, config, graph=graph)
+
+
+def build_breakers(
+    settings: Settings, online: Any, velocity: VelocityLike | None, graph: Any
+) -> tuple[Any, VelocityLike | None, Any]:
+    """Put each dependency that opened behind its own circuit breaker (:mod:`serving.breaker`).
+
+    On Redis a call slower than the whole request's deadline (or the socket timeout, if longer) counts
+    as a failure: its request falls back to the rules anyway. A tighter bound (the 50 ms feature
+    deadline) opened the breakers when the host, not Redis, was slow: on a loaded 2-core host the wait
+    for the interpreter lock after a reply alone reaches tens of milliseconds. A frozen Redis is caught
+    by its socket timeout either way. A SQLite file has no latency bound: its writers wait for each
+    other on purpose (:data:`SQLITE_BUSY_MS`), and a burst on one capped code must not open the breaker
+    and let the burst past its cap; only its errors count.
+    """
+    redis_slow_s = max(settings.redis_socket_timeout_s, settings.request_deadline_ms / 1000.0)
+
+    def breaker(name: str, backend: str) -> CircuitBreaker:
+        return CircuitBreaker(
+            name, failures=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s,
+            slow_call_s=redis_slow_s if backend == "redis" else None,
+        )
+
+    backend = settings.velocity_backend
+    return (
+        None if online is None else BreakerOnline(online, breaker("online_features", settings.online_store)),
+        None if velocity is None else BreakerVelocity(velocity, breaker("velocity", backend)),
+        None if graph is None else BreakerGraph(graph, breaker("identity_graph", backend)),
+    )
+
+
+class MissingApiKeys(InvalidSettings):
+    """Keys are required (the default) but none is configured: every scoring call would be a 401."""
+
+
+def check_api_keys(settings: Settings) -> None:
+    """Refuse a start that could only answer 401: keys required and none configured."""
+    if settings.require_api_key and not settings.api_keys:
+        raise MissingApiKeys(
+            "PROMOGUARD_API_KEYS is empty while PROMOGUARD_REQUIRE_API_KEY is true: set the comma-separated "
+            "keys checkout sends, or PROMOGUARD_REQUIRE_API_KEY=false to open the scoring endpoints"
+        )
 
 
 def _error(ctx: bentoml.Context, status: int, message: str) -> JSONResponse:
@@ -378,6 +482,7 @@ class PromoGuard:
     def __init__(self) -> None:
         """Build settings, dependencies and metric series once per worker."""
         self.settings = Settings.from_env()
+        check_api_keys(self.settings)
         self.scorer = build_scorer(self.settings)
         logger.info(
             "promoguard ready: model=%s rules=%s feast=%s velocity=%s",
@@ -386,31 +491,15 @@ class PromoGuard:
             "on" if self.scorer.online is not None else "off",
             self.settings.velocity_backend if self.scorer.velocity is not None else "off",
         )
-        labels = ["promo_type", "decision", "band", "path"]
-        self.m_requests = bentoml.metrics.Counter(
-            name="promoguard_score_requests_total", documentation="Scored attempts", labelnames=labels
-        )
-        self.m_latency = bentoml.metrics.Histogram(
-            name="promoguard_score_latency_seconds",
-            documentation="Scoring time inside the service",
-            labelnames=["path"],
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0),
-        )
-        self.m_errors = bentoml.metrics.Counter(
-            name="promoguard_request_errors_total", documentation="Rejected calls", labelnames=["kind"]
-        )
-        self.m_shadow_dropped = bentoml.metrics.Counter(
-            name="promoguard_shadow_dropped_total",
-            documentation="Shadowed requests dropped because the shadow queue was full (never a live answer)",
-        )
-        self.m_shadow_scored = bentoml.metrics.Counter(
-            name="promoguard_shadow_scored_total",
-            documentation="Requests the shadow challenger scored and logged",
-            labelnames=["live_decision", "challenger_decision"],
-        )
-        self.m_shadow_errors = bentoml.metrics.Counter(
-            name="promoguard_shadow_errors_total", documentation="Shadowed requests not scored or not logged"
-        )
+        # Every series lives in serving.metrics; the guard in front shares the same worker-wide set.
+        self.metrics = service_metrics()
+        self.metrics.limit_campaigns(self.settings.metrics_campaigns)
+        self.metrics.set_build_info(package_version())
+        self.metrics.watch_drift(self.settings.reports_dir)
+        self.metrics.watch_breakers(_scorer_breakers(self.scorer))
+        self.m_shadow_dropped = self.metrics.shadow_dropped
+        self.m_shadow_scored = self.metrics.shadow_scored
+        self.m_shadow_errors = self.metrics.shadow_errors
         self.shadow = start_shadow(
             self.settings, self.scorer, on_drop=self.m_shadow_dropped.inc, on_error=self.m_shadow_errors.inc,
             on_logged=lambda row: self.m_shadow_scored.labels(
@@ -421,6 +510,18 @@ class PromoGuard:
         # worker. Frozen, it is never walked by the cyclic collector again: measured at 200 req/s, the
         # full collections that paused a worker for 220-230 ms mid-request took 6-13 ms after this.
         gc.freeze()
+
+    @bentoml.on_deployment
+    def refuse_unusable_settings() -> None:
+        """Stop ``bentoml serve`` itself, once, before any worker starts, on settings it cannot serve with.
+
+        Raised in a worker instead, the same error would only make the server restart that worker
+        forever; here it ends the command with one line naming the variable to fix.
+        """
+        try:
+            check_api_keys(Settings.from_env())
+        except InvalidSettings as exc:
+            raise SystemExit(f"promoguard cannot start: {exc}") from None
 
     def __is_ready__(self) -> bool:
         """Ready once a model or the rules table is loaded (backends may still be down)."""
@@ -433,13 +534,10 @@ class PromoGuard:
         try:
             resp = self.scorer.score(req)
         except IdempotencyConflict as exc:
-            self.m_errors.labels(kind="conflict").inc()
+            self.metrics.errors.labels(kind="conflict").inc()
             return _error(ctx, 409, str(exc))
         path = "rules" if resp.fallback else "model"
-        self.m_requests.labels(
-            promo_type=req.promotion.type, decision=resp.decision, band=resp.band, path=path
-        ).inc()
-        self.m_latency.labels(path=path).observe(resp.latency_ms / 1000.0)
+        self.metrics.observe_score(req, resp)
         # Debug only: the access log and the scoring log already hold every request, and building a
         # record per request that no handler prints cost about 1% of a worker's CPU at 200 requests/s.
         logger.debug("scored request_id=%s score=%d decision=%s path=%s",
@@ -450,14 +548,17 @@ class PromoGuard:
     def outcome(self, ctx: bentoml.Context, **body: Any) -> OutcomeResponse | JSONResponse:
         """Confirm (redeemed) or release (abandoned, reversed) the reservation of a scored attempt."""
         req = OutcomeRequest.model_validate(body)
-        if self.scorer.records.scored(req.request_id) is None:
+        scored = self.scorer.records.scored(req.request_id)
+        if scored is None:
             return _error(ctx, 404, f"request_id {req.request_id!r} was never scored")
         try:
-            return self.scorer.outcome(req)
+            answer = self.scorer.outcome(req)
         except Exception as exc:
-            self.m_errors.labels(kind="outcome_unavailable").inc()
+            self.metrics.errors.labels(kind="outcome_unavailable").inc()
             logger.warning("outcome for request_id=%s failed: %s", req.request_id, type(exc).__name__)
             return _error(ctx, 503, "the reservation store is unavailable; retry the outcome later")
+        self.metrics.observe_outcome(scored.get("promo_code"), req.outcome)
+        return answer
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackResponse)
     def feedback(self, ctx: bentoml.Context, **body: Any) -> FeedbackResponse | JSONResponse:
@@ -466,6 +567,7 @@ class PromoGuard:
         if self.scorer.records.scored(req.request_id) is None:
             return _error(ctx, 404, f"request_id {req.request_id!r} was never scored")
         self.scorer.records.add_feedback(req.request_id, req.label, req.source, datetime.now(UTC))
+        self.metrics.feedback.labels(label=req.label).inc()
         return FeedbackResponse(request_id=req.request_id, stored=True)
 
     @bentoml.on_shutdown
@@ -481,5 +583,13 @@ def _worker_scorer() -> Scorer:
     return scorer
 
 
+def _scorer_breakers(scorer: Scorer) -> list[CircuitBreaker]:
+    return breakers_of(scorer.online, scorer.velocity, scorer.graph)
+
+
 PromoGuard.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]
 PromoGuard.mount_asgi_app(decisions_app(_worker_scorer), path=DECISIONS_MOUNT)  # type: ignore[attr-defined]
+PromoGuard.mount_asgi_app(identity_app(_worker_scorer), path=IDENTITY_MOUNT)  # type: ignore[attr-defined]
+PromoGuard.mount_asgi_app(  # type: ignore[attr-defined]
+    health_app(lambda: _scorer_breakers(_worker_scorer())), path=HEALTH_MOUNT
+)

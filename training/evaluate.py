@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from features.events import BOT_PATTERNS, SEED_PATTERNS
+from features.graph import GRAPH_COLUMNS
 from scoring.calibration import apply_calibrator, to_score
 from scoring.policy import threshold_per_row
 from training.calibrate import CostModel
@@ -549,9 +550,15 @@ def _evade_one(f: pd.DataFrame, part: str) -> None:
         # Every identity the shopper can replace is new: device, household (new address), card, phone,
         # email and account, their use of this code and of this promotion type, and the referrer link.
         _reset(f, [c for c in f.columns if _rotated(c)])
-        for col in ("referrer_shared_hard_kinds", "referrer_is_account", "device_missing", "email_is_alias"):
+        for col in ("referrer_shared_hard_kinds", "referrer_is_account", "device_missing", "email_is_alias",
+                    "referrer_same_person", "referrer_same_household", "person_linked_evidence",
+                    "person_code_attempts", "person_type_attempts"):
             if col in f.columns:
                 f[col] = 0
+        # A stranger to the identity graph: one person with its one new account, alone at a new address.
+        for col in ("person_accounts", "person_emails", "household_accounts"):
+            if col in f.columns:
+                f[col] = 1
     else:
         raise ValueError(f"unknown evasion group {part!r}")
 
@@ -631,7 +638,8 @@ def feature_group(name: str) -> str:
     Identity views by view name (``device_stats``, ``code_stats``, ``device_type_stats``...), all
     identity x code views as ``code_pairs``, the request-time identity flags as ``request_flags``,
     the promotion columns (``promo_is_*``, ``is_guest``, ``one_per_customer``, ``segment_ineligible``)
-    as ``promotion_context`` and the referral link columns as ``referrer``.
+    as ``promotion_context``, the referral link columns as ``referrer`` and the identity graph's
+    person and household columns as ``identity_graph``.
     """
     from training.dataset import FLAG_COLUMNS
 
@@ -641,8 +649,35 @@ def feature_group(name: str) -> str:
         return "promotion_context"
     if name.startswith("referrer_"):
         return "referrer"
+    if name in GRAPH_COLUMNS:
+        return "identity_graph"
     view = name.partition("__")[0]
     return "code_pairs" if view.endswith("_code_stats") else view
+
+
+#: What a feature group measures: who the shopper is (identity), how the code is being used by
+#: everyone (code popularity), or what the promotion and request are (context).
+_CONTEXT_GROUPS = frozenset({"promotion_context", "request_flags"})
+
+
+def group_source(group: str) -> str:
+    """``identity``, ``code popularity`` or ``context`` for a :func:`feature_group` name."""
+    if group == "code_stats":
+        return "code popularity"
+    if group in _CONTEXT_GROUPS:
+        return "context"
+    return "identity"
+
+
+def source_importance(groups: pd.DataFrame) -> pd.DataFrame:
+    """The :func:`group_importance` table rolled up by :func:`group_source`, with each source's share."""
+    src = groups.assign(source=groups["group"].map(group_source))
+    out = src.groupby("source", sort=False).agg(
+        features=("features", "sum"), mean_abs_contribution=("mean_abs_contribution", "sum")
+    ).reset_index()
+    total = float(out["mean_abs_contribution"].sum())
+    out["share"] = out["mean_abs_contribution"] / total if total > 0 else np.nan
+    return out.sort_values("mean_abs_contribution", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def group_importance(contrib: np.ndarray, feature_names: Sequence[str]) -> pd.DataFrame:

@@ -62,10 +62,20 @@ _FLAG_TEXT = {
     "one_per_customer": ("one_per_customer", "a code limited to one use per customer"),
     "segment_ineligible": ("segment_ineligible", "the shopper is not in the segment the code is meant for"),
     "referrer_is_account": ("referrer_is_self", "the referrer is the shopper's own account"),
+    "referrer_same_person": ("referrer_same_person", "the referrer resolves to the shopper's own person"),
+    "referrer_same_household": ("referrer_same_household", "the referrer lives at the shopper's household"),
 }
 
 #: Context counts: signal name and a template with ``{value}``.
 _COUNT_TEXT = {
+    "person_linked_evidence": ("person_linked", "identity-graph evidence {value} linking earlier attempts"),
+    "person_accounts": ("person_accounts", "the resolved person has used {value} accounts"),
+    "person_emails": ("person_emails", "the resolved person has used {value} email addresses"),
+    "person_code_attempts": ("person_code_reuse", "the resolved person tried this code {value} times before"),
+    "person_type_attempts": (
+        "person_promo_type_reuse", "the resolved person tried this kind of promotion {value} times before"
+    ),
+    "household_accounts": ("household_accounts", "{value} accounts seen at the shipping household"),
     "referrer_shared_hard_kinds": (
         "referrer_shares_identity",
         "the referrer used {value} of this shopper's device, address, card, phone or home network",

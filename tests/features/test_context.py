@@ -104,6 +104,7 @@ def _referral_keys() -> pd.DataFrame:
         dict(ts=T0 + 2 * day, account_key="a5", device_key="d7", household_key="h7", referrer_key="ref"),
     ]
     frame = pd.DataFrame(rows)
+    frame.insert(0, "request_id", [f"r{i}" for i in range(len(frame))])
     for kind in ("payment", "phone", "local_ip"):
         frame[f"{kind}_key"] = None
     return frame

@@ -116,7 +116,7 @@ def test_a_model_verification_names_the_concepts_whose_absence_allows_it(
     tmp_path: Path, model: LoadedModel
 ) -> None:
     scorer = _scorer(tmp_path, model, CROWDED)
-    resp = scorer.score(_req("crowd", promotion={"code": "SITE5", "type": "sitewide"}))
+    resp = scorer.score(_req("crowd", promotion={"code": "INTRO5", "type": "intro_offer"}))
     assert resp.decision in ("verify", "refuse") and resp.fallback is None
     record = _record(scorer, "crowd")
     assert record.deciding_rule is None
@@ -160,7 +160,7 @@ def test_a_counterfactual_is_not_invented_when_the_model_or_rules_changed(
     tmp_path: Path, model: LoadedModel
 ) -> None:
     scorer = _scorer(tmp_path, model, CROWDED)
-    scorer.score(_req("crowd", promotion={"code": "SITE5", "type": "sitewide"}))
+    scorer.score(_req("crowd", promotion={"code": "INTRO5", "type": "intro_offer"}))
     other_rules = RulesTable(version="x", rules=default_rules().rules, digest="f" * 64)
     cf = decision_record(scorer.records, "crowd", model, other_rules).counterfactual  # type: ignore[union-attr]
     assert cf is not None and not cf.found and "rules table changed" in (cf.note or "")
@@ -174,3 +174,21 @@ def test_the_record_holds_hashed_keys_only(tmp_path: Path, model: LoadedModel) -
     blob = json.dumps(_record(scorer, "crowd").model_dump(mode="json"))
     assert RAW_EMAIL not in blob and "198.51.100.7" not in blob and "1 Main St" not in blob
     assert "fp-1" not in blob and "dev-1234abcd" not in blob
+
+
+def test_the_model_alone_does_not_put_friction_on_a_valid_sitewide_code_without_limits(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    # The same crowded device: verified or refused on an intro offer, only watched on a sitewide code
+    # that nobody can claim twice, where no seed pattern has anything to game.
+    scorer = _scorer(tmp_path, model, CROWDED)
+    limited = scorer.score(_req("intro", promotion={"code": "INTRO5", "type": "intro_offer"}))
+    open_code = scorer.score(_req("site", promotion={"code": "SITE5", "type": "sitewide"}))
+    assert limited.decision in ("verify", "refuse")
+    assert open_code.decision == "watch" and open_code.score < 95
+    record = _record(scorer, "site")
+    assert record.policy is not None and record.policy.thresholds["verify"] == 95
+    # A limit, a segment or an invalid code brings the sitewide type's own thresholds back.
+    capped = scorer.score(_req("site-capped", promotion={"code": "SITE6", "type": "sitewide",
+                                                          "per_customer_limit": 3}))
+    assert capped.decision in ("verify", "refuse")

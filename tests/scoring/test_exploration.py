@@ -69,7 +69,7 @@ class HoldingVelocity(FakeVelocity):
 def _req(request_id: str, promo: dict[str, Any] | None = None, **extra: Any) -> ScoreRequest:
     body: dict[str, Any] = {
         "request_id": request_id,
-        "promotion": {"code": "SPRING", "type": "sitewide", **(promo or {})},
+        "promotion": {"code": "SPRING", "type": "intro_offer", **(promo or {})},
         "account": {"account_id": "acct-1"},
         "email": "someone@mailinator.com",
         "device": {"device_id": "dev-1234abcd"},
@@ -161,7 +161,7 @@ def test_share_one_explores_every_model_verify_and_refuse_keeping_score_and_sign
 def test_explored_rows_are_marked_in_the_log_with_the_would_be_decision(
     tmp_path: Path, strict_model: LoadedModel
 ) -> None:
-    scorer = _scorer(tmp_path / "s.db", strict_model, {"sitewide": 0.5}, REFUSE_FEATURES)
+    scorer = _scorer(tmp_path / "s.db", strict_model, {"intro_offer": 0.5}, REFUSE_FEATURES)
     answers = {f"r-{i}": scorer.score(_req(f"r-{i}")) for i in range(40)}
     frame = exploration_frame(scorer.records.path)
     explored = {rid for rid, a in answers.items() if a.decision == "allow"}

@@ -24,7 +24,7 @@ from scoring.reasons import REASON_CODES
 from scoring.records import Records
 from scoring.rules import default_rules
 from scoring.schemas import ScoreRequest, ScoreResponse
-from scoring.scorer import Scorer, ScorerConfig
+from scoring.scorer import Scorer, ScorerConfig, promo_is_limited, thresholds_for
 from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 #: Thresholds as an early training run wrote them: watch never reachable, refuse in the medium band.
@@ -140,15 +140,20 @@ def check_invariants(scorer: Scorer, req: ScoreRequest, resp: ScoreResponse) -> 
     assert 0 <= resp.score <= 100
     assert sum(s.points for s in resp.signals) == resp.score
     assert resp.band == band_for(resp.score, policy.bands)
-    # The score agrees with the decision in the policy table itself...
-    assert resp.decision == decide(resp.score, ptype, policy.thresholds), resp
+    # The score agrees with the decision in the policy table itself (the promotion type's thresholds,
+    # raised for a valid sitewide promotion without limit or segment)...
+    promo = req.promotion
+    own = thresholds_for(ptype, {"promo_type": ptype, "promo_valid": promo.valid,
+                                 "promo_limited": promo_is_limited(promo),
+                                 "promo_eligible_segment": promo.eligible_segment}, policy)
+    assert resp.decision == decide(resp.score, ptype, {"default": own}), resp
     # ...and so in its band.
     if resp.decision == "refuse":
         assert resp.band == "high", resp
     if resp.decision == "verify":
         assert resp.band in ("medium", "high"), resp
     if resp.decision == "allow":
-        assert resp.score < policy.for_promotion(ptype)["verify"], resp
+        assert resp.score < own["verify"], resp
     rules = {r.id: r for r in scorer.rules.rules}
     first = resp.signals[0] if resp.signals else None
     deciding = first is not None and first.name in rules and rules[first.name].action == resp.decision

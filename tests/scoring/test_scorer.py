@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from features.graph import SqliteGraph
 from scoring.artifact import LoadedModel
 from scoring.records import IdempotencyConflict, Records
 from scoring.rules import default_rules
@@ -40,12 +41,13 @@ def _req(request_id: str = "r1", **extra: Any) -> ScoreRequest:
 
 
 def _scorer(tmp_path: Path, online: Any = None, velocity: Any = None, model: LoadedModel | None = None,
-            **config: Any) -> Scorer:
+            graph: Any = None, **config: Any) -> Scorer:
     return Scorer(FakeResolver(), online if online is not None else FakeOnline(SHARED_DEVICE),
                   velocity if velocity is not None else FakeVelocity(), model, default_rules(),
                   Records(tmp_path / "scores.db"),
                   # A generous deadline unless a test is about the deadline: the CPU here is shared.
-                  ScorerConfig(**{"feature_deadline_ms": 5000.0, "request_deadline_ms": 10000.0, **config}))
+                  ScorerConfig(**{"feature_deadline_ms": 5000.0, "request_deadline_ms": 10000.0, **config}),
+                  graph=graph if graph is not None else SqliteGraph(tmp_path / "graph.db"))
 
 
 @pytest.fixture
@@ -266,7 +268,10 @@ def test_the_rules_run_once_per_request_with_the_reservation_as_an_input(
     scorer.score(_req("b", promotion=promo, account={"account_id": "acct-2"}))
     assert len(seen) == 2
     assert seen[0]["customer_cap_reached"] is False
-    assert seen[1]["customer_cap_reached"] is True and seen[1]["cap_blocked_kind"] == "device"
+    # The second account is the same person (same device, card, address): the person decides, and the
+    # words name the evidence that made it one person.
+    assert seen[1]["customer_cap_reached"] is True and seen[1]["cap_blocked_kind"] == "person"
+    assert "device" in seen[1]["cap_blocked_identity"]
 
 
 def test_a_refused_attempt_gives_its_hold_back(tmp_path: Path) -> None:
@@ -415,3 +420,65 @@ def test_a_second_free_sample_to_one_household_is_refused(tmp_path: Path) -> Non
                                    shipping_address={"line1": "1 Oak Ave", "postal_code": "94110"}))
     assert second.decision == "refuse"
     assert second.signals[0].code == "CUSTOMER_CAP_REACHED"
+
+
+# --- caps while the reservation store is down --------------------------------------------------------
+
+
+def test_a_single_use_code_asks_for_verification_while_the_velocity_store_is_down(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}), velocity=FakeVelocity(fail=True), model=model)
+    resp = scorer.score(_req("leak", promotion={"code": "ONCE-OUT", "type": "sitewide", "single_use": True}))
+    assert resp.decision == "verify" and resp.degraded is True and resp.fallback == "rules"
+    assert resp.signals[0].code == "CAP_STORE_UNAVAILABLE" and resp.signals[0].source == "rule"
+    assert resp.score == scorer.policy().for_promotion("sitewide")["verify"]
+    assert sum(s.points for s in resp.signals) == resp.score
+    row = scorer.records.scored("leak")
+    assert row is not None
+    # The decision record keeps the input, so a re-scoring gives the same answer.
+    assert json.loads(row["context_json"])["rule_inputs"]["cap_unverifiable"] is True
+
+
+def test_a_welcome_code_fails_open_while_the_velocity_store_is_down(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}), velocity=FakeVelocity(fail=True), model=model)
+    resp = scorer.score(_shopper("welcome-out", 1, promotion=WELCOME))
+    assert resp.decision in ("allow", "watch") and resp.degraded is True and resp.fallback == "rules"
+    assert "CAP_STORE_UNAVAILABLE" not in [s.code for s in resp.signals]
+
+
+def test_only_the_reservation_down_still_verifies_a_single_use_code_on_the_model_path(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    class NoReservations(FakeVelocity):
+        def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("velocity down for writes")
+
+    scorer = _scorer(tmp_path, online=FakeOnline({k: 0.0 for k in SHARED_DEVICE}), velocity=NoReservations(),
+                     model=model)
+    once = {"code": "ONCE-W", "type": "sitewide", "single_use": True}
+    resp = scorer.score(_req("writes-out", promotion=once))
+    assert resp.decision == "verify" and resp.degraded is True and resp.fallback is None
+    assert resp.signals[0].code == "CAP_STORE_UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("promotion", "expected"),
+    [
+        ({**WELCOME, "on_cap_outage": "verify"}, "verify"),
+        ({"code": "ONCE-A", "type": "sitewide", "single_use": True, "on_cap_outage": "allow"}, "open"),
+    ],
+)
+def test_the_promotion_chooses_what_its_cap_gets_during_an_outage(
+    tmp_path: Path, promotion: dict[str, Any], expected: str
+) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}), velocity=FakeVelocity(fail=True))
+    resp = scorer.score(_shopper("policy", 3, promotion=promotion))
+    codes = [s.code for s in resp.signals]
+    assert resp.degraded is True
+    if expected == "verify":
+        assert resp.decision == "verify" and codes[0] == "CAP_STORE_UNAVAILABLE"
+    else:
+        assert resp.decision in ("allow", "watch") and "CAP_STORE_UNAVAILABLE" not in codes

@@ -281,6 +281,70 @@ def test_the_decision_record_is_the_frozen_answer_with_a_counterfactual_that_cha
 
 
 @pytest.mark.slow
+def test_shared_lan_strangers_keep_a_welcome_offer_a_family_member_is_watched_a_cycler_refused(
+    server: tuple[str, Path],
+) -> None:
+    # This service answers from the rules (no model in its root): the decision path's caps and rules
+    # over HTTP, on the identity graph and the velocity store the service really runs.
+    url, _ = server
+    promotion = {"code": "WELCOME-LAN", "type": "welcome", "per_customer_limit": 1}
+
+    def shopper(n: int, **extra: Any) -> dict[str, Any]:
+        body = _body(f"lan-{n}", promotion=promotion, account={"account_id": f"acct-lan-{n}"},
+                     email=f"person.{n}@example.com", phone=f"+1 415 555 01{n:02d}",
+                     shipping_address={"line1": f"{100 + n} Elm St", "postal_code": "97403",
+                                       "country": "US"},
+                     device={"device_id": f"3f0c7a52-9b1e-4d5e-8c11-2a9e5f6b7c{n:02d}",
+                             "local_ip": "192.168.1.10"},
+                     payment={"fingerprint": f"fp_lan_{n}"}, ip=f"73.{n}.20.30")
+        body.update(extra)
+        return body
+
+    def decide(body: dict[str, Any]) -> dict[str, Any]:
+        resp = _post(url, "/score", body)
+        assert resp.status_code == 200, resp.text
+        answer: dict[str, Any] = resp.json()
+        if answer["decision"] != "refuse":
+            redeemed = {"request_id": body["request_id"], "outcome": "redeemed"}
+            assert _post(url, "/outcome", redeemed).status_code == 200
+        return answer
+
+    # Two strangers in two towns behind the same private router address, nothing else in common.
+    first, second = decide(shopper(1)), decide(shopper(2))
+    assert {first["decision"], second["decision"]} <= {"allow", "watch"}, (first, second)
+    # A family member at the first one's address, with their own device, card, phone and email.
+    family = decide(shopper(3, shipping_address=shopper(1)["shipping_address"], ip=shopper(1)["ip"]))
+    assert family["decision"] in ("allow", "watch"), family
+    assert "EARLIER_REDEEMER_ONE_SIGNAL" in [s["code"] for s in family["signals"]], family
+    # The first one again under a fresh account and email, keeping device and card: refused.
+    cycler = decide(shopper(4, device=shopper(1)["device"], payment=shopper(1)["payment"]))
+    assert cycler["decision"] == "refuse", cycler
+    assert cycler["signals"][0]["code"] == "CUSTOMER_CAP_REACHED", cycler
+
+
+@pytest.mark.slow
+def test_the_identity_view_needs_a_key_and_names_the_person_an_attempt_resolved_to(
+    server: tuple[str, Path],
+) -> None:
+    url, _ = server
+    promotion = {"code": "ID-VIEW", "type": "welcome", "per_customer_limit": 1}
+    _post(url, "/score", _body("id-1", promotion=promotion))
+    _post(url, "/score", _body("id-2", promotion=promotion, account={"account_id": "acct-id-2"},
+                               email="other.person@example.com"))
+    headers = {"X-API-Key": API_KEY}
+    assert httpx.get(f"{url}/identity/id-2", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/identity/never-scored", headers=headers, timeout=10).status_code == 404
+    resp = httpx.get(f"{url}/identity/id-2", headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    view = resp.json()
+    first = httpx.get(f"{url}/identity/id-1", headers=headers, timeout=10).json()
+    # Same device, card, phone and address under a new account and email: the first attempt's person.
+    assert view["person_id"] == first["person_id"]
+    assert "device" in view["evidence"] and view["person"]["accounts"] == 2
+    assert RAW_EMAIL not in resp.text and RAW_IP not in resp.text
+
+
+@pytest.mark.slow
 def test_the_openapi_document_is_a_contract_a_checkout_engineer_can_read(server: tuple[str, Path]) -> None:
     url, _ = server
     spec = httpx.get(f"{url}/docs.json", timeout=10).json()
@@ -306,7 +370,10 @@ def test_the_openapi_document_is_a_contract_a_checkout_engineer_can_read(server:
     decisions = spec["paths"]["/decisions/{request_id}"]["get"]
     assert decisions["security"] == [{"ApiKeyAuth": []}]
     assert {"200", "401", "404"} <= set(decisions["responses"])
-    assert "DecisionRecord" in schemas and "ErrorResponse" in schemas
+    identity = spec["paths"]["/identity/{request_id}"]["get"]
+    assert identity["security"] == [{"ApiKeyAuth": []}]
+    assert {"200", "401", "404", "503"} <= set(identity["responses"])
+    assert "DecisionRecord" in schemas and "ErrorResponse" in schemas and "IdentityResponse" in schemas
 
 
 def test_examples_of_the_openapi_document_follow_the_contract() -> None:

@@ -98,7 +98,7 @@ class RaisingModel(GatedModel):
 def _req(request_id: str, **promo: Any) -> ScoreRequest:
     return ScoreRequest.model_validate({
         "request_id": request_id,
-        "promotion": {"code": f"CODE{int(request_id.split('-')[-1]) % 3}", "type": "sitewide", **promo},
+        "promotion": {"code": f"CODE{int(request_id.split('-')[-1]) % 3}", "type": "intro_offer", **promo},
         "account": {"account_id": f"acct-{request_id}"},
         "email": "someone@example.com",
         "device": {"device_id": "dev-1234abcd"},

@@ -25,6 +25,7 @@ from training.evaluate import (
     precision_at_capacity,
     recall_at_fpr,
     seed_rules,
+    source_importance,
     trap_table,
     truth_honest_table,
     truth_pattern_table,
@@ -303,7 +304,10 @@ def test_rotating_hard_identity_resets_every_replaceable_identity_and_keeps_the_
         view = name.partition("__")[0]
         rotated = view in {"device_stats", "household_stats", "payment_stats", "phone_stats", "email_stats"}
         rotated |= view.endswith(("_code_stats", "_type_stats")) or name.startswith("referrer_")
-        if rotated:
+        rotated |= name in {"person_linked_evidence", "person_code_attempts", "person_type_attempts"}
+        if name in {"person_accounts", "person_emails", "household_accounts"}:
+            assert out[name] == 1, name  # a new person with one account at a new address
+        elif rotated:
             assert out[name] == 0 or (np.isnan(out[name]) and name.endswith("first_seen_days")), name
         elif view in {"network_stats", "local_ip_stats", "code_stats"}:
             assert out[name] == 5.0, name
@@ -338,3 +342,10 @@ def test_importance_by_group_sums_the_mean_absolute_contribution_of_its_features
         and feature_group("code_stats__attempts_1h") == "code_stats"
     )
     assert feature_group("household_type_stats__redeemed_total") == "household_type_stats"
+    assert feature_group("person_code_attempts") == "identity_graph"
+    sources = source_importance(table.reset_index()).set_index("source")
+    # Every group but the code's own counters and the request/promotion context is identity.
+    assert sources.loc["code popularity", "mean_abs_contribution"] == pytest.approx(0.5)
+    assert sources.loc["context", "features"] == 3  # the alias flag, the promotion type and guest checkout
+    assert sources.loc["identity", "mean_abs_contribution"] == pytest.approx(1.0 + 1.0 + 2.0 + 2.0)
+    assert sources["share"].sum() == pytest.approx(1.0)
