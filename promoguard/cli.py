@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Promotional-
 console = Console()
 
 
+#: Third-party warnings no promoguard user can act on, silenced by message, each with its reason.
+QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
+    # Feast's DuckDB offline path calls ibis, which calls DuckDB's renamed fetch_arrow_table(): a
+    # library-to-library rename, printed once per feature view on apply and materialize.
+    (r"fetch_arrow_table\(\) is deprecated", "ibis on DuckDB, inside Feast"),
+)
+
+
 @app.callback()
 def _root() -> None:
     """promoguard: score promo-code attempts for abuse (simulate, features, train, promote, serve, drift)."""
+    for message, _reason in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
 
 
 def _settings(root: Path | None) -> Settings:
@@ -449,14 +460,17 @@ def backtest(
 
 @app.command()
 def serve(
-    port: int = typer.Option(3000, help="Port to listen on (localhost)."),
+    port: int = typer.Option(3000, help="Port to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 (every one)."
+    ),
     demo: bool = typer.Option(False, help="Send one example request and print a curl command once ready."),
     root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
 ) -> None:
     """Start the BentoML scoring service (the same as `bentoml serve serving.service:PromoGuard`)."""
     from promoguard.demo import run_service
 
-    raise typer.Exit(code=run_service(_settings(root), port=port, demo=demo, console=console))
+    raise typer.Exit(code=run_service(_settings(root), port=port, demo=demo, console=console, host=host))
 
 
 @app.command()

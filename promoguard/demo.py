@@ -54,11 +54,12 @@ def start_service(
     extra_env: Mapping[str, str] | None = None,
     log: IO[bytes] | None = None,
     service: str = SERVICE,
+    host: str = "127.0.0.1",
 ) -> subprocess.Popen[bytes]:
-    """Launch `bentoml serve` on 127.0.0.1:port in its own process group (so it can be stopped whole)."""
+    """Launch `bentoml serve` on host:port in its own process group (so it can be stopped whole)."""
     bentoml_cli = Path(sys.executable).parent / "bentoml"
     return subprocess.Popen(
-        [str(bentoml_cli), "serve", service, "--port", str(port), "--host", "127.0.0.1"],
+        [str(bentoml_cli), "serve", service, "--port", str(port), "--host", host],
         cwd=settings.root,
         env=service_env(settings, extra_env),
         stdout=log,
@@ -141,14 +142,18 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def run_service(settings: Settings, *, port: int, demo: bool, console: Console) -> int:
-    """Run the service in the foreground; with ``demo``, show one scored request and a curl command."""
+def run_service(
+    settings: Settings, *, port: int, demo: bool, console: Console, host: str = "127.0.0.1"
+) -> int:
+    """Run the service in the foreground on ``host`` (``0.0.0.0``: every interface, behind a proxy or in
+    a container); with ``demo``, show one scored request and a curl command."""
     if port_in_use(port):
         console.print(f"[red]port {port} is already in use[/red]: stop what listens there or pass --port")
         return 2
     extra = {"PROMOGUARD_REQUIRE_API_KEY": "false"} if demo and not settings.api_keys else {}
-    proc = start_service(settings, port, extra_env=extra)
-    url = f"http://127.0.0.1:{port}"
+    proc = start_service(settings, port, extra_env=extra, host=host)
+    # Every interface includes the loopback one; a named interface is asked directly.
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
     # The service runs in its own process group (so Ctrl-C reaches it once, through us); a SIGTERM
     # to this command must stop it too instead of leaving an orphan holding the port.
     signal.signal(signal.SIGTERM, _interrupt)

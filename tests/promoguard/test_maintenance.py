@@ -95,3 +95,4 @@ def test_maintenance_refuses_a_velocity_retention_below_the_longest_window(
     result = CliRunner().invoke(app, ["maintenance", "--root", str(tmp_path)])
     assert result.exit_code == 2
     assert "PROMOGUARD_VELOCITY_RETENTION_DAYS" in result.output
+
