@@ -49,10 +49,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--online", type=int, default=5_000)
+    parser.add_argument(
+        "--keys", type=Path, help="Read the keys from this parquet, or write them there first."
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
-    keys = _keys(args.events)
+    if args.keys is not None and args.keys.exists():
+        keys = pd.read_parquet(args.keys)
+    else:
+        keys = _keys(args.events)
+        if args.keys is not None:
+            keys.to_parquet(args.keys, index=False)
     print(f"keys of {len(keys):,} simulated events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     started = time.perf_counter()
