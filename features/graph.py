@@ -50,7 +50,7 @@ import pandas as pd
 import redis
 
 from sqlitekit.sqlitewrite import WriteLock
-from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
+from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_wal
 
 #: Evidence weight of a key kind shared with an earlier person. An account is a login: alone it is the
 #: same customer. The others are the seeds' strong signals, of which two must agree.
@@ -656,11 +656,12 @@ class SqliteGraph:
         self._checkpointer: Checkpointer | None = None
         self.config = config or GraphConfig()
         self.busy_timeout_ms = int(busy_timeout_ms)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
         self._writes = WriteLock(self.busy_timeout_ms / 1000)
         self._pid = os.getpid()
+        background = checkpoint_interval_s is not None
+        self._conns = ThreadConnections(
+            lambda: open_wal(self.path, self.busy_timeout_ms, background_checkpoints=background)
+        )
         conn = self._conn()
         for statement in _SQLITE_SCHEMA.split(";"):
             conn.execute(statement)
@@ -670,28 +671,15 @@ class SqliteGraph:
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
             # A forked child must not reuse the parent's connections, and checkpoints for itself.
-            self._local = threading.local()
-            self._all = []
+            self._conns.reset()
             self._writes = WriteLock(self.busy_timeout_ms / 1000)
             self._pid = os.getpid()
             if self._checkpoint_interval_s is not None:
                 self._checkpointer = Checkpointer(self.path, self._checkpoint_interval_s)
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
-                                       check_same_thread=False)
-                conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                if self._checkpoint_interval_s is not None:
-                    disable_autocheckpoint(conn)
-            except sqlite3.Error as exc:
-                raise GraphUnavailable(f"identity graph {self.path!r} cannot be opened: {exc}") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        try:
+            return self._conns.get()
+        except sqlite3.Error as exc:
+            raise GraphUnavailable(f"identity graph {self.path!r} cannot be opened: {exc}") from exc
 
     def _fetch(self, conn: sqlite3.Connection, keys: Sequence[str]) -> list[Any]:
         found: dict[str, Any] = {}
@@ -744,11 +732,7 @@ class SqliteGraph:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all = []
-        self._local = threading.local()
+        self._conns.close()
 
 
 class RedisGraph:

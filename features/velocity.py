@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sqlitekit.sqlitewrite import WriteLock, transaction
-from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
+from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_wal
 
 DEFAULT_RETENTION_S = 31 * 86_400
 DEFAULT_PREFIX = "pg:"
@@ -326,13 +326,13 @@ class SqliteVelocity:
         self.path = str(path)
         self.busy_timeout_ms = int(busy_timeout_ms)
         self.retention_s = float(retention_s)
-        self._local = threading.local()
-        self._lock = threading.Lock()
         self._writes = WriteLock(self.busy_timeout_ms / 1000)
-        #: Every open connection, by the thread that opened it.
-        self._all: dict[threading.Thread, sqlite3.Connection] = {}
         self._pid = os.getpid()
         self._checkpoint_interval_s = checkpoint_interval_s
+        background = checkpoint_interval_s is not None
+        self._conns = ThreadConnections(
+            lambda: open_wal(self.path, self.busy_timeout_ms, background_checkpoints=background)
+        )
         self._checkpointer: Checkpointer | None = None
         with self._tx(immediate=True) as conn:
             # executescript() would commit the open transaction first; run statements one by one.
@@ -348,41 +348,15 @@ class SqliteVelocity:
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
             # A forked child must not reuse the parent's connections.
-            self._local = threading.local()
-            self._all = {}
-            self._lock = threading.Lock()
+            self._conns.reset()
             self._writes = WriteLock(self.busy_timeout_ms / 1000)
             self._pid = os.getpid()
             # Threads do not survive a fork: the child checkpoints for itself.
             self._start_checkpointer()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                # check_same_thread=False only so close() can close every thread's connection;
-                # each connection is otherwise used by the thread that opened it.
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.busy_timeout_ms / 1000,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                # NORMAL is durable across application crashes in WAL mode; only power loss can drop
-                # the last transactions, an acceptable loss for counters.
-                conn.execute("PRAGMA synchronous = NORMAL")
-                if self._checkpoint_interval_s is not None:
-                    disable_autocheckpoint(conn)
-            except sqlite3.Error as exc:
-                raise VelocityUnavailable(f"velocity store {self.path!r} cannot be opened: {exc}") from exc
-            self._local.conn = conn
-            with self._lock:
-                # Server thread pools retire idle threads (anyio after 10 s), and a retired thread's
-                # connection would stay open until close(): close those as new threads arrive.
-                for thread in [t for t in self._all if not t.is_alive()]:
-                    self._all.pop(thread).close()
-                self._all[threading.current_thread()] = conn
-        return conn
+        try:
+            return self._conns.get()
+        except sqlite3.Error as exc:
+            raise VelocityUnavailable(f"velocity store {self.path!r} cannot be opened: {exc}") from exc
 
     @contextmanager
     def _tx(self, immediate: bool) -> Iterator[sqlite3.Connection]:
@@ -607,11 +581,7 @@ class SqliteVelocity:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
-        with self._lock:
-            conns, self._all = list(self._all.values()), {}
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+        self._conns.close()
 
 
 _counter_lock = threading.Lock()

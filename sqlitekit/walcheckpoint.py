@@ -27,6 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,26 @@ DEFAULT_INTERVAL_S = 0.5
 DEFAULT_RESTART_FRAMES = 32768
 #: How long the restart attempts go on for while readers still use the log.
 DEFAULT_RESTART_WAIT_S = 0.01
+
+
+def open_wal(path: str, busy_timeout_ms: int, *, background_checkpoints: bool) -> sqlite3.Connection:
+    """An autocommit connection to ``path`` in WAL mode, as the serving stores open theirs.
+
+    ``synchronous = NORMAL`` is durable across application crashes in WAL mode (only power loss can drop
+    the last transactions). ``check_same_thread=False`` only so that a store's close() can close every
+    thread's connection; each is otherwise used by the thread that opened it. With
+    ``background_checkpoints`` a :class:`Checkpointer` does the checkpoints, not the commits. Raises
+    ``sqlite3.Error``.
+    """
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    if background_checkpoints:
+        disable_autocheckpoint(conn)
+    return conn
 
 
 def disable_autocheckpoint(conn: sqlite3.Connection) -> None:
@@ -120,3 +141,43 @@ class Checkpointer:
         """Stop the thread after one last checkpoint."""
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class ThreadConnections:
+    """One connection per thread to one SQLite file (connections must not be shared between threads).
+
+    Server thread pools retire idle threads (anyio after 10 s), and a retired thread's connection would
+    stay open until :meth:`close`: those are closed as new threads arrive. After a fork the child opens
+    its own (:meth:`reset`).
+    """
+
+    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+        """Open connections with ``opener`` (which may raise ``sqlite3.Error``)."""
+        self._opener = opener
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every connection without closing it (a forked child must not touch its parent's)."""
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: dict[threading.Thread, sqlite3.Connection] = {}
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._opener()
+            self._local.conn = conn
+            with self._lock:
+                for thread in [t for t in self._all if not t.is_alive()]:
+                    self._all.pop(thread).close()
+                self._all[threading.current_thread()] = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            conns, self._all = list(self._all.values()), {}
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()

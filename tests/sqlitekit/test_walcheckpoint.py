@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from features.velocity import SqliteVelocity
-from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
+from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, disable_autocheckpoint, open_wal
 
 
 def _rows_in_database_file(path: Path) -> int:
@@ -121,3 +121,30 @@ def test_checkpointer_rewinds_a_log_that_readers_and_writers_keep_busy(tmp_path:
 def test_checkpointer_rejects_negative_restart_settings(tmp_path: Path, name: str, kwargs: dict) -> None:
     with pytest.raises(ValueError, match=name):
         Checkpointer(tmp_path / "x.db", **kwargs)
+
+
+def test_thread_connections_close_the_connections_of_retired_threads(tmp_path: Path) -> None:
+    opened: list[sqlite3.Connection] = []
+
+    def opener() -> sqlite3.Connection:
+        conn = open_wal(str(tmp_path / "t.db"), 50, background_checkpoints=True)
+        opened.append(conn)
+        return conn
+
+    conns = ThreadConnections(opener)
+    mine = conns.get()
+    assert conns.get() is mine  # one per thread, opened once
+    worker = threading.Thread(target=conns.get)
+    worker.start()
+    worker.join()
+    assert len(opened) == 2
+    # A new thread arriving after the worker retired closes the worker's connection.
+    late = threading.Thread(target=conns.get)
+    late.start()
+    late.join()
+    with pytest.raises(sqlite3.ProgrammingError):
+        opened[1].execute("SELECT 1")
+    assert mine.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conns.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        mine.execute("SELECT 1")
