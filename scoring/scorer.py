@@ -432,9 +432,6 @@ def rule_inputs(
         # Other customers of this code on this home network within the hour (this one not counted
         # until it is recorded); None when there is no home network or velocity is down.
         home_network_code_accounts_1h=home_network_accounts,
-        person_linked=bool(resolution is not None and resolution.evidence),
-        person_accounts=None if resolution is None else resolution.person_accounts,
-        person_code_attempts=None if resolution is None else resolution.person_code_attempts,
         earlier_redeemer_ago=earlier_ago,
         # Words for the descriptions (scoring.text): present only when there is something to say.
         code_redeemed_before=redeemed_before if spent_before else None,
@@ -548,6 +545,8 @@ class Verdict:
     lift: int = 0
     #: The policy's decision when exploration let the attempt through (``decision`` is then allow).
     explored_from: str | None = None
+    #: The thresholds this request was decided with (:func:`thresholds_for`).
+    thresholds: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -625,7 +624,8 @@ def verdict_for(
     rule's points. The thresholds are the request's own (:func:`thresholds_for`).
     """
     outcome = evaluate_rules(inputs, rules)
-    thresholds = {"default": thresholds_for(promo_type, inputs, policy)}
+    own = thresholds_for(promo_type, inputs, policy)
+    thresholds = {"default": own}
     if answer is not None:
         base, model_sigs = answer.score, answer.signals
     else:
@@ -638,7 +638,7 @@ def verdict_for(
     score = lift_to(base, decision, promo_type, thresholds) if decision != by_score else base
     signals = compose_signals(model_sigs, rule_signals(outcome.signals, priced=answer is None), deciding,
                               score - base)
-    return Verdict(score, decision, signals, outcome, deciding, score - base)
+    return Verdict(score, decision, signals, outcome, deciding, score - base, thresholds=own)
 
 
 @dataclass
@@ -1019,7 +1019,7 @@ class Scorer:
             "deciding_rule": verdict.deciding_rule,
             "lift": verdict.lift,
             "policy": {"promo_type": req.promotion.type, "bands": bands,
-                       "thresholds": thresholds_for(req.promotion.type, ctx.rule_inputs, policy)},
+                       "thresholds": dict(verdict.thresholds)},
         }
         if verdict.explored_from is not None:
             # Exploration let the attempt through: the log keeps what the policy decided (Records.append).
