@@ -50,7 +50,7 @@ NOT_SETTINGS: Mapping[str, str] = {
 }
 
 #: Fields whose values never appear in an error message or a repr.
-_SECRET_FIELDS = frozenset({"pepper", "api_keys", "ipintel_api_key"})
+_SECRET_FIELDS = frozenset({"pepper", "api_keys", "ipintel_api_key", "state_url"})
 
 
 class InvalidSettings(ValueError):
@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     # ids, at least the longest window a counter is read with (30 days: the referral cross-check).
     scores_retention_days: float = Field(default=90.0, gt=0)
     velocity_retention_days: float = Field(default=31.0, ge=30)
+    # Where the service's shared state lives: the scoring log with its idempotency records, outcomes,
+    # feedback and shadow rows, and the campaign controls and allow/deny lists. Unset: SQLite files in
+    # serving_dir (one replica); a postgresql:// URL lets every replica answer any call.
+    state_url: str | None = Field(default=None, repr=False)
+    # Seconds between two reads of the campaign controls and lists by a running service.
+    controls_refresh_s: float = Field(default=2.0, gt=0, le=300)
+    # Feast's offline store for point-in-time training frames and the backtest's history: file (DuckDB,
+    # in process) or spark (Feast's Spark offline store over the same parquet sources).
+    offline_store: Literal["file", "spark"] = "file"
+    spark_master: str = "local[2]"
 
     @field_validator("root", "model_dir", "rules_path", "shadow_rules")
     @classmethod
@@ -192,6 +202,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown promotion type {name!r}: expected one of {', '.join(known)}")
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"the share of {name} must be between 0 and 1, got {share}")
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("expected a postgresql:// URL (unset: SQLite files in the serving folder)")
         return value
 
     @field_validator("ipintel_http_url")

@@ -12,9 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from promoguard.errors import ExitCode, OperatorGroup, fail, read_parquet
 from promoguard.settings import InvalidSettings, Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Promotional-abuse risk scoring.")
+# OperatorGroup: a failure an operator can fix ends any command with one line and its own exit code.
+app = typer.Typer(
+    cls=OperatorGroup, add_completion=False, no_args_is_help=True, help="Promotional-abuse risk scoring."
+)
 console = Console()
 
 
@@ -38,8 +42,7 @@ def _settings(root: Path | None) -> Settings:
     try:
         return Settings.from_env(root=root)
     except InvalidSettings as exc:
-        console.print(f"[red]invalid configuration[/red]: {exc}")
-        raise typer.Exit(code=2) from None
+        fail(f"invalid configuration: {exc}", ExitCode.CONFIG)
 
 
 def print_table(title: str, frame: pd.DataFrame) -> None:
@@ -87,8 +90,7 @@ def _resolver(settings: Settings) -> Any:
 
 def _need(path: Path, hint: str) -> Path:
     if not path.exists():
-        console.print(f"[red]missing {path}[/red]: {hint}")
-        raise typer.Exit(code=2)
+        fail(f"missing {path}: {hint}", ExitCode.MISSING_INPUT)
     return path
 
 
@@ -118,8 +120,8 @@ def features_build(
     labels_path = _need(settings.raw_dir / "labels.parquet", "labels.parquet is part of the event contract")
     started = time.perf_counter()
     with console.status("validating events and labels"):
-        events = validate_events(pd.read_parquet(events_path))
-        labels = validate_labels(pd.read_parquet(labels_path))
+        events = validate_events(read_parquet(events_path))
+        labels = validate_labels(read_parquet(labels_path))
     with console.status(f"resolving identity for {len(events):,} events"):
         keys = add_context(resolve_frame(events, _resolver(settings)), _promotions(settings.raw_dir))
         del events
@@ -167,9 +169,11 @@ def features_materialize(
     from features.store import StoreConfig, materialize
 
     settings = _settings(root)
-    keys = pd.read_parquet(
+    keys = read_parquet(
         _need(settings.features_dir / "keys.parquet", "run `promoguard features build` first"), columns=["ts"]
     )
+    # Without a registry Feast would materialize no view at all and report success.
+    _need(settings.feast_dir / "registry.db", "the feature registry: run `promoguard features apply` first")
     end = default_as_of(keys).to_pydatetime()
     started = time.perf_counter()
     with console.status(
@@ -215,8 +219,8 @@ def train(
     from training.run import train_model
 
     settings = _settings(root)
-    keys = pd.read_parquet(_need(settings.features_dir / "keys.parquet", "run `promoguard features build`"))
-    labels = pd.read_parquet(_need(settings.raw_dir / "labels.parquet", "labels.parquet is missing"))
+    keys = read_parquet(_need(settings.features_dir / "keys.parquet", "run `promoguard features build`"))
+    labels = read_parquet(_need(settings.raw_dir / "labels.parquet", "labels.parquet is missing"))
     started = time.perf_counter()
     with console.status("fetching point-in-time features from Feast (promo_abuse_v1)"):
         historical = partial(historical_features, StoreConfig.from_settings(settings))
@@ -515,7 +519,10 @@ def shadow_report(
     from scoring.shadow import shadow_report as build_report
 
     settings = _settings(root)
-    log = _need(settings.serving_dir / "scores.db", "the service writes it: run `promoguard serve` first")
+    # With PROMOGUARD_STATE_URL the log is the replicas' shared database, else this root's file.
+    log = settings.state_url or _need(
+        settings.serving_dir / "scores.db", "the service writes it: run `promoguard serve` first"
+    )
     now = datetime.now(UTC)
     since = now - timedelta(days=days)
     built = build_report(shadow_frame(log, since), exploration_frame(log, since), since, now)
@@ -577,14 +584,15 @@ def maintenance(
     from datetime import UTC, datetime
 
     from features.velocity import velocity_store
-    from scoring.records import Records
+    from scoring.state import open_records
 
     settings = _settings(root)
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     log = settings.serving_dir / "scores.db"
-    if log.exists():
-        records = Records(log)
+    if settings.state_url or log.exists():
+        # The replicas' shared database when PROMOGUARD_STATE_URL is set, else this root's file.
+        records = open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=None)
         try:
             pruned = records.prune(now, settings.scores_retention_days, vacuum=vacuum)
         finally:
@@ -618,6 +626,224 @@ def maintenance(
         console.print(f"nothing to prune: no scoring log or velocity store under {settings.serving_dir}")
         return
     print_table(f"maintenance as of {now:%Y-%m-%d %H:%M} UTC", pd.DataFrame(rows))
+
+
+# --- campaign controls and allow/deny lists -----------------------------------------------------------
+
+campaign_app = typer.Typer(
+    no_args_is_help=True,
+    help="Pause, monitor, force verification or set thresholds on one promotion code; a running service "
+         "picks a change up within PROMOGUARD_CONTROLS_REFRESH_S seconds.",
+)
+app.add_typer(campaign_app, name="campaign")
+lists_app = typer.Typer(no_args_is_help=True, help="Allow and deny lists of identities (keyed hashes only).")
+app.add_typer(lists_app, name="lists")
+
+_BY = typer.Option(None, "--by", help="Who makes the change, for the audit trail (default: the OS user).")
+_ROOT = typer.Option(None, "--root", help="Project root (default: current folder).")
+
+
+def _actor(by: str | None) -> str:
+    import getpass
+
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def _controls(root: Path | None) -> Any:
+    from scoring.controls_store import ControlsStore
+
+    settings = _settings(root)
+    return ControlsStore(settings.state_url, settings.serving_dir)
+
+
+def _campaign_change(code: str, by: str | None, root: Path | None, action: str, **changes: Any) -> None:
+    from scoring.controls import InvalidControl
+
+    try:
+        control = _controls(root).update_campaign(code, _actor(by), action, **changes)
+    except InvalidControl as exc:
+        fail(f"invalid control: {exc}", ExitCode.CONFIG)
+    _print_campaigns([control])
+
+
+def _print_campaigns(controls: list[Any]) -> None:
+    rows = [{
+        "code": c.code, "mode": c.mode, "force verify": "yes" if c.force_verify else "no",
+        "verify at": "-" if c.verify_threshold is None else str(c.verify_threshold),
+        "refuse at": "-" if c.refuse_threshold is None else str(c.refuse_threshold),
+        "reason": c.reason or "-", "by": c.updated_by,
+        "when (UTC)": "-" if c.updated_at is None else f"{c.updated_at:%Y-%m-%d %H:%M:%S}",
+    } for c in controls]
+    print_table("campaign controls", pd.DataFrame(rows, columns=[
+        "code", "mode", "force verify", "verify at", "refuse at", "reason", "by", "when (UTC)"]))
+
+
+@campaign_app.command("pause")
+def campaign_pause(
+    code: str = typer.Argument(..., help="The promotion code (any letter case)."),
+    reason: str | None = typer.Option(None, help="Why; checkout's signal says it after 'campaign paused'."),
+    by: str | None = _BY,
+    root: Path | None = _ROOT,
+) -> None:
+    """Refuse every attempt at the code with the reason "campaign paused" until it is resumed."""
+    _campaign_change(code, by, root, "pause", mode="paused", reason=reason)
+
+
+@campaign_app.command("resume")
+def campaign_resume(code: str = typer.Argument(...), by: str | None = _BY, root: Path | None = _ROOT) -> None:
+    """Score the code normally again after a pause or a monitor-only period (other settings stay)."""
+    _campaign_change(code, by, root, "resume", mode="active", reason=None)
+
+
+@campaign_app.command("monitor")
+def campaign_monitor(
+    code: str = typer.Argument(...),
+    reason: str | None = typer.Option(None, help="Why, for the audit trail."),
+    by: str | None = _BY,
+    root: Path | None = _ROOT,
+) -> None:
+    """Monitor-only: every attempt is scored and its decision logged, and the answer is allow."""
+    _campaign_change(code, by, root, "monitor", mode="monitor", reason=reason)
+
+
+@campaign_app.command("verify")
+def campaign_verify(
+    code: str = typer.Argument(...),
+    off: bool = typer.Option(False, "--off", help="Stop forcing verification."),
+    reason: str | None = typer.Option(None, help="Why; checkout's signal says it."),
+    by: str | None = _BY,
+    root: Path | None = _ROOT,
+) -> None:
+    """Force verification: an attempt the policy would allow or watch is asked to verify instead."""
+    _campaign_change(code, by, root, "verify off" if off else "verify", force_verify=not off,
+                     **({} if off else {"reason": reason}))
+
+
+@campaign_app.command("thresholds")
+def campaign_thresholds(
+    code: str = typer.Argument(...),
+    verify: int | None = typer.Option(None, help="Score from which the code's attempts are verified."),
+    refuse: int | None = typer.Option(None, help="Score from which they are refused."),
+    clear: bool = typer.Option(False, "--clear", help="Back to the promotion type's thresholds."),
+    by: str | None = _BY,
+    root: Path | None = _ROOT,
+) -> None:
+    """Raise or lower the code's own verify and refuse thresholds (replacing its promotion type's)."""
+    if clear == (verify is not None or refuse is not None):
+        fail("invalid control: give --verify and/or --refuse, or --clear", ExitCode.CONFIG)
+    _campaign_change(code, by, root, "thresholds", verify_threshold=verify, refuse_threshold=refuse)
+
+
+@campaign_app.command("show")
+def campaign_show(
+    code: str | None = typer.Argument(None, help="One code, with its audit trail (default: every code)."),
+    changes: int = typer.Option(20, help="Audit rows to print."),
+    root: Path | None = _ROOT,
+) -> None:
+    """Print the campaign controls in force and the latest changes, who made them and when."""
+    store = _controls(root)
+    controls = [store.campaign(code)] if code else store.campaigns()
+    controls = [c for c in controls if c is not None]
+    if not controls:
+        console.print(f"no control set on {code}" if code else "no campaign controls set")
+    else:
+        _print_campaigns(controls)
+    audit = [a for a in store.audit(limit=changes * 5) if a.target.startswith("campaign:")]
+    if code:
+        audit = [a for a in audit if a.target.casefold() == f"campaign:{code.strip()}".casefold()]
+    if audit:
+        print_table("changes, newest first", pd.DataFrame(
+            [{"when (UTC)": a.ts[:19].replace("T", " "), "by": a.actor, "action": a.action,
+              "campaign": a.target.removeprefix("campaign:"), "reason": a.detail.get("reason") or "-"}
+             for a in audit[:changes]]))
+
+
+def _list_key(store_root: Path | None, kind: str, value: str | None, key: str | None) -> str:
+    from scoring.controls import InvalidControl, list_key
+
+    if (value is None) == (key is None):
+        fail("invalid entry: give the raw VALUE or --key, exactly one of them", ExitCode.CONFIG)
+    if key is not None:
+        return key
+    assert value is not None
+    try:
+        return list_key(_resolver(_settings(store_root)), kind, value)
+    except InvalidControl as exc:
+        fail(f"invalid entry: {exc}", ExitCode.CONFIG)
+
+
+@lists_app.command("add")
+def lists_add(
+    list_name: str = typer.Argument(..., metavar="LIST", help="allow or deny."),
+    kind: str = typer.Argument(..., help="account, email, phone, device, payment, household, ip, network, "
+                                         "local_network or person."),
+    value: str | None = typer.Argument(None, help="The raw identifier (hashed, never stored)."),
+    key: str | None = typer.Option(None, help="The keyed hash instead (as a decision record shows it)."),
+    reason: str = typer.Option(..., help="Why: a deny entry's refusal says it."),
+    expires_in_days: float | None = typer.Option(None, help="Drop the entry after this many days."),
+    by: str | None = _BY,
+    root: Path | None = _ROOT,
+) -> None:
+    """Add (or renew) an allow or deny entry; a running service applies it within seconds."""
+    from datetime import timedelta
+
+    from scoring.controls import InvalidControl, ListEntry, utc_now
+
+    hashed = _list_key(root, kind, value, key)
+    expires = None
+    if expires_in_days is not None:
+        if expires_in_days <= 0:
+            fail("invalid entry: --expires-in-days must be more than 0", ExitCode.CONFIG)
+        expires = utc_now() + timedelta(days=expires_in_days)
+    try:
+        entry = ListEntry(list=list_name, kind=kind, key=hashed, reason=reason, expires_at=expires)  # type: ignore[arg-type]
+    except InvalidControl as exc:
+        fail(f"invalid entry: {exc}", ExitCode.CONFIG)
+    stored = _controls(root).add_entry(entry, _actor(by))
+    console.print(f"added to the {stored.list} list: {stored.kind} {stored.key}"
+                  + ("" if stored.expires_at is None else f" until {stored.expires_at:%Y-%m-%d %H:%M} UTC"))
+
+
+@lists_app.command("remove")
+def lists_remove(
+    list_name: str = typer.Argument(..., metavar="LIST", help="allow or deny."),
+    kind: str = typer.Argument(...),
+    value: str | None = typer.Argument(None, help="The raw identifier (hashed to find the entry)."),
+    key: str | None = typer.Option(None, help="The keyed hash instead."),
+    by: str | None = _BY,
+    root: Path | None = _ROOT,
+) -> None:
+    """Remove an entry; exits 1 when there was none."""
+    hashed = _list_key(root, kind, value, key)
+    if not _controls(root).remove_entry(list_name, kind, hashed, _actor(by)):
+        console.print(f"no {kind} {hashed} on the {list_name} list")
+        raise typer.Exit(code=1)
+    console.print(f"removed from the {list_name} list: {kind} {hashed}")
+
+
+@lists_app.command("show")
+def lists_show(
+    list_name: str | None = typer.Option(None, "--list", help="allow or deny (default: both)."),
+    expired: bool = typer.Option(False, help="Also show expired entries."),
+    root: Path | None = _ROOT,
+) -> None:
+    """Print the entries: list, kind, keyed hash, reason, who added it, when, until when."""
+    from scoring.controls import utc_now
+
+    entries = _controls(root).entries(list_name, now=None if expired else utc_now())
+    if not entries:
+        console.print("no list entries")
+        return
+    print_table("allow and deny lists", pd.DataFrame([{
+        "list": e.list, "kind": e.kind, "key": e.key, "reason": e.reason, "by": e.added_by,
+        "added (UTC)": "-" if e.added_at is None else f"{e.added_at:%Y-%m-%d %H:%M}",
+        "expires (UTC)": "never" if e.expires_at is None else f"{e.expires_at:%Y-%m-%d %H:%M}",
+    } for e in entries]))
 
 
 def main() -> None:

@@ -53,6 +53,10 @@ def scoring_log(settings: Settings) -> pd.DataFrame:
     """The service's whole scoring log as a scoring frame (hashed keys stay behind); empty when none."""
     from scoring.records import scoring_frame
 
+    if settings.state_url:
+        # The replicas' shared database holds the log.
+        shared: pd.DataFrame = scoring_frame(settings.state_url)
+        return shared
     log = settings.serving_dir / "scores.db"
     if not log.exists():
         return pd.DataFrame()

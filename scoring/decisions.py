@@ -30,7 +30,7 @@ from typing import Any
 from scoring.artifact import LoadedModel
 from scoring.policy import DECISIONS, decide, stricter
 from scoring.reasons import BASELINE_CODE, OTHER_CODE, concept, feature_reason
-from scoring.records import Records
+from scoring.records import RecordsLike
 from scoring.rules import RulesTable, evaluate_rules
 from scoring.schemas import (
     Counterfactual,
@@ -229,7 +229,7 @@ def counterfactual(
 
 
 def decision_record(
-    records: Records, request_id: str, model: LoadedModel | None, rules: RulesTable
+    records: RecordsLike, request_id: str, model: LoadedModel | None, rules: RulesTable
 ) -> DecisionRecord | None:
     """The decision record of one scored request, or None when it was never scored."""
     row = records.scored(request_id)

@@ -43,7 +43,9 @@ ReasonCode = Literal[
     "ADDRESS_MISSING",
     "ADDRESS_UNPARSED",
     "ANONYMOUS_NETWORK_LIMITED_PROMO",
+    "ALLOW_LISTED",
     "BASELINE",
+    "CAMPAIGN_PAUSED",
     "CAP_STORE_UNAVAILABLE",
     "CODE_AGE",
     "CODE_ATTEMPTS",
@@ -52,6 +54,7 @@ ReasonCode = Literal[
     "CODE_SHARED_WIDELY",
     "CUSTOMER_CAP_REACHED",
     "CUSTOM_RULE",
+    "DENY_LISTED",
     "DEVICE_ATTEMPTS",
     "DEVICE_CODE_REUSE",
     "DEVICE_INVALID_CODES",
@@ -75,6 +78,7 @@ ReasonCode = Literal[
     "EMAIL_PAST_ABUSE",
     "EMAIL_REDEMPTIONS",
     "EMAIL_SHARED_ACCOUNTS",
+    "FORCED_VERIFICATION",
     "GUEST_CHECKOUT",
     "HOME_NETWORK_NEW_ACCOUNTS",
     "HOUSEHOLD_ATTEMPTS",
@@ -681,6 +685,28 @@ _FIXED_MEANING: dict[str, tuple[str, str | None, str]] = {
         "a single-use code was already claimed by an earlier checkout",
         "the single-use code had not been claimed already",
         "rule",
+    ),
+    "CAMPAIGN_PAUSED": (
+        "an operator paused the campaign (`promoguard campaign pause`): every attempt is refused",
+        "the campaign had not been paused",
+        "campaign control",
+    ),
+    "FORCED_VERIFICATION": (
+        "an operator requires verification on this campaign (`promoguard campaign verify`)",
+        "verification had not been required on the campaign",
+        "campaign control",
+    ),
+    "DENY_LISTED": (
+        "an identity of the attempt (account, email, phone, device, card, household, IP, network, home "
+        "network or person) is on the deny list, with the reason the entry gives",
+        "no identity of the attempt had been on the deny list",
+        "list",
+    ),
+    "ALLOW_LISTED": (
+        "an identity of the attempt is on the allow list: allowed unless a hard cap is reached or a "
+        "single-use code is spent (its negative points bring the score under the watch threshold)",
+        None,
+        "list",
     ),
     "CUSTOMER_CAP_REACHED": (
         "the promotion's per-customer limit is reached: the shopper's own account, or two strong "

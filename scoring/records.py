@@ -23,6 +23,10 @@ Both columns were added the same way (NULL: not explored).
 The ``shadow`` table holds, per shadowed request, the live decision beside a challenger's (a model
 version and/or rules table scored off the request path on the same inputs, :mod:`serving.shadow`);
 ``promoguard shadow-report`` reads it with :func:`shadow_frame`.
+
+Behind several replicas the same tables live in PostgreSQL (:class:`scoring.records_pg.PostgresRecords`,
+chosen by :func:`scoring.state.open_records`); :class:`RecordsLike` is what both offer the service, and
+the readers below take either this file's path or the database's ``postgresql://`` URL.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from scoring.signals import top_signal_names
 from sqlitekit.sqlitewrite import WriteLock
@@ -172,6 +176,53 @@ class ShadowRecord:
     challenger_deciding_rule: str | None = None
     #: Milliseconds the challenger took, in the shadow worker.
     shadow_ms: float | None = None
+
+
+class RecordsLike(Protocol):
+    """The service's records, whatever holds them: :class:`Records` (one SQLite file, one replica) or
+    :class:`scoring.records_pg.PostgresRecords` (one database shared by every replica)."""
+
+    def lookup(self, request_id: str, body_sha256: str) -> dict[str, Any] | None:
+        """The stored response for a retry, None when new; IdempotencyConflict for a changed body."""
+        ...
+
+    def append(self, rec: ScoreRecord) -> dict[str, Any]:
+        """Append one attempt; when a concurrent twin got there first, return what it stored."""
+        ...
+
+    def scored(self, request_id: str) -> dict[str, Any] | None:
+        """The logged row of a scored attempt, or None."""
+        ...
+
+    def history(self, request_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Outcomes and feedback received for a scored attempt, oldest first."""
+        ...
+
+    def add_outcome(self, request_id: str, outcome: str, reservation: str, ts: datetime) -> None:
+        """Log what checkout did with an attempt."""
+        ...
+
+    def add_feedback(self, request_id: str, label: str, source: str, ts: datetime) -> None:
+        """Store a label in the label contract's shape."""
+        ...
+
+    def append_shadow(self, recs: Sequence[ShadowRecord]) -> int:
+        """Log challenger answers; a request already shadowed keeps its first row. Returns the new rows."""
+        ...
+
+    def prune(
+        self, now: datetime, days: float = DEFAULT_RETENTION_DAYS, *, vacuum: bool = False
+    ) -> PruneCounts:
+        """Delete decisions older than ``days`` with their outcomes, labels and shadow rows."""
+        ...
+
+    def count(self, table: str) -> int:
+        """Rows in one of the service's tables (scores, outcomes, feedback, shadow)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection(s)."""
+        ...
 
 
 def _json(value: Any) -> str:
@@ -412,11 +463,11 @@ def scoring_frame(path: str | Path, since: datetime | None = None) -> Any:
     Columns: ts, request_id, promo_code, promo_type, campaign (= promo_code), score, band, decision,
     fallback, model_version, top_signals (the three largest positive signals, pseudo-signals excluded),
     label (1/0 from /feedback, NaN when none arrived), label_ts, and every logged feature. Hashed keys
-    stay behind.
+    stay behind. ``path``: the SQLite file, or the state database's ``postgresql://`` URL.
     """
     import pandas as pd
 
-    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    conn = _read_only(path)
     try:
         query = (
             "SELECT request_id, ts, promo_code, promo_type, score, band, decision, fallback, model_version, "
@@ -426,8 +477,8 @@ def scoring_frame(path: str | Path, since: datetime | None = None) -> Any:
         if since is not None:
             query += " WHERE ts >= ?"
             params = (since.astimezone(UTC).isoformat(),)
-        scores = pd.read_sql_query(query, conn, params=params)
-        feedback = pd.read_sql_query("SELECT request_id, label, label_ts FROM feedback", conn)
+        scores = conn.frame(query, params)
+        feedback = conn.frame(f"SELECT request_id, label, label_ts FROM feedback ORDER BY {conn.order}")
     finally:
         conn.close()
     features = pd.DataFrame([json.loads(f) for f in scores["features_json"]], index=scores.index)
@@ -454,20 +505,73 @@ def scoring_frame(path: str | Path, since: datetime | None = None) -> Any:
 _TRUTH_COLUMNS = ("label", "label_ts", "outcome")
 
 
-def _latest(conn: sqlite3.Connection, table: str, column: str, ts: str) -> dict[str, tuple[str, str]]:
+class _LogReader:
+    """Read-only queries over a scoring log, written once (``?`` placeholders) for both places it lives:
+    a SQLite file, or the state database named by a ``postgresql://`` URL (:mod:`scoring.records_pg`)."""
+
+    def __init__(self, where: str | Path) -> None:
+        from scoring.records_pg import is_state_url, read_only_connection
+
+        self.postgres = is_state_url(where)
+        self._conn: Any = (
+            read_only_connection(str(where)) if self.postgres
+            else sqlite3.connect(f"file:{Path(where)}?mode=ro", uri=True)
+        )
+        # PostgreSQL has no rowid: there, outcomes and feedback keep their arrival order in ``seq``.
+        self.order = "seq" if self.postgres else "rowid"
+
+    def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of ``query``."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute(query.replace("?", "%s") if self.postgres else query, tuple(params))
+            return [tuple(row) for row in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def frame(self, query: str, params: Sequence[Any] = ()) -> Any:
+        """``query`` as a DataFrame (pandas reads SQLite itself; other connections go through a cursor)."""
+        import pandas as pd
+
+        if not self.postgres:
+            return pd.read_sql_query(query, self._conn, params=tuple(params))
+        with self._conn.cursor() as cur:
+            cur.execute(query.replace("?", "%s"), tuple(params))
+            names = [d[0] for d in cur.description]
+            return pd.DataFrame.from_records(cur.fetchall(), columns=names, coerce_float=True)
+
+    def tables(self) -> set[str]:
+        """Names of the log's tables."""
+        query = (
+            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND pg_table_is_visible(oid)"
+            if self.postgres else "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+        return {str(r[0]) for r in self.rows(query)}
+
+    def columns(self, table: str) -> set[str]:
+        """Column names of ``table`` (empty when it does not exist)."""
+        if self.postgres:
+            query = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(?) AND attnum > 0 "
+                     "AND NOT attisdropped")
+            return {str(r[0]) for r in self.rows(query, (table,))}
+        return {str(r[1]) for r in self.rows(f"PRAGMA table_info({table})")}
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def _latest(conn: _LogReader, table: str, column: str, ts: str) -> dict[str, tuple[str, str]]:
     """``request_id -> (value, ts)`` of the last row per request (insertion order) of feedback or outcomes."""
-    rows = conn.execute(f"SELECT request_id, {column}, {ts} FROM {table} ORDER BY rowid").fetchall()
+    rows = conn.rows(f"SELECT request_id, {column}, {ts} FROM {table} ORDER BY {conn.order}")
     return {str(r): (str(v), str(t)) for r, v, t in rows}
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _with_truth(conn: sqlite3.Connection, frame: Any) -> Any:
+def _with_truth(conn: _LogReader, frame: Any) -> Any:
     """``frame`` with the latest label (abuse / legit / None), its time and the latest outcome per request."""
-    labels = _latest(conn, "feedback", "label", "label_ts") if "feedback" in _tables(conn) else {}
-    outcomes = _latest(conn, "outcomes", "outcome", "ts") if "outcomes" in _tables(conn) else {}
+    tables = conn.tables()
+    labels = _latest(conn, "feedback", "label", "label_ts") if "feedback" in tables else {}
+    outcomes = _latest(conn, "outcomes", "outcome", "ts") if "outcomes" in tables else {}
     ids = frame["request_id"].astype(str)
     frame["label"] = ids.map(lambda i: labels[i][0] if i in labels else None).astype(object)
     frame["label_ts"] = ids.map(lambda i: labels[i][1] if i in labels else None).astype(object)
@@ -475,8 +579,8 @@ def _with_truth(conn: sqlite3.Connection, frame: Any) -> Any:
     return frame
 
 
-def _read_only(path: str | Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+def _read_only(path: str | Path) -> _LogReader:
+    return _LogReader(path)
 
 
 def shadow_frame(path: str | Path, since: datetime | None = None) -> Any:
@@ -484,19 +588,20 @@ def shadow_frame(path: str | Path, since: datetime | None = None) -> Any:
 
     Columns: every column of the ``shadow`` table, ``campaign`` (= promo_code, as :func:`scoring_frame`),
     ``label`` (abuse / legit / None: the last label received), ``label_ts`` and ``outcome`` (the last
-    outcome received, None when none). Empty (same columns) for a log without a shadow table.
+    outcome received, None when none). Empty (same columns) for a log without a shadow table. ``path``
+    as :func:`scoring_frame`'s.
     """
     import pandas as pd
 
     conn = _read_only(path)
     try:
-        if "shadow" not in _tables(conn):
+        if "shadow" not in conn.tables():
             return pd.DataFrame(columns=[*SHADOW_COLUMNS, "campaign", *_TRUTH_COLUMNS])
         query = "SELECT * FROM shadow"
         params: tuple[str, ...] = ()
         if since is not None:
             query, params = query + " WHERE ts >= ?", (since.astimezone(UTC).isoformat(),)
-        frame = pd.read_sql_query(query + " ORDER BY ts", conn, params=params)
+        frame = conn.frame(query + " ORDER BY ts", params)
         frame["campaign"] = frame["promo_code"]
         return _with_truth(conn, frame)
     finally:
@@ -508,6 +613,7 @@ def exploration_frame(path: str | Path, since: datetime | None = None) -> Any:
 
     Columns: request_id, ts, promo_code, promo_type, score, decision (what checkout got), would_be_decision,
     model_version, campaign, label, label_ts, outcome. Empty for a log written before exploration existed.
+    ``path`` as :func:`scoring_frame`'s.
     """
     import pandas as pd
 
@@ -515,14 +621,13 @@ def exploration_frame(path: str | Path, since: datetime | None = None) -> Any:
                "model_version"]
     conn = _read_only(path)
     try:
-        have = {row[1] for row in conn.execute("PRAGMA table_info(scores)")}
-        if "explored" not in have:
+        if "explored" not in conn.columns("scores"):
             return pd.DataFrame(columns=[*columns, "campaign", *_TRUTH_COLUMNS])
         query = f"SELECT {', '.join(columns)} FROM scores WHERE explored = 1"
         params: tuple[str, ...] = ()
         if since is not None:
             query, params = query + " AND ts >= ?", (since.astimezone(UTC).isoformat(),)
-        frame = pd.read_sql_query(query + " ORDER BY ts", conn, params=params)
+        frame = conn.frame(query + " ORDER BY ts", params)
         frame["campaign"] = frame["promo_code"]
         return _with_truth(conn, frame)
     finally:

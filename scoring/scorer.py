@@ -67,6 +67,7 @@ from features.context import request_context
 from features.definitions import HARD_IDENTITIES, redemption_updates, velocity_queries, velocity_updates
 from features.graph import Attempt, Resolution
 from scoring.artifact import LoadedModel
+from scoring.controls import CampaignControl, Controls, ListMatch, apply_controls, monitor_only
 from scoring.policy import (
     DEFAULT_BANDS,
     DEFAULT_THRESHOLDS,
@@ -82,7 +83,7 @@ from scoring.policy import (
     stricter,
 )
 from scoring.reasons import IDENTITY_WORDS, absent_identities
-from scoring.records import Records, ScoreRecord
+from scoring.records import IdempotencyConflict, RecordsLike, ScoreRecord
 from scoring.rules import RulesOutcome, RulesTable, evaluate_rules
 from scoring.schemas import (
     OutcomeRequest,
@@ -545,8 +546,10 @@ class Verdict:
     lift: int = 0
     #: The policy's decision when exploration let the attempt through (``decision`` is then allow).
     explored_from: str | None = None
-    #: The thresholds this request was decided with (:func:`thresholds_for`).
+    #: The thresholds this request was decided with (:func:`thresholds_for`, or its campaign's own).
     thresholds: Mapping[str, int] = field(default_factory=dict)
+    #: The policy's decision when the campaign is in monitor-only mode (``decision`` is then allow).
+    monitored_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -614,17 +617,20 @@ def thresholds_for(promo_type: str | None, inputs: Mapping[str, Any], policy: Po
 
 def verdict_for(
     promo_type: str | None, inputs: Mapping[str, Any], answer: ModelAnswer | None, rules: RulesTable,
-    policy: Policy,
+    policy: Policy, control: CampaignControl | None = None,
 ) -> Verdict:
     """Steps 7-8 for any rules table and policy: the rules, evaluated once, and the decision.
 
     Pure: ``inputs`` are the rules' inputs (:func:`rule_inputs`), ``answer`` the model's (None: the rules'
     points are the score). A hard rule stricter than the score decides, and lifts the score to its
     decision's threshold (so refuse is always high, verify at least medium); the lift is the deciding
-    rule's points. The thresholds are the request's own (:func:`thresholds_for`).
+    rule's points. The thresholds are the request's own (:func:`thresholds_for`), or the ones an
+    operator set for the campaign (``control``).
     """
     outcome = evaluate_rules(inputs, rules)
     own = thresholds_for(promo_type, inputs, policy)
+    if control is not None:
+        own = control.thresholds(policy.for_promotion(promo_type)) or own
     thresholds = {"default": own}
     if answer is not None:
         base, model_sigs = answer.score, answer.signals
@@ -670,6 +676,9 @@ class RequestContext:
     rule_inputs: dict[str, Any] = field(default_factory=dict)
     #: Milliseconds per step, for the decision record.
     timings: dict[str, float] = field(default_factory=dict)
+    #: The operator's campaign control and the list entry that applied (None: none), for the log.
+    control: CampaignControl | None = None
+    listed: ListMatch | None = None
 
     def lap(self, step: str, since: float) -> float:
         """Record the milliseconds ``step`` took since ``since``; return now (``perf_counter``)."""
@@ -693,6 +702,10 @@ class RequestContext:
 class Scorer:
     """Scores one request; thread-safe; dependencies are injected and may each be missing or failing."""
 
+    #: The operator's campaign controls and allow/deny lists; the service swaps in a fresh snapshot
+    #: when they change (:class:`scoring.controls_store.ControlsRefresher`), so a request reads one.
+    controls: Controls = Controls()
+
     #: Called with each fresh answer's context, verdict and response once it is logged (the shadow's
     #: submit, :mod:`serving.shadow`); it must return at once. None: nothing is called.
     on_scored: Callable[[RequestContext, Verdict, ScoreResponse], object] | None = None
@@ -704,7 +717,7 @@ class Scorer:
         velocity: VelocityLike | None,
         model: LoadedModel | None,
         rules: RulesTable,
-        records: Records,
+        records: RecordsLike,
         config: ScorerConfig | None = None,
         clock: Callable[[], float] = time.time,
         graph: IdentityGraphLike | None = None,
@@ -826,10 +839,19 @@ class Scorer:
         """Score one request (idempotent on ``request_id``); never raises for a dependency failure."""
         started = time.perf_counter()
         digest = body_sha256(req)
-        stored = self.records.lookup(req.request_id, digest)
+        try:
+            stored, log_failed = self.records.lookup(req.request_id, digest), False
+        except IdempotencyConflict:
+            raise
+        except Exception as exc:
+            # The log cannot say whether this is a retry: answer as new (at worst a retry is scored
+            # twice while the log is away), and say the answer is degraded.
+            logger.warning("scoring log lookup failed: %s", type(exc).__name__)
+            stored, log_failed = None, True
         if stored is not None:
             return ScoreResponse.model_validate(stored)
         ctx = self._resolve(req, digest, started)
+        ctx.record_failed = log_failed
         mark = ctx.lap("resolve", started)
         self._read_all(ctx)
         mark = ctx.lap("features", mark)
@@ -929,8 +951,14 @@ class Scorer:
             ctx.home_network_accounts, ctx.now,
         )
         ctx.rule_inputs = {k: v for k, v in inputs.items() if k not in ctx.features}
-        verdict = verdict_for(ctx.req.promotion.type, inputs, ctx.model, self.rules, self.policy())
-        return self._explore(ctx, verdict)
+        promo, controls = ctx.req.promotion, self.controls
+        ctx.control = control = controls.campaign(promo.code)
+        person = None if ctx.resolution is None else ctx.resolution.person_id
+        ctx.listed = controls.match(ctx.keys, person, datetime.fromtimestamp(ctx.now, UTC))
+        verdict = verdict_for(promo.type, inputs, ctx.model, self.rules, self.policy(), control)
+        blocked = ctx.reservation.status == "blocked"
+        verdict = apply_controls(verdict, promo.type, control, ctx.listed, blocked)
+        return monitor_only(self._explore(ctx, verdict), control)
 
     def _explore(self, ctx: RequestContext, verdict: Verdict) -> Verdict:
         """Let a drawn share of the model's verify/refuse answers through as allow (the exploration holdout).
@@ -1024,17 +1052,36 @@ class Scorer:
         if verdict.explored_from is not None:
             # Exploration let the attempt through: the log keeps what the policy decided (Records.append).
             context["explored_from"] = verdict.explored_from
-        stored_now = self.records.append(
-            ScoreRecord(
-                request_id=req.request_id, body_sha256=ctx.digest, ts=datetime.fromtimestamp(ctx.now, UTC),
-                promo_code=req.promotion.code, promo_type=req.promotion.type, score=verdict.score,
-                band=response.band, decision=verdict.decision, fallback=response.fallback,
-                degraded=response.degraded, model_version=response.model_version,
-                latency_ms=response.latency_ms, signals=logged["signals"],
-                features=ctx.inputs, keys=ctx.keys,
-                rules_version=self.rules.label, response=logged, timings=ctx.timings, context=context,
+        if verdict.monitored_from is not None:
+            context["monitored_from"] = verdict.monitored_from
+        if ctx.control is not None:
+            context["campaign_control"] = {
+                "mode": ctx.control.mode, "force_verify": ctx.control.force_verify,
+                "verify_threshold": ctx.control.verify_threshold,
+                "refuse_threshold": ctx.control.refuse_threshold, "reason": ctx.control.reason,
+            }
+        if ctx.listed is not None:
+            entry = ctx.listed.entry
+            context["list_entry"] = {"list": entry.list, "kind": entry.kind, "reason": entry.reason}
+        try:
+            stored_now = self.records.append(
+                ScoreRecord(
+                    request_id=req.request_id, body_sha256=ctx.digest,
+                    ts=datetime.fromtimestamp(ctx.now, UTC), promo_code=req.promotion.code,
+                    promo_type=req.promotion.type, score=verdict.score,
+                    band=response.band, decision=verdict.decision, fallback=response.fallback,
+                    degraded=response.degraded, model_version=response.model_version,
+                    latency_ms=response.latency_ms, signals=logged["signals"],
+                    features=ctx.inputs, keys=ctx.keys,
+                    rules_version=self.rules.label, response=logged, timings=ctx.timings, context=context,
+                )
             )
-        )
+        except IdempotencyConflict:
+            raise
+        except Exception as exc:
+            # Checkout still gets its decision; unlogged, it is degraded (a retry will be scored again).
+            logger.warning("scoring log append failed: %s", type(exc).__name__)
+            return response.model_copy(update={"degraded": True})
         return response if stored_now == logged else ScoreResponse.model_validate(stored_now)
 
     def outcome(self, req: OutcomeRequest) -> OutcomeResponse:

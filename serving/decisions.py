@@ -36,7 +36,12 @@ def decisions_app(scorer_of: Callable[[], Scorer]) -> Starlette:
         request_id = str(request.path_params["request_id"])
         if not request_id or len(request_id) > 128:
             return JSONResponse({"error": "request_id: 1 to 128 characters"}, status_code=404)
-        record = await run_in_threadpool(record_for, scorer_of(), request_id)
+        try:
+            record = await run_in_threadpool(record_for, scorer_of(), request_id)
+        except Exception as exc:
+            # The scoring log (PostgreSQL, in production) is away: a retryable 503, never a 500.
+            return JSONResponse({"error": f"the scoring log is unavailable: {type(exc).__name__}"},
+                                status_code=503)
         if record is None:
             return JSONResponse({"error": f"request_id {request_id!r} was never scored"}, status_code=404)
         body: dict[str, Any] = record.model_dump(mode="json")

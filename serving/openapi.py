@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from scoring.schemas import DecisionRecord, ErrorResponse
 from serving.identity import IdentityResponse
+from serving.lists import ListEntries, ListEntryRequest, ListEntryView
 
 TITLE = "promoguard scoring API"
 SECURITY_SCHEME = "ApiKeyAuth"
@@ -298,6 +299,51 @@ def _decisions_path() -> dict[str, Any]:
     )
 
 
+def _json_ref(model: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}
+
+
+def _lists_paths() -> dict[str, Any]:
+    """``/lists``: the allow and deny lists (API key; keyed hashes only)."""
+    secured = {"tags": ["Service APIs"], "security": [{SECURITY_SCHEME: []}]}
+    list_param = {"name": "list", "in": "path", "required": True, "description": "allow or deny.",
+                  "schema": {"type": "string", "enum": ["allow", "deny"]}}
+    common = {"401": _common_errors()["401"], "429": _common_errors()["429"]}
+    return {
+        "/lists": {"get": {
+            **secured, "operationId": "promoguard__lists", "summary": "The live allow and deny entries",
+            "description": "Every entry that has not expired, oldest first: kind, keyed hash, reason, who "
+                           "added it and when, until when. `?list=allow` or `?list=deny` shows one list.",
+            "parameters": [{**list_param, "in": "query", "required": False}],
+            "responses": {"200": {"description": "The entries.", "content": _json_ref("ListEntries")},
+                          **common},
+        }},
+        "/lists/{list}": {"post": {
+            **secured, "operationId": "promoguard__lists_add",
+            "summary": "Add or renew an allow or deny entry",
+            "description": "A deny entry refuses every attempt it matches, with its reason; an allow entry "
+                           "allows, except past a hard cap or on a spent single-use code. The raw value is "
+                           "hashed with the service's pepper and never stored. Applies on this replica at "
+                           "once and on the others within PROMOGUARD_CONTROLS_REFRESH_S seconds; audited.",
+            "parameters": [list_param],
+            "requestBody": {"required": True, "content": _json_ref("ListEntryRequest")},
+            "responses": {
+                "201": {"description": "The entry as stored.", "content": _json_ref("ListEntryView")},
+                "400": _common_errors()["400"], **common,
+            },
+        }},
+        "/lists/{list}/{kind}/{key}": {"delete": {
+            **secured, "operationId": "promoguard__lists_remove", "summary": "Remove an allow or deny entry",
+            "description": "Removes the entry of this kind and keyed hash; audited.",
+            "parameters": [list_param,
+                           {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "Removed."},
+                          "404": _error("There is no such entry.", "no such entry"), **common},
+        }},
+    }
+
+
 _SUMMARIES = {
     "/score": "Score one promo-code attempt",
     "/outcome": "Report what checkout did with a scored attempt",
@@ -319,7 +365,9 @@ def complete_openapi(doc: dict[str, Any], max_body_bytes: int | None = None) -> 
     out["info"] = {"title": TITLE, "version": package_version(), "description": DESCRIPTION}
     components = out.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for name, schema in _components(ErrorResponse, DecisionRecord, IdentityResponse).items():
+    for name, schema in _components(
+        ErrorResponse, DecisionRecord, IdentityResponse, ListEntryRequest, ListEntryView, ListEntries
+    ).items():
         schemas.setdefault(name, schema)
     components["securitySchemes"] = {
         SECURITY_SCHEME: {
@@ -374,6 +422,7 @@ def complete_openapi(doc: dict[str, Any], max_body_bytes: int | None = None) -> 
             )
     paths["/decisions/{request_id}"] = _decisions_path()
     paths["/identity/{request_id}"] = _identity_path()
+    paths.update(_lists_paths())
     used = str(paths)
     for stale in ("InvalidArgument", "NotFound", "InternalServerError"):
         if f"/{stale}'" not in used:

@@ -37,7 +37,9 @@ from starlette.responses import JSONResponse
 
 from config.settings import InvalidSettings, Settings
 from scoring.artifact import ArtifactError, LoadedModel
-from scoring.records import IdempotencyConflict, Records
+from scoring.controls import Controls
+from scoring.controls_store import ControlsRefresher, ControlsStore
+from scoring.records import IdempotencyConflict
 from scoring.rules import default_rules, load_rules
 from scoring.schemas import (
     FeedbackRequest,
@@ -48,6 +50,7 @@ from scoring.schemas import (
     ScoreResponse,
 )
 from scoring.scorer import Scorer, ScorerConfig, VelocityLike
+from scoring.state import open_records
 from serving.breaker import MOUNT as HEALTH_MOUNT
 from serving.breaker import (
     BreakerGraph,
@@ -61,6 +64,8 @@ from serving.decisions import MOUNT as DECISIONS_MOUNT
 from serving.decisions import decisions_app
 from serving.identity import MOUNT as IDENTITY_MOUNT
 from serving.identity import identity_app
+from serving.lists import MOUNT as LISTS_MOUNT
+from serving.lists import lists_app
 from serving.metrics import service_metrics
 from serving.model_cache import fetch_champion
 from serving.openapi import complete_openapi, package_version
@@ -70,7 +75,7 @@ logger = logging.getLogger("promoguard.serving")
 
 PROTECTED_PATHS = frozenset({"/score", "/outcome", "/feedback"})
 #: Paths under these prefixes are protected too.
-PROTECTED_PREFIXES = (DECISIONS_MOUNT + "/", IDENTITY_MOUNT + "/")
+PROTECTED_PREFIXES = (DECISIONS_MOUNT + "/", IDENTITY_MOUNT + "/", LISTS_MOUNT + "/")
 #: The one body type the endpoints accept.
 JSON_TYPE = "application/json"
 #: How long a request waits for the SQLite velocity store's write lock before failing open.
@@ -149,6 +154,8 @@ def contract_400(body: bytes) -> bytes:
         data = data[0]
     if not isinstance(data, dict):
         data = {"error": str(data)}
+    if isinstance(data.get("errors"), list) and isinstance(data.get("error"), str):
+        return body  # already in the contract's shape (the /lists endpoints answer so themselves)
     errors = field_errors(data["detail"]) if "detail" in data else [
         {"field": "body", "message": str(data.get("error", "invalid request body"))}]
     count = f"{len(errors)} field" + ("s" if len(errors) != 1 else "")
@@ -262,6 +269,10 @@ class RequestGuard:
 
     async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") or ""
+        if path == LISTS_MOUNT:
+            # A mounted app answers only below its mount: GET /lists would be redirected to /lists/.
+            path = LISTS_MOUNT + "/"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         if path == "/docs.json" and scope.get("method") == "GET":
             await self._openapi_document(scope, receive, send)
             return
@@ -400,7 +411,7 @@ def build_scorer(settings: Settings) -> Scorer:
     resolver = identity_resolver(settings)
     rules = load_rules(settings.rules_path) if settings.rules_path else default_rules()
     model = load_model(settings)
-    records = Records(settings.serving_dir / "scores.db", checkpoint_interval_s=0.5)
+    records = open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=0.5)
     config = ScorerConfig(
         feature_deadline_ms=settings.feature_deadline_ms, request_deadline_ms=settings.request_deadline_ms,
         exploration=settings.exploration_shares,
@@ -484,6 +495,11 @@ class PromoGuard:
         self.settings = Settings.from_env()
         check_api_keys(self.settings)
         self.scorer = build_scorer(self.settings)
+        # Campaign controls and lists: read once now, then whenever the store's version moves.
+        self.controls = ControlsStore(self.settings.state_url, self.settings.serving_dir)
+        self.controls_refresher = ControlsRefresher(
+            self.controls, self._publish_controls, self.settings.controls_refresh_s
+        )
         logger.info(
             "promoguard ready: model=%s rules=%s feast=%s velocity=%s",
             self.scorer.model.version if self.scorer.model else "none (rules)",
@@ -510,6 +526,10 @@ class PromoGuard:
         # worker. Frozen, it is never walked by the cyclic collector again: measured at 200 req/s, the
         # full collections that paused a worker for 220-230 ms mid-request took 6-13 ms after this.
         gc.freeze()
+
+    def _publish_controls(self, controls: Controls) -> None:
+        # One reference swap: a request in flight keeps reading the snapshot it started with.
+        self.scorer.controls = controls
 
     @bentoml.on_deployment
     def refuse_unusable_settings() -> None:
@@ -548,7 +568,10 @@ class PromoGuard:
     def outcome(self, ctx: bentoml.Context, **body: Any) -> OutcomeResponse | JSONResponse:
         """Confirm (redeemed) or release (abandoned, reversed) the reservation of a scored attempt."""
         req = OutcomeRequest.model_validate(body)
-        scored = self.scorer.records.scored(req.request_id)
+        try:
+            scored = self.scorer.records.scored(req.request_id)
+        except Exception as exc:
+            return self._log_unavailable(ctx, "outcome", req.request_id, exc)
         if scored is None:
             return _error(ctx, 404, f"request_id {req.request_id!r} was never scored")
         try:
@@ -560,13 +583,25 @@ class PromoGuard:
         self.metrics.observe_outcome(scored.get("promo_code"), req.outcome)
         return answer
 
+    def _log_unavailable(
+        self, ctx: bentoml.Context, call: str, request_id: str, exc: Exception
+    ) -> JSONResponse:
+        """A 503 for a call the scoring log could not serve: the caller retries it, nothing is lost."""
+        self.metrics.errors.labels(kind=f"{call}_unavailable").inc()
+        logger.warning("%s for request_id=%s: scoring log unavailable: %s", call, request_id,
+                       type(exc).__name__)
+        return _error(ctx, 503, f"the scoring log is unavailable; retry the {call} later")
+
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackResponse)
     def feedback(self, ctx: bentoml.Context, **body: Any) -> FeedbackResponse | JSONResponse:
         """Store a label (abuse or legit) for a scored attempt, for retraining."""
         req = FeedbackRequest.model_validate(body)
-        if self.scorer.records.scored(req.request_id) is None:
-            return _error(ctx, 404, f"request_id {req.request_id!r} was never scored")
-        self.scorer.records.add_feedback(req.request_id, req.label, req.source, datetime.now(UTC))
+        try:
+            if self.scorer.records.scored(req.request_id) is None:
+                return _error(ctx, 404, f"request_id {req.request_id!r} was never scored")
+            self.scorer.records.add_feedback(req.request_id, req.label, req.source, datetime.now(UTC))
+        except Exception as exc:
+            return self._log_unavailable(ctx, "feedback", req.request_id, exc)
         self.metrics.feedback.labels(label=req.label).inc()
         return FeedbackResponse(request_id=req.request_id, stored=True)
 
@@ -575,12 +610,18 @@ class PromoGuard:
         """Stop the shadow worker, then close the online reader, the velocity store and the scoring log."""
         if self.shadow is not None:
             self.shadow.close()
+        self.controls_refresher.close()
         self.scorer.close()
 
 
 def _worker_scorer() -> Scorer:
     scorer: Scorer = bentoml.get_current_service().scorer
     return scorer
+
+
+def _worker_service() -> PromoGuard:
+    service: PromoGuard = bentoml.get_current_service()
+    return service
 
 
 def _scorer_breakers(scorer: Scorer) -> list[CircuitBreaker]:
@@ -590,6 +631,11 @@ def _scorer_breakers(scorer: Scorer) -> list[CircuitBreaker]:
 PromoGuard.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]
 PromoGuard.mount_asgi_app(decisions_app(_worker_scorer), path=DECISIONS_MOUNT)  # type: ignore[attr-defined]
 PromoGuard.mount_asgi_app(identity_app(_worker_scorer), path=IDENTITY_MOUNT)  # type: ignore[attr-defined]
+PromoGuard.mount_asgi_app(  # type: ignore[attr-defined]
+    lists_app(lambda: _worker_service().controls, lambda: _worker_scorer().resolver,
+              lambda: _worker_service().controls_refresher.refresh()),
+    path=LISTS_MOUNT,
+)
 PromoGuard.mount_asgi_app(  # type: ignore[attr-defined]
     health_app(lambda: _scorer_breakers(_worker_scorer())), path=HEALTH_MOUNT
 )

@@ -10,6 +10,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from promoguard.cli import app
+from promoguard.errors import ExitCode
 from scoring.records import Records, ScoreRecord, ShadowRecord, exploration_frame, shadow_frame
 from scoring.shadow import agreement, decision_mix, shadow_report
 
@@ -131,5 +132,5 @@ def test_without_labels_the_command_says_so(tmp_path: Path) -> None:
 
 def test_without_a_scoring_log_the_command_names_what_is_missing(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["shadow-report", "--root", str(tmp_path)])
-    assert result.exit_code == 2 and "missing" in result.output
+    assert result.exit_code == ExitCode.MISSING_INPUT and "missing" in result.output
     assert "scores.db" in result.output.replace("\n", "")

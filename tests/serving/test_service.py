@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from config.settings import InvalidSettings, Settings
 from features.ipintel import CombinedIpIntel, HttpIpIntel
+from promoguard.cli import app as cli_app
 from scoring.artifact import LoadedModel
 from scoring.policy import band_for, decide
 from scoring.reasons import REASON_CODES
@@ -342,6 +344,80 @@ def test_the_identity_view_needs_a_key_and_names_the_person_an_attempt_resolved_
     assert view["person_id"] == first["person_id"]
     assert "device" in view["evidence"] and view["person"]["accounts"] == 2
     assert RAW_EMAIL not in resp.text and RAW_IP not in resp.text
+
+
+def _until(check: Any, seconds: float = 20.0) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not picked up within {seconds:.0f} s")
+        time.sleep(0.25)
+
+
+@pytest.mark.slow
+def test_a_campaign_paused_from_the_command_line_is_refused_over_http_within_seconds(
+    server: tuple[str, Path],
+) -> None:
+    url, log = server
+    code, sent = "FLASH-PAUSE", iter(range(1000))
+    promotion = {"code": code, "type": "sitewide"}
+
+    def decision() -> dict[str, Any]:
+        resp = _post(url, "/score", _body(f"pause-{next(sent)}", promotion=promotion))
+        assert resp.status_code == 200, resp.text
+        answer: dict[str, Any] = resp.json()
+        return answer
+
+    assert decision()["decision"] != "refuse"
+    root = log.parent
+    pause = ["campaign", "pause", "flash-pause", "--reason", "leaked", "--by", "ana", "--root", str(root)]
+    result = CliRunner().invoke(cli_app, pause, env={"PROMOGUARD_STATE_URL": ""})
+    assert result.exit_code == 0, result.output
+    paused = _until(lambda: (a := decision())["decision"] == "refuse" and a)
+    assert paused["signals"][0]["code"] == "CAMPAIGN_PAUSED", paused
+    assert "leaked" in paused["signals"][0]["description"] and paused["band"] == "high"
+    result = CliRunner().invoke(cli_app, ["campaign", "resume", code, "--root", str(root)],
+                                env={"PROMOGUARD_STATE_URL": ""})
+    assert result.exit_code == 0, result.output
+    _until(lambda: decision()["decision"] != "refuse")
+
+
+@pytest.mark.slow
+def test_deny_list_entries_added_over_http_refuse_with_their_reason_and_keep_no_raw_identity(
+    server: tuple[str, Path],
+) -> None:
+    url, log = server
+    email, sent = "Deny.Me@example.org", iter(range(1000))
+    promotion = {"code": "LISTS-HTTP", "type": "sitewide"}
+
+    def decision() -> dict[str, Any]:
+        resp = _post(url, "/score", _body(f"list-{next(sent)}", promotion=promotion, email=email))
+        assert resp.status_code == 200, resp.text
+        answer: dict[str, Any] = resp.json()
+        return answer
+
+    entry = {"kind": "email", "value": "deny.me@EXAMPLE.org", "reason": "reseller ring", "expires_in_days": 7}
+    assert _post(url, "/lists/deny", entry, key=None).status_code == 401
+    bad = _post(url, "/lists/deny", {**entry, "kind": "shoe"})
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "kind", bad.text
+    added = _post(url, "/lists/deny", entry)
+    assert added.status_code == 201, added.text
+    key = added.json()["key"]
+    assert "example" not in added.text.lower() and added.json()["expires_at"] is not None
+    refused = _until(lambda: (a := decision())["decision"] == "refuse" and a)
+    assert refused["signals"][0]["code"] == "DENY_LISTED"
+    assert refused["signals"][0]["description"] == "the email is on the deny list: reseller ring"
+    shown = httpx.get(f"{url}/lists", headers={"X-API-Key": API_KEY}, timeout=10)
+    assert shown.status_code == 200 and [e["key"] for e in shown.json()["entries"]] == [key]
+    gone = httpx.delete(f"{url}/lists/deny/email/{key}", headers={"X-API-Key": API_KEY}, timeout=10)
+    assert gone.status_code == 200, gone.text
+    _until(lambda: decision()["decision"] != "refuse")
+    stored = b"".join(p.read_bytes() for p in (log.parent / "data" / "serving").glob("controls.db*"))
+    assert b"deny.me" not in stored.lower() and b"api-key:" in stored
 
 
 @pytest.mark.slow
