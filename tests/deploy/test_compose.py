@@ -103,6 +103,14 @@ def test_every_promoguard_variable_is_a_setting_and_the_replicas_settings_build(
     assert settings.online_store == "redis" and settings.velocity_backend == "redis"
     assert settings.redis_url.startswith("redis://redis:")
     assert settings.mlflow_tracking_uri == "http://mlflow:5000"
+    # Shared state: a retry, an outcome or a list change may reach either replica.
+    assert settings.state_url == "postgresql://mlflow:pw@postgres:5432/promoguard"
+    init = (DEPLOY / "postgres" / "init.sql").read_text(encoding="utf-8")
+    assert "CREATE DATABASE promoguard" in init
+    assert any(v.endswith("/docker-entrypoint-initdb.d/promoguard.sql:ro")
+               for v in compose["services"]["postgres"]["volumes"])
+    for name in (*REPLICAS, "jobs"):
+        assert "postgres" in compose["services"][name]["depends_on"], name
     assert settings.require_api_key and settings.api_keys == ("key-a", "key-b")
     assert not settings.uses_dev_pepper
 
@@ -127,7 +135,7 @@ def test_volumes_are_declared_and_mounted_files_exist(compose: dict[str, Any]) -
             else:
                 assert source in compose["volumes"], (name, source)
     replica_mounts = {tuple(compose["services"][name]["volumes"]) for name in REPLICAS}
-    assert len(replica_mounts) == 1  # both replicas see the same Feast registry, scoring log and reports
+    assert len(replica_mounts) == 1  # both replicas see the same Feast registry and reports
 
 
 def test_ports_published_are_the_proxy_mlflow_and_prometheus(compose: dict[str, Any]) -> None:
