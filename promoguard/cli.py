@@ -569,6 +569,55 @@ def shadow_report(
     console.print(f"wrote {path}")
 
 
+@app.command("export-decisions")
+def export_decisions(
+    days: float | None = typer.Option(7, help="The most recent days (ignored when --since is given)."),
+    since: str | None = typer.Option(None, help="Start of the window (ISO-8601, UTC unless it says)."),
+    until: str | None = typer.Option(None, help="End of the window, exclusive (default: now)."),
+    campaign: str | None = typer.Option(None, help="One promotion code (any letter case)."),
+    out: Path | None = typer.Option(None, help="CSV (or .parquet) to write (default: data/reports/)."),
+    root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
+) -> None:
+    """Export a window's decisions for finance and incident reports: one row per attempt, no identities.
+
+    Each row: what checkout got and, when exploration or a monitor-only campaign let it through, what the
+    policy decided; the deciding reason code, score, band, discount at stake, versions, and the latest
+    outcome and label. Prints the totals per campaign and decision.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from scoring.records import decisions_frame
+
+    settings = _settings(root)
+    log = settings.state_url or _need(
+        settings.serving_dir / "scores.db", "the service writes it: run `promoguard serve` first"
+    )
+
+    def moment(text: str, option: str) -> datetime:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            fail(f"{option}: expected an ISO-8601 time such as 2026-11-28T00:00:00Z, got {text!r}",
+                 ExitCode.CONFIG)
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+    end = moment(until, "--until") if until else datetime.now(UTC)
+    start = moment(since, "--since") if since else end - timedelta(days=days or 7)
+    frame = decisions_frame(log, start, end, campaign)
+    target = out or settings.reports_dir / f"decisions-{end:%Y%m%dT%H%M%SZ}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".parquet":
+        frame.to_parquet(target, index=False)
+    else:
+        frame.to_csv(target, index=False)
+    if len(frame):
+        totals = (frame.assign(discount_value=frame["discount_value"].fillna(0.0))
+                  .groupby(["campaign", "decision"], as_index=False)
+                  .agg(attempts=("request_id", "size"), discount_at_stake=("discount_value", "sum")))
+        print_table(f"decisions {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", totals)
+    console.print(f"wrote {len(frame):,} decisions to {target}")
+
+
 @app.command("maintenance")
 def maintenance(
     vacuum: bool = typer.Option(False, help="Also return freed pages to the file system (rewrites files)."),

@@ -632,3 +632,65 @@ def exploration_frame(path: str | Path, since: datetime | None = None) -> Any:
         return _with_truth(conn, frame)
     finally:
         conn.close()
+
+
+#: Columns of :func:`decisions_frame`, in order.
+DECISION_EXPORT_COLUMNS: tuple[str, ...] = (
+    "request_id", "ts", "campaign", "promo_type", "decision", "would_be_decision", "why_not",
+    "deciding_reason", "score", "band", "discount_value", "model_version", "rules_version", "degraded",
+    "outcome", "label",
+)
+
+
+def _deciding_reason(signals_json: str) -> str | None:
+    signals = json.loads(signals_json)
+    return str(signals[0]["code"]) if signals else None
+
+
+def decisions_frame(
+    where: str | Path, since: datetime | None = None, until: datetime | None = None,
+    campaign: str | None = None,
+) -> Any:
+    """The decisions of a window, one row per attempt, for finance and incident reports.
+
+    Columns (:data:`DECISION_EXPORT_COLUMNS`): what checkout got (``decision``) and, when exploration or
+    a monitor-only campaign let the attempt through, what the policy decided (``would_be_decision``,
+    ``why_not``: explored or monitor_only); the first signal's reason code; score and band; the discount
+    at stake (``discount_value``, logged since decision records carry it; empty before); the versions,
+    the latest outcome and label. No identity key, hashed or not. ``campaign`` is compared
+    case-insensitively. ``where`` as :func:`scoring_frame`'s.
+    """
+    import pandas as pd
+
+    query = ("SELECT request_id, ts, promo_code, promo_type, decision, score, band, model_version, "
+             "rules_version, degraded, signals_json, context_json FROM scores WHERE 1 = 1")
+    params: list[Any] = []
+    if since is not None:
+        query += " AND ts >= ?"
+        params.append(since.astimezone(UTC).isoformat())
+    if until is not None:
+        query += " AND ts < ?"
+        params.append(until.astimezone(UTC).isoformat())
+    if campaign is not None:
+        query += " AND LOWER(promo_code) = ?"
+        params.append(campaign.strip().lower())
+    conn = _read_only(where)
+    try:
+        frame = conn.frame(query + " ORDER BY ts", params)
+        contexts = [json.loads(c) if c else {} for c in frame["context_json"]]
+        explored = [c.get("explored_from") for c in contexts]
+        monitored = [c.get("monitored_from") for c in contexts]
+        frame["would_be_decision"] = [e or m for e, m in zip(explored, monitored, strict=True)]
+        frame["why_not"] = ["explored" if e else "monitor_only" if m else None
+                            for e, m in zip(explored, monitored, strict=True)]
+        frame["discount_value"] = pd.to_numeric(
+            pd.Series([c.get("discount_value") for c in contexts], index=frame.index, dtype=object),
+            errors="coerce")
+        frame["deciding_reason"] = [_deciding_reason(s) for s in frame["signals_json"]]
+        frame["campaign"] = frame["promo_code"]
+        frame["degraded"] = frame["degraded"].astype(bool)
+        frame = _with_truth(conn, frame)
+    finally:
+        conn.close()
+    return frame[list(DECISION_EXPORT_COLUMNS)]
+

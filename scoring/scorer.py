@@ -1048,6 +1048,8 @@ class Scorer:
             "lift": verdict.lift,
             "policy": {"promo_type": req.promotion.type, "bands": bands,
                        "thresholds": dict(verdict.thresholds)},
+            # The discount at stake, for finance's export of a window (scoring.records.decisions_frame).
+            "discount_value": req.promotion.discount_value,
         }
         if verdict.explored_from is not None:
             # Exploration let the attempt through: the log keeps what the policy decided (Records.append).
