@@ -259,7 +259,7 @@ def apply_controls(
     mode is applied after exploration by :func:`monitor_only`.
     """
     if control is not None and control.mode == "paused":
-        why = f"the campaign is paused: {control.reason}" if control.reason else "the campaign is paused"
+        why = f"campaign paused: {control.reason}" if control.reason else "campaign paused"
         return _decide_by_control(verdict, "refuse", PAUSED_RULE, "CAMPAIGN_PAUSED", why, promo_type)
     if match is not None and match.entry.list == "deny":
         e = match.entry
