@@ -65,6 +65,8 @@ PAUSED_RULE = "campaign_paused"
 FORCED_RULE = "campaign_force_verify"
 DENY_RULE = "deny_list"
 ALLOW_RULE = "allow_list"
+#: The controls that decide an attempt by themselves, whatever its signals.
+CONTROL_RULES: frozenset[str] = frozenset({PAUSED_RULE, FORCED_RULE, DENY_RULE})
 #: Deciding rules an allow entry never overrides: a hard cap reached, a spent single-use code.
 CAP_RULES: frozenset[str] = frozenset({"single_use_spent", "customer_cap_reached"})
 

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from scoring.artifact import LoadedModel
+from scoring.controls import CONTROL_RULES
 from scoring.policy import DECISIONS, decide, stricter
 from scoring.reasons import BASELINE_CODE, OTHER_CODE, concept, feature_reason
 from scoring.records import RecordsLike
@@ -202,6 +203,10 @@ def counterfactual(
     context = json.loads(row.get("context_json") or "null") or {}
     if not context:
         return _not_found("this answer was logged before decision records kept the rules' inputs")
+    if context.get("deciding_rule") in CONTROL_RULES:
+        # No signal of the attempt made this decision: an operator's campaign control or list entry did.
+        return _not_found(f"an operator's control decided it ({context['deciding_rule']}): only lifting "
+                          "that control changes the decision")
     if row.get("rules_version") != rules.label:
         return _not_found(f"the rules table changed since ({row.get('rules_version')} -> {rules.label})")
     on_model = answer.fallback is None

@@ -290,3 +290,15 @@ def test_the_refresher_publishes_a_change_and_keeps_the_last_snapshot_when_the_s
         assert not refresher.refresh() and len(seen) == 2
     finally:
         refresher.close()
+
+
+def test_a_decision_record_says_an_operator_control_decided_not_a_signal(tmp_path: Path) -> None:
+    from scoring.decisions import decision_record
+
+    scorer = _scorer(tmp_path)
+    scorer.controls = _controls([CampaignControl("WELCOME10", mode="paused")])
+    scorer.score(_req("rec1"))
+    record = decision_record(scorer.records, "rec1", None, scorer.rules)
+    assert record is not None and record.deciding_rule == "campaign_paused"
+    assert record.counterfactual is not None and not record.counterfactual.found
+    assert "operator's control decided it (campaign_paused)" in record.counterfactual.note
