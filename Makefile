@@ -16,7 +16,7 @@ DEMO_EVENTS ?= 200000
 DEMO_PORT ?= 3000
 PYTEST_ARGS ?=
 
-.PHONY: setup browser promtool bento demo test bench lint clean
+.PHONY: setup browser promtool wrk bento demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ browser:
 # promtool, for the alert rules' tests (Debian's prometheus package; needs root, as here).
 promtool:
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# wrk, the HTTP load generator of benchmarks/load.py (Debian's package; needs root, as here).
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 
 # A bento of the service (deploy/requirements.txt is regenerated from the pins first).
 bento: setup
@@ -51,8 +55,10 @@ demo: setup
 test: setup browser promtool
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --cov --cov-report=term $(PYTEST_ARGS)
 
-bench: setup
-	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+# benchmarks/*_service.py are services a benchmark starts, not benchmarks.
+bench: setup wrk
+	@for script in benchmarks/*.py; do case $$script in *_service.py) continue;; esac; \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check .

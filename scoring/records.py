@@ -245,6 +245,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
+#: The scores table's columns, in the table's order (what ``SELECT *`` and :meth:`Records.scored` give).
+SCORE_COLUMNS = (
+    "request_id", "body_sha256", "ts", "promo_code", "promo_type", "score", "band", "decision", "fallback",
+    "degraded", "model_version", "latency_ms", "signals_json", "features_json", "keys_json", "rules_version",
+    "response_json", "timings_json", "context_json", "explored", "would_be_decision",
+)
+
+_INSERT_SCORE = (
+    f"INSERT INTO scores ({', '.join(SCORE_COLUMNS)}) VALUES ({', '.join(['?'] * len(SCORE_COLUMNS))})"
+)
+_INSERT_SCORE_OR_IGNORE = _INSERT_SCORE.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+
+
+def score_values(rec: ScoreRecord) -> tuple[Any, ...]:
+    """The row ``rec`` is stored as, one value per :data:`SCORE_COLUMNS` (JSON as text, flags as 0/1)."""
+    return (
+        rec.request_id, rec.body_sha256, rec.ts.astimezone(UTC).isoformat(), rec.promo_code,
+        rec.promo_type, int(rec.score), rec.band, rec.decision, rec.fallback, int(rec.degraded),
+        rec.model_version, float(rec.latency_ms), _json(rec.signals),
+        _json(_clean_features(rec.features)), _json(dict(rec.keys)), rec.rules_version,
+        _json(dict(rec.response)),
+        None if rec.timings is None else _json(_clean(dict(rec.timings))),
+        None if rec.context is None else _json(_clean(dict(rec.context))),
+        None if rec.would_be_decision is None else 1, rec.would_be_decision,
+    )
+
+
 def _add_columns(conn: sqlite3.Connection) -> None:
     """Bring a scoring log written by an earlier release up to the current columns."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(scores)")}
@@ -311,31 +338,29 @@ class Records:
 
     def append(self, rec: ScoreRecord) -> dict[str, Any]:
         """Append one attempt; when a concurrent twin got there first, return what it stored."""
-        values = (
-            rec.request_id, rec.body_sha256, rec.ts.astimezone(UTC).isoformat(), rec.promo_code,
-            rec.promo_type, int(rec.score), rec.band, rec.decision, rec.fallback, int(rec.degraded),
-            rec.model_version, float(rec.latency_ms), _json(rec.signals),
-            _json(_clean_features(rec.features)), _json(dict(rec.keys)), rec.rules_version,
-            _json(dict(rec.response)),
-            None if rec.timings is None else _json(_clean(dict(rec.timings))),
-            None if rec.context is None else _json(_clean(dict(rec.context))),
-            None if rec.would_be_decision is None else 1, rec.would_be_decision,
-        )
+        values = score_values(rec)
         try:
             with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
-                self._conn.execute(
-                    "INSERT INTO scores (request_id, body_sha256, ts, promo_code, promo_type, score, band, "
-                    "decision, fallback, degraded, model_version, latency_ms, signals_json, features_json, "
-                    "keys_json, rules_version, response_json, timings_json, context_json, explored, "
-                    "would_be_decision) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    values,
-                )
+                self._conn.execute(_INSERT_SCORE, values)
         except sqlite3.IntegrityError:
             stored = self.lookup(rec.request_id, rec.body_sha256)
             if stored is None:
                 raise
             return stored
         return dict(rec.response)
+
+    def append_many(self, recs: Sequence[ScoreRecord]) -> list[ScoreRecord]:
+        """Append attempts in one transaction; returns those whose ``request_id`` was already logged
+        (left as they were: the caller asks :meth:`lookup` what the log holds for them)."""
+        if not recs:
+            return []
+        rows = [score_values(rec) for rec in recs]
+        skipped: list[ScoreRecord] = []
+        with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
+            for rec, values in zip(recs, rows, strict=True):
+                if self._conn.execute(_INSERT_SCORE_OR_IGNORE, values).rowcount == 0:
+                    skipped.append(rec)
+        return skipped
 
     def scored(self, request_id: str) -> dict[str, Any] | None:
         """The logged row of a scored attempt (decision, promo fields, keys), or None."""

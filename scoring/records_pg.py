@@ -42,17 +42,17 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 
 from scoring.records import (
     DEFAULT_RETENTION_DAYS,
+    SCORE_COLUMNS,
     SHADOW_COLUMNS,
     IdempotencyConflict,
     PruneCounts,
     ScoreRecord,
     ShadowRecord,
-    _clean,
-    _clean_features,
-    _json,
+    score_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,13 @@ _INSERT_SCORE = (
     "fallback, degraded, model_version, latency_ms, signals_json, features_json, keys_json, rules_version, "
     "response_json, timings_json, context_json, explored, would_be_decision) "
     f"VALUES ({', '.join(['%s'] * 21)}) ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+#: Many rows per statement (psycopg2.extras.execute_values): the new ones' ids come back.
+_INSERT_SCORES_RETURNING = (
+    f"INSERT INTO scores ({', '.join(SCORE_COLUMNS)}) VALUES %s ON CONFLICT (request_id) DO NOTHING "
+    "RETURNING request_id"
 )
 
 
@@ -362,16 +369,7 @@ class PostgresRecords:
     def append(self, rec: ScoreRecord) -> dict[str, Any]:
         """Append one attempt; when a concurrent twin (on any replica) got there first, return what it
         stored (IdempotencyConflict when its body differs)."""
-        values = (
-            rec.request_id, rec.body_sha256, rec.ts.astimezone(UTC).isoformat(), rec.promo_code,
-            rec.promo_type, int(rec.score), rec.band, rec.decision, rec.fallback, int(rec.degraded),
-            rec.model_version, float(rec.latency_ms), _json(rec.signals),
-            _json(_clean_features(rec.features)), _json(dict(rec.keys)), rec.rules_version,
-            _json(dict(rec.response)),
-            None if rec.timings is None else _json(_clean(dict(rec.timings))),
-            None if rec.context is None else _json(_clean(dict(rec.context))),
-            None if rec.would_be_decision is None else 1, rec.would_be_decision,
-        )
+        values = score_values(rec)
         with self._cursor() as cur:
             cur.execute(_INSERT_SCORE, values)
             inserted = cur.rowcount == 1
@@ -382,6 +380,18 @@ class PostgresRecords:
             # Only a prune between the two statements can do this: the twin's row is gone, ours too.
             raise RecordsUnavailable(f"request_id {rec.request_id!r} was neither stored nor found")
         return stored
+
+    def append_many(self, recs: Sequence[ScoreRecord]) -> list[ScoreRecord]:
+        """Append attempts in one transaction (one statement per page of rows); returns those whose
+        ``request_id`` was already logged (left as they were: the caller asks :meth:`lookup`)."""
+        if not recs:
+            return []
+        with self._cursor(transaction=True) as cur:
+            inserted = psycopg2.extras.execute_values(
+                cur, _INSERT_SCORES_RETURNING, [score_values(rec) for rec in recs], page_size=200, fetch=True
+            )
+        new = {str(row[0]) for row in inserted}
+        return [rec for rec in recs if rec.request_id not in new]
 
     def scored(self, request_id: str) -> dict[str, Any] | None:
         """The logged row of a scored attempt (decision, promo fields, keys), or None."""

@@ -39,7 +39,8 @@ from config.settings import InvalidSettings, Settings
 from scoring.artifact import ArtifactError, LoadedModel
 from scoring.controls import Controls
 from scoring.controls_store import ControlsRefresher, ControlsStore
-from scoring.records import IdempotencyConflict
+from scoring.log_queue import QueuedRecords
+from scoring.records import IdempotencyConflict, RecordsLike
 from scoring.rules import default_rules, load_rules
 from scoring.schemas import (
     FeedbackRequest,
@@ -411,7 +412,10 @@ def build_scorer(settings: Settings) -> Scorer:
     resolver = identity_resolver(settings)
     rules = load_rules(settings.rules_path) if settings.rules_path else default_rules()
     model = load_model(settings)
-    records = open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=0.5)
+    records: RecordsLike = open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=0.5)
+    if settings.log_queue:
+        # The log's write leaves the request path; retries and twins still see the queued answer.
+        records = QueuedRecords(records, maxsize=settings.log_queue_size)
     config = ScorerConfig(
         feature_deadline_ms=settings.feature_deadline_ms, request_deadline_ms=settings.request_deadline_ms,
         exploration=settings.exploration_shares,
@@ -472,6 +476,49 @@ def _error(ctx: bentoml.Context, status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+# --- the HTTP server's own per-request work ------------------------------------------------------------
+
+#: Every URL, for BentoML's tracing exclusion list: its OpenTelemetry middleware is installed whatever
+#: the sample rate, and a zero rate still builds a span per request; an excluded URL skips it whole.
+ALL_URLS = ".*"
+
+
+def framework_config(settings: Settings) -> dict[str, Any]:
+    """BentoML service configuration for the settings' ``tracing`` and ``access_log`` switches.
+
+    Off, they save a worker the OpenTelemetry span and the access-log record of every request; an
+    operator's ``BENTOML_CONFIG`` (exporter, skip paths) applies on top of what is returned here.
+    """
+    tracing: dict[str, Any] = {} if settings.tracing else {"excluded_urls": ALL_URLS}
+    return {"logging": {"access": {"enabled": settings.access_log}}, "tracing": tracing}
+
+
+def with_framework_settings(service: Any) -> None:
+    """Make a BentoML service read :func:`framework_config` from the environment's settings each time
+    BentoML configures its server (``bentoml serve``, then each worker), never at import.
+
+    BentoML reads a service's configuration in ``Service.inject_config`` just before it builds the
+    server, so the service's class is swapped for one whose ``inject_config`` first applies the settings.
+    Settings that do not parse leave the defaults (both off): the start is refused with a message
+    naming the variable by :meth:`PromoGuard.refuse_unusable_settings` and by each worker.
+    """
+    base = type(service)
+
+    def inject_config(self: Any) -> None:
+        try:
+            settings = Settings.from_env()
+        except InvalidSettings:
+            settings = None
+        if settings is not None:
+            config = dict(self.config)
+            config.update(framework_config(settings))
+            self.config = config
+        base.inject_config(self)
+
+    members = {"__slots__": (), "inject_config": inject_config}
+    service.__class__ = type(f"Configured{base.__name__}", (base,), members)
+
+
 # --- the service -----------------------------------------------------------------------------------
 
 
@@ -486,6 +533,9 @@ def _error(ctx: bentoml.Context, status: int, message: str) -> JSONResponse:
     threads=8,
     traffic={"timeout": 5},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    # Off until the settings say otherwise (with_framework_settings, below, reads them at serve time).
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ALL_URLS},
 )
 class PromoGuard:
     """Scores promo-code attempts at checkout; answers from the rules when the model path is unavailable."""
@@ -628,6 +678,7 @@ def _scorer_breakers(scorer: Scorer) -> list[CircuitBreaker]:
     return breakers_of(scorer.online, scorer.velocity, scorer.graph)
 
 
+with_framework_settings(PromoGuard)
 PromoGuard.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]
 PromoGuard.mount_asgi_app(decisions_app(_worker_scorer), path=DECISIONS_MOUNT)  # type: ignore[attr-defined]
 PromoGuard.mount_asgi_app(identity_app(_worker_scorer), path=IDENTITY_MOUNT)  # type: ignore[attr-defined]

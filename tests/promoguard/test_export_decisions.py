@@ -1,4 +1,4 @@
-"""``promoguard export-decisions``: a window of decisions for finance, with what was at stake and no identity."""
+"""``promoguard export-decisions``: a window of decisions for finance, what was at stake, no identity."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def test_the_export_holds_a_windows_decisions_with_what_the_policy_would_have_do
     frame = pd.read_csv(out).set_index("request_id")
     assert list(frame.reset_index().columns) == list(DECISION_EXPORT_COLUMNS)
     assert sorted(frame.index) == ["r1", "r2", "r3"]  # the old one is outside the window, WELCOME filtered
-    assert frame.loc["r1", "deciding_reason"] == "CUSTOMER_CAP_REACHED" and frame.loc["r1", "label"] == "abuse"
+    assert frame.loc["r1", "deciding_reason"] == "CUSTOMER_CAP_REACHED"
+    assert frame.loc["r1", "label"] == "abuse"
     assert (frame.loc["r2", "would_be_decision"], frame.loc["r2", "why_not"]) == ("verify", "explored")
     assert frame.loc["r2", "outcome"] == "redeemed"
     assert (frame.loc["r3", "would_be_decision"], frame.loc["r3", "why_not"]) == ("refuse", "monitor_only")

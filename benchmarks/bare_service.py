@@ -1,0 +1,50 @@
+"""The floor of ``benchmarks/load.py``: a BentoML /score that parses the body and answers a constant.
+
+Started with ``bentoml serve benchmarks.bare_service:Bare``. Same BentoML settings as the real
+service (workers per CPU, 8 threads, 5 s traffic timeout, and tracing and the access log following
+``PROMOGUARD_TRACING`` / ``PROMOGUARD_ACCESS_LOG`` as in :mod:`serving.service`), so that the gap to
+promoguard is promoguard's own work. The body is checked only as a JSON object with a request id; the
+answer has the shape of a real one (:class:`scoring.schemas.ScoreResponse`, the API document's example).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+from pydantic import BaseModel, ConfigDict
+
+from scoring.schemas import ScoreResponse
+from serving.openapi import RESPONSE_EXAMPLE
+from serving.service import ALL_URLS, with_framework_settings
+
+#: The constant answer; each request only gets its own id in it.
+ANSWER = ScoreResponse.model_validate(RESPONSE_EXAMPLE)
+
+
+class LooseRequest(BaseModel):
+    """Any /score body: a JSON object with a request id, every other field allowed."""
+
+    model_config = ConfigDict(extra="allow")
+    request_id: str
+
+
+@bentoml.service(
+    name="bare",
+    workers="cpu_count",
+    threads=8,
+    traffic={"timeout": 5},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ALL_URLS},
+)
+class Bare:
+    """The cheapest /score BentoML serves with promoguard's server settings: parse, answer, nothing else."""
+
+    @bentoml.api(route="/score", input_spec=LooseRequest, output_spec=ScoreResponse)
+    def score(self, **body: Any) -> ScoreResponse:
+        """Answer every request with the example answer under its own request id."""
+        return ANSWER.model_copy(update={"request_id": str(body["request_id"])})
+
+
+with_framework_settings(Bare)
