@@ -251,6 +251,10 @@ def decision_record(
         model_version=row["model_version"],
         rules_version=row["rules_version"],
         deciding_rule=context.get("deciding_rule"),
+        would_be_decision=context.get("explored_from") or context.get("monitored_from"),
+        let_through=("exploration" if context.get("explored_from")
+                     else "monitor_only" if context.get("monitored_from") else None),
+        controls={k: context[k] for k in ("campaign_control", "list_entry") if context.get(k)},
         policy=None if not policy else DecisionPolicy.model_validate(policy),
         features=json.loads(row["features_json"]),
         rule_inputs=context.get("rule_inputs") or {},

@@ -382,6 +382,21 @@ class DecisionRecord(BaseModel):
     policy: DecisionPolicy | None = Field(
         json_schema_extra={"nullable": True}, description="Bands and thresholds the decision was taken under."
     )
+    would_be_decision: Decision | None = Field(
+        default=None, json_schema_extra={"nullable": True},
+        description="The decision the policy reached when the answer let the attempt through anyway "
+                    "(see let_through); null when the answer's decision is the policy's.",
+    )
+    let_through: Literal["exploration", "monitor_only"] | None = Field(
+        default=None, json_schema_extra={"nullable": True},
+        description="Why the answer is allow although the policy decided otherwise: the exploration "
+                    "holdout, or a campaign in monitor-only mode.",
+    )
+    controls: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The operator's controls that applied: campaign_control (mode, force_verify, "
+                    "thresholds, reason) and list_entry (list, kind, reason).",
+    )
     features: dict[str, float | None] = Field(description="Every model input as read (null: missing).")
     rule_inputs: dict[str, Any] = Field(
         description="What the rules read besides the features: promotion policy, derived facts, the cap "

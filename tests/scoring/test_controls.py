@@ -302,3 +302,17 @@ def test_a_decision_record_says_an_operator_control_decided_not_a_signal(tmp_pat
     assert record is not None and record.deciding_rule == "campaign_paused"
     assert record.counterfactual is not None and not record.counterfactual.found
     assert "operator's control decided it (campaign_paused)" in record.counterfactual.note
+    assert record.controls["campaign_control"]["mode"] == "paused" and record.let_through is None
+
+
+def test_a_monitor_only_decision_record_shows_what_the_policy_decided(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    from scoring.decisions import decision_record
+
+    scorer = _scorer(tmp_path, RISKY, model)
+    scorer.controls = _controls([CampaignControl("WELCOME10", mode="monitor")])
+    assert scorer.score(_req("mon1")).decision == "allow"
+    record = decision_record(scorer.records, "mon1", model, scorer.rules)
+    assert record is not None and record.answer.decision == "allow"
+    assert record.let_through == "monitor_only" and record.would_be_decision in ("verify", "refuse")
