@@ -50,6 +50,7 @@ class Replicas:
     schema: str
     run: str
     roots: tuple[Path, Path]
+    state_url: str
 
     def count(self, table: str, request_id: str) -> int:
         """Rows of ``table`` about ``request_id``, read straight from the shared database."""
@@ -124,8 +125,9 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         cur.execute(f"CREATE SCHEMA {schema}")
     base = tmp_path_factory.mktemp("replicas")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMOGUARD_")}
+    state_url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
     env.update({
-        "PROMOGUARD_STATE_URL": f"{PG_BASE}?options=-csearch_path%3D{schema}",
+        "PROMOGUARD_STATE_URL": state_url,
         "PROMOGUARD_VELOCITY": "redis",
         "PROMOGUARD_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
         # A busy test machine must not turn these calls into degraded answers.
@@ -143,7 +145,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         for name, port in ports.items():
             _wait_ready(f"http://127.0.0.1:{port}", procs[name], base / name / "serve.log", deadline)
         yield Replicas(f"http://127.0.0.1:{ports['a']}", f"http://127.0.0.1:{ports['b']}", schema, run,
-                       (base / "a", base / "b"))
+                       (base / "a", base / "b"), state_url)
     finally:
         for proc in procs.values():
             _stop(proc)
@@ -225,3 +227,42 @@ def test_no_replica_keeps_a_scoring_log_of_its_own(replicas: Replicas) -> None:
     assert _post(replicas.a, "/score", _body(replicas, "local")).status_code == 200
     for root in replicas.roots:
         assert (root / "data").is_dir() and not list(root.rglob("scores.db*"))
+
+
+def _until(check: Any, seconds: float = 20.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not applied within {seconds:.0f} s")
+        time.sleep(0.25)
+    return value
+
+
+def test_a_pause_and_a_deny_entry_made_once_apply_on_every_replica(replicas: Replicas) -> None:
+    from typer.testing import CliRunner
+
+    from promoguard.cli import app
+
+    sent = iter(range(1000))
+
+    def decision(url: str, **extra: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = _post(url, "/score", _body(replicas, f"ctl-{next(sent)}", **extra)).json()
+        return answer
+
+    code = f"PAUSE-{replicas.run}"
+    promotion = {"code": code, "type": "sitewide"}
+    result = CliRunner().invoke(app, ["campaign", "pause", code.lower(), "--reason", "leaked",
+                                      "--root", str(replicas.roots[0])],
+                                env={"PROMOGUARD_STATE_URL": replicas.state_url})
+    assert result.exit_code == 0, result.output
+    for url in (replicas.a, replicas.b):
+        refused = _until(lambda u=url: (a := decision(u, promotion=promotion))["decision"] == "refuse" and a)
+        assert refused["signals"][0]["code"] == "CAMPAIGN_PAUSED"
+    card = f"fp_deny_{replicas.run}"
+    entry = {"kind": "payment", "value": card, "reason": "chargeback ring"}
+    assert _post(replicas.a, "/lists/deny", entry).status_code == 201
+    paying = {"payment": {"fingerprint": card}}
+    for url in (replicas.a, replicas.b):
+        denied = _until(lambda u=url: (a := decision(u, **paying))["decision"] == "refuse" and a)
+        assert denied["signals"][0]["code"] == "DENY_LISTED"
+
