@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -30,11 +33,33 @@ QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _quiet(show: Any) -> Any:
+    """``warnings.showwarning`` that drops the :data:`QUIET_WARNINGS` and shows every other warning."""
+    if getattr(show, "promoguard_quiet", False):
+        return show
+
+    def quiet_show(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                   line: str | None = None) -> None:
+        if not any(re.match(pattern, str(message)) for pattern, _reason in QUIET_WARNINGS):
+            show(message, category, filename, lineno, file, line)
+
+    quiet_show.promoguard_quiet = True  # type: ignore[attr-defined]
+    return quiet_show
+
+
 @app.callback()
 def _root() -> None:
     """promoguard: score promo-code attempts for abuse (simulate, features, train, promote, serve, drift)."""
     for message, _reason in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+    # Filters alone do not hold: Feast's modules call warnings.simplefilter("once", DeprecationWarning)
+    # when imported, which goes in front of every filter set before. The display hook holds whatever
+    # filters are added later.
+    warnings.showwarning = _quiet(warnings.showwarning)
+    # MLflow draws a progress bar for every artifact a command reads back (a model of a few files, in
+    # milliseconds) and announces creating its database tables: nothing a user acts on.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def _settings(root: Path | None) -> Settings:
@@ -129,7 +154,9 @@ def features_build(
         keys.to_parquet(settings.features_dir / "keys.parquet", index=False)
     resolved = time.perf_counter()
     with console.status(f"computing point-in-time aggregates with {chosen}"):
-        frames = build_features(keys, labels, engine=chosen)  # type: ignore[arg-type]
+        frames = build_features(
+            keys, labels, engine=chosen, spark_master=settings.spark_master  # type: ignore[arg-type]
+        )
         write_features(frames, settings.features_dir)
     done = time.perf_counter()
     counts = row_counts(frames)
@@ -222,7 +249,9 @@ def train(
     keys = read_parquet(_need(settings.features_dir / "keys.parquet", "run `promoguard features build`"))
     labels = read_parquet(_need(settings.raw_dir / "labels.parquet", "labels.parquet is missing"))
     started = time.perf_counter()
-    with console.status("fetching point-in-time features from Feast (promo_abuse_v1)"):
+    with console.status(
+        f"fetching point-in-time features from Feast (promo_abuse_v1, {settings.offline_store} offline store)"
+    ):
         historical = partial(historical_features, StoreConfig.from_settings(settings))
         if presume_legit_after > 0:
             labels = presume_unlabeled_legit(keys, labels, maturity_days=presume_legit_after)
