@@ -385,20 +385,38 @@ def view_sql(view: FeatureView, as_of_us: int, source: str = _BASE_TABLE) -> str
 # ------------------------------------------------------------------------------------------- engines
 
 
-def spark_session() -> SparkSession:
-    """A small local Spark session (``local[2]``, 4 shuffle partitions, no UI, 2g driver)."""
+#: The Spark master when none is configured (``PROMOGUARD_SPARK_MASTER``): two local cores.
+DEFAULT_SPARK_MASTER = "local[2]"
+
+
+def spark_conf(master: str = DEFAULT_SPARK_MASTER) -> dict[str, str]:
+    """The batch side's Spark settings: the pipeline's session and Feast's Spark offline store share them.
+
+    4 shuffle partitions suit two local cores (Spark's 200 would be 200 near-empty tasks per stage); the
+    UI is off (no port to bind in tests and CI); UTC so that timestamps never shift with the machine's
+    zone. On a cluster, ``spark.sql.shuffle.partitions`` and the executor sizes belong to the cluster's
+    own defaults (``spark-defaults.conf``), which these settings do not override except for the above.
+    """
+    return {
+        "spark.master": master,
+        "spark.app.name": "promoguard-features",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.ui.enabled": "false",
+        # Stage progress bars would garble the command line's own status lines.
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": "2g",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+    }
+
+
+def spark_session(master: str = DEFAULT_SPARK_MASTER) -> SparkSession:
+    """The process's Spark session with :func:`spark_conf` (``local[2]``, 4 shuffle partitions, no UI)."""
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    return (
-        SparkSession.builder.master("local[2]")
-        .appName("promoguard-features")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "2g")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
+    conf = SparkConf().setAll(list(spark_conf(master).items()))
+    return SparkSession.builder.config(conf=conf).getOrCreate()
 
 
 def _run_numpy(base: pd.DataFrame, views: tuple[FeatureView, ...], as_of_us: int) -> dict[str, RawView]:
@@ -425,10 +443,12 @@ def _run_duckdb(base: pd.DataFrame, queries: Mapping[str, str]) -> dict[str, Raw
         con.close()
 
 
-def _run_spark(base: pd.DataFrame, queries: Mapping[str, str]) -> dict[str, RawView]:
+def _run_spark(
+    base: pd.DataFrame, queries: Mapping[str, str], master: str = DEFAULT_SPARK_MASTER
+) -> dict[str, RawView]:
     import tempfile
 
-    spark = spark_session()
+    spark = spark_session(master)
     with tempfile.TemporaryDirectory(prefix="promoguard-spark-") as tmp:
         # Staging through parquet keeps the input out of the query plans (an in-driver local relation
         # is re-serialised for every scan of every view) and preserves nullable BIGINTs exactly.
@@ -517,14 +537,15 @@ def build_features(
     *,
     as_of: pd.Timestamp | None = None,
     engine: Engine = "numpy",
+    spark_master: str = DEFAULT_SPARK_MASTER,
 ) -> dict[str, pd.DataFrame]:
     """Point-in-time features for every view in :func:`features.definitions.feature_views`.
 
     ``keys`` is the identity layer's keys frame, ``labels`` the label frame (request_id, label,
-    label_ts). Returns ``{view name: frame}`` with the view's join keys, ``event_timestamp``,
-    ``created_timestamp`` (= ``as_of``) and the view's features in the catalog dtypes: one row per
-    (entity, distinct event timestamp) plus one snapshot row per entity at ``as_of``. Events at or after
-    ``as_of`` are outside the build and produce no rows.
+    label_ts); ``spark_master`` is where ``engine="spark"`` runs. Returns ``{view name: frame}`` with
+    the view's join keys, ``event_timestamp``, ``created_timestamp`` (= ``as_of``) and the view's
+    features in the catalog dtypes: one row per (entity, distinct event timestamp) plus one snapshot row
+    per entity at ``as_of``. Events at or after ``as_of`` are outside the build and produce no rows.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
@@ -537,9 +558,10 @@ def build_features(
     views = feature_views()
     if engine == "numpy":
         raw = _run_numpy(base, views, as_of_us)
+    elif engine == "duckdb":
+        raw = _run_duckdb(base, {v.name: view_sql(v, as_of_us) for v in views})
     else:
-        runner = _run_duckdb if engine == "duckdb" else _run_spark
-        raw = runner(base, {v.name: view_sql(v, as_of_us) for v in views})
+        raw = _run_spark(base, {v.name: view_sql(v, as_of_us) for v in views}, spark_master)
     return {v.name: _finish(v, raw[v.name], books, as_of, ordered=engine == "numpy") for v in views}
 
 
@@ -613,6 +635,7 @@ __all__ = [
     "encode_keys",
     "pre_event_features",
     "row_counts",
+    "spark_conf",
     "spark_session",
     "view_sql",
     "write_features",

@@ -17,6 +17,11 @@ The SQLite online store is :mod:`features.online_store` (one packed row per enti
 from Arrow in one transaction per view), which Feast loads as a plugin; ``sqlite_layout="feast"``
 selects Feast's own row-per-feature store instead, for comparison (``benchmarks/materialize.py``).
 
+Point-in-time retrieval has two profiles (``offline_store``): ``file``, Feast's DuckDB offline store in
+process (the default), and ``spark``, Feast's Spark offline store on ``spark_master`` over the same
+parquet files (:mod:`features.spark_offline`). The profile also chooses the kind of batch source the
+repository registers (:mod:`features.sources`), so ``apply`` and retrieval must run under the same one.
+
 A serving read is bounded by its caller's deadline without a watchdog thread: on SQLite the wait for
 a writer's lock (``feast materialize`` commits while serving reads; the store is in rollback-journal
 mode) is cut to the time left, and on Redis the socket timeout bounds the single round trip. The
@@ -51,7 +56,7 @@ from feast.repo_config import RepoConfig
 from feast.repo_contents import RepoContents
 from feast.repo_operations import extract_objects_for_apply_delete
 
-from features.definitions import FEATURE_SERVICE, feature_views
+from features.definitions import FEATURE_SERVICE, feature_names, feature_views
 from features.online_store import (
     PACKED_ENGINE_TYPE,
     PACKED_STORE_TYPE,
@@ -59,6 +64,7 @@ from features.online_store import (
     compact_entity_key,
     packed_table_name,
 )
+from features.sources import OFFLINE_STORE_ENV, OfflineStore, check_offline_store
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +107,13 @@ class StoreConfig:
     #: The SQLite layout: ``packed`` (features/online_store.py: one row per entity and view, bulk
     #: writes) or ``feast`` (Feast's own store: one row per entity and feature, kept for comparison).
     sqlite_layout: Literal["packed", "feast"] = "packed"
+    #: Feast's offline store: ``file`` (DuckDB, in process) or ``spark`` (Feast's Spark offline store).
+    offline_store: OfflineStore = "file"
+    #: The Spark master of the ``spark`` profile (``local[2]``: two cores of this machine).
+    spark_master: str = "local[2]"
+    #: Where the ``spark`` profile writes a retrieval's output before the driver reads it back; on a
+    #: cluster, a folder every executor and the driver see (default: ``{feast_dir}/spark-staging``).
+    spark_staging_dir: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> StoreConfig:
@@ -111,6 +124,8 @@ class StoreConfig:
             online_store=settings.online_store,
             redis_url=settings.redis_url,
             redis_socket_timeout_s=settings.redis_socket_timeout_s,
+            offline_store=settings.offline_store,
+            spark_master=settings.spark_master,
         )
 
 
@@ -156,11 +171,16 @@ def repo_config(cfg: StoreConfig, *, serving: bool = False) -> RepoConfig:
         "cache_ttl_seconds": 0 if serving else cfg.registry_ttl_s,
     }
     packed = online["type"] == PACKED_STORE_TYPE
+    offline: dict[str, Any] = {"type": "duckdb"}
+    if check_offline_store(cfg.offline_store) == "spark":
+        from features.spark_offline import offline_store_config
+
+        offline = offline_store_config(cfg.spark_master)
     return RepoConfig(
         project=cfg.project,
         provider="local",
         registry=registry,
-        offline_store={"type": "duckdb"},
+        offline_store=offline,
         online_store=online,
         # The packed store is written from Arrow by its own engine (Feast's local one, last step aside).
         batch_engine={"type": PACKED_ENGINE_TYPE} if packed else "local",
@@ -209,19 +229,21 @@ def open_store(cfg: StoreConfig, *, serving: bool = False) -> FeatureStore:
 
 
 @contextmanager
-def _features_dir_env(features_dir: Path) -> Iterator[None]:
-    # The repo file reads its data folder from the environment at parse time; the lock keeps two
-    # threads from parsing with each other's folder.
+def _features_dir_env(features_dir: Path, offline_store: OfflineStore = "file") -> Iterator[None]:
+    # The repo file reads its data folder and its source kind from the environment at parse time; the
+    # lock keeps two threads from parsing with each other's folder or profile.
+    wanted = {FEATURES_DIR_ENV: str(Path(features_dir).resolve()), OFFLINE_STORE_ENV: offline_store}
     with _ENV_LOCK:
-        previous = os.environ.get(FEATURES_DIR_ENV)
-        os.environ[FEATURES_DIR_ENV] = str(Path(features_dir).resolve())
+        previous = {name: os.environ.get(name) for name in wanted}
+        os.environ.update(wanted)
         try:
             yield
         finally:
-            if previous is None:
-                os.environ.pop(FEATURES_DIR_ENV, None)
-            else:
-                os.environ[FEATURES_DIR_ENV] = previous
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def parse_repo(cfg: StoreConfig) -> RepoContents:
@@ -246,7 +268,7 @@ def parse_repo(cfg: StoreConfig) -> RepoContents:
         label_views=[],
         permissions=[],
     )
-    with _features_dir_env(cfg.features_dir):
+    with _features_dir_env(cfg.features_dir, check_offline_store(cfg.offline_store)):
         for path in files:
             namespace = runpy.run_path(str(path), run_name=f"promoguard_feature_repo_{path.stem}")
             for obj in namespace.values():
@@ -292,9 +314,14 @@ def check_sources(cfg: StoreConfig) -> None:
 def apply(cfg: StoreConfig) -> list[str]:
     """Register the repo's entities, sources, views and service; drop what the repo no longer has.
 
-    Returns the names of the applied feature views.
+    Returns the names of the applied feature views. Under the ``spark`` profile the sources are also
+    read through Spark first, so a type Spark reads differently fails here, naming file and column.
     """
     check_sources(cfg)
+    if cfg.offline_store == "spark":
+        from features.spark_offline import check_spark_sources
+
+        check_spark_sources(cfg.features_dir, cfg.spark_master)
     contents = parse_repo(cfg)
     store = open_store(cfg)
     try:
@@ -346,7 +373,9 @@ def historical_features(cfg: StoreConfig, entity_df: pd.DataFrame) -> pd.DataFra
     """Point-in-time features of the service for each row of ``entity_df``.
 
     ``entity_df`` needs ``event_timestamp`` and every join key (nulls allowed: those views give
-    nulls). Columns come back as ``view__feature`` next to the entity columns.
+    nulls). Columns come back as ``view__feature`` next to the entity columns. Under the ``spark``
+    profile the retrieval is Feast's Spark offline store, brought back with bounded driver memory and
+    in ``entity_df``'s row order, every feature as float64 (see :mod:`features.spark_offline`).
     """
     if not isinstance(entity_df, pd.DataFrame):
         raise TypeError(f"entity_df: expected a pandas DataFrame, got {type(entity_df).__name__}")
@@ -359,10 +388,22 @@ def historical_features(cfg: StoreConfig, entity_df: pd.DataFrame) -> pd.DataFra
         df[key] = df[key].astype("string").astype(object).where(df[key].notna(), None)
     store = open_store(cfg)
     try:
+        if cfg.offline_store == "spark":
+            return _spark_historical_features(store, cfg, df)
         service = store.get_feature_service(FEATURE_SERVICE)
         return store.get_historical_features(entity_df=df, features=service, full_feature_names=True).to_df()
     except Exception as exc:
         raise FeatureStoreUnavailable(f"historical retrieval failed: {exc}") from exc
+
+
+def _spark_historical_features(store: FeatureStore, cfg: StoreConfig, df: pd.DataFrame) -> pd.DataFrame:
+    """Retrieval under the ``spark`` profile (the session is started first so that Feast reuses it)."""
+    from features import spark_offline
+
+    spark_offline.session(cfg.spark_master)
+    spark_offline.check_registered_sources(store)
+    staging = cfg.spark_staging_dir or Path(cfg.feast_dir).resolve() / "spark-staging"
+    return spark_offline.historical_features(store, df, names=feature_names(), staging_dir=staging)
 
 
 @dataclass(frozen=True)

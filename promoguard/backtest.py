@@ -1,8 +1,9 @@
 """``promoguard backtest``: the edges of a replay (files, the registry, MLflow) around :mod:`replay`.
 
-It reads the raw history and the feature build, picks the window, builds one :class:`Replayer` per
-configuration (a registered model version or the champion, a rules table, or the rules alone),
-replays warm-up and window through the service's decision path, and writes the ledger as
+It reads the raw history and the feature build (through Feast's Spark offline store under the
+``spark`` offline-store profile, see :func:`history_features`), picks the window, builds one
+:class:`Replayer` per configuration (a registered model version or the champion, a rules table, or the
+rules alone), replays warm-up and window through the service's decision path, and writes the ledger as
 ``data/reports/backtest-<timestamp>.json`` and ``.html``, also logged to MLflow as a run of its own.
 """
 
@@ -114,6 +115,31 @@ def _history(settings: Settings) -> dict[str, Any]:
     return out
 
 
+def history_features(settings: Settings, keys: pd.DataFrame) -> pd.DataFrame:
+    """Each replayed attempt's own pre-event features: ``request_id``, then every ``view__feature``.
+
+    The ``file`` profile (the default) joins the build's parquet files in process on (join keys, event
+    time) (:func:`features.pipeline.pre_event_features`). The ``spark`` profile asks Feast's Spark
+    offline store for the point-in-time features at each attempt's time over the same files, so a
+    history too large for one machine is read where it lives; the build holds a row at every event's
+    own time, so both give the same values (NaN where a key is null).
+    """
+    from features.definitions import feature_names, feature_views
+    from features.pipeline import pre_event_features
+
+    if settings.offline_store == "spark":
+        from features.store import StoreConfig, historical_features, join_keys
+
+        entity_df = keys[["request_id", *join_keys()]].copy()
+        entity_df["event_timestamp"] = pd.to_datetime(keys["ts"], utc=True)
+        found = historical_features(StoreConfig.from_settings(settings), entity_df)
+        return found[["request_id", *feature_names()]]
+    frames = {v.name: pd.read_parquet(settings.features_dir / f"{v.name}.parquet") for v in feature_views()}
+    features = pre_event_features(keys, frames)
+    features.insert(0, "request_id", keys["request_id"].to_numpy())
+    return features
+
+
 def run_backtest(
     settings: Settings,
     *,
@@ -123,8 +149,6 @@ def run_backtest(
 ) -> dict[str, Any]:
     """Replay the window once per configuration and return the report (see :mod:`replay.report`)."""
     from config.resolver import identity_resolver
-    from features.definitions import feature_views
-    from features.pipeline import pre_event_features
     from replay.engine import PointInTimeOnline, replay_many
     from replay.ledger import VERIFY_STOPS, agreement, attempts_frame, campaign_ledger, totals, type_ledger
     from replay.requests import request_bodies
@@ -136,11 +160,9 @@ def run_backtest(
     chosen = events[(ts >= lo) & (ts < window.end)].reset_index(drop=True)
     warm = int((pd.to_datetime(chosen["ts"], utc=True) < window.start).sum())
     keys = history["keys"].set_index("request_id").loc[chosen["request_id"]].reset_index()
-    frames = {v.name: pd.read_parquet(settings.features_dir / f"{v.name}.parquet") for v in feature_views()}
-    features = pre_event_features(keys, frames)
-    features.insert(0, "request_id", keys["request_id"].to_numpy())
+    features = history_features(settings, keys)
     online = PointInTimeOnline(features)
-    del frames, features
+    del features
     bodies = request_bodies(chosen, history["promotions"])
     outcomes = chosen["outcome"].astype(str).tolist()
     resolver = identity_resolver(settings)

@@ -154,7 +154,9 @@ def features_build(
         keys.to_parquet(settings.features_dir / "keys.parquet", index=False)
     resolved = time.perf_counter()
     with console.status(f"computing point-in-time aggregates with {chosen}"):
-        frames = build_features(keys, labels, engine=chosen)  # type: ignore[arg-type]
+        frames = build_features(
+            keys, labels, engine=chosen, spark_master=settings.spark_master  # type: ignore[arg-type]
+        )
         write_features(frames, settings.features_dir)
     done = time.perf_counter()
     counts = row_counts(frames)
@@ -247,7 +249,9 @@ def train(
     keys = read_parquet(_need(settings.features_dir / "keys.parquet", "run `promoguard features build`"))
     labels = read_parquet(_need(settings.raw_dir / "labels.parquet", "labels.parquet is missing"))
     started = time.perf_counter()
-    with console.status("fetching point-in-time features from Feast (promo_abuse_v1)"):
+    with console.status(
+        f"fetching point-in-time features from Feast (promo_abuse_v1, {settings.offline_store} offline store)"
+    ):
         historical = partial(historical_features, StoreConfig.from_settings(settings))
         if presume_legit_after > 0:
             labels = presume_unlabeled_legit(keys, labels, maturity_days=presume_legit_after)

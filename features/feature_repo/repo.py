@@ -5,7 +5,10 @@ Everything is generated from ``features.definitions`` so the catalog is listed i
 imports it.
 
 The parquet folder comes from ``PROMOGUARD_FEATURES_DIR`` because the project root is only known at
-run time; the fallback is ``data/features`` of the checkout this file lives in.
+run time; the fallback is ``data/features`` of the checkout this file lives in. The kind of source over
+those files (a ``FileSource`` for Feast's DuckDB offline store, a ``SparkSource`` for its Spark one) comes
+from ``PROMOGUARD_OFFLINE_STORE`` the same way (see ``features.sources``): the views themselves are the
+same in both profiles.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, ValueType
 from feast.types import Float64, Int64
 
 from features.definitions import FEATURE_SERVICE, feature_views
+from features.sources import batch_source, offline_store_from_env
 
 FEATURES_DIR_ENV = "PROMOGUARD_FEATURES_DIR"
 
@@ -41,6 +45,7 @@ def _features_dir() -> Path:
 
 
 _DIR = _features_dir()
+_OFFLINE_STORE = offline_store_from_env()
 
 #: One entity per join key; Feast names them after the key so the entity and join key never diverge.
 ENTITIES: dict[str, Entity] = {}
@@ -56,7 +61,7 @@ for _view in feature_views():
                 ),
             )
 
-#: Feature views by name, each reading ``{features_dir}/{view}.parquet``.
+#: Feature views by name, each reading ``{features_dir}/{view}.parquet`` through the profile's source kind.
 VIEWS: dict[str, FeatureView] = {}
 for _view in feature_views():
     VIEWS[_view.name] = FeatureView(
@@ -64,12 +69,7 @@ for _view in feature_views():
         entities=[ENTITIES[k] for k in _view.join_keys],
         ttl=VIEW_TTL,
         schema=[Field(name=f.name, dtype=_DTYPES[f.dtype]) for f in _view.features],
-        source=FileSource(
-            name=f"{_view.name}_source",
-            path=str(_DIR / f"{_view.name}.parquet"),
-            timestamp_field="event_timestamp",
-            created_timestamp_column="created_timestamp",
-        ),
+        source=batch_source(_view.name, _DIR, _OFFLINE_STORE),
         online=True,
     )
 

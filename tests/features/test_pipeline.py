@@ -566,6 +566,7 @@ def spark() -> Iterator[Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("spark")
 def test_spark_and_duckdb_build_identical_frames(
     spark: Any, random_history: tuple[pd.DataFrame, pd.DataFrame]
 ) -> None:

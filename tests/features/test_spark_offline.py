@@ -1,0 +1,206 @@
+"""The ``spark`` offline-store profile: Feast's Spark offline store gives what the embedded store gives.
+
+One small simulated world is built once for the module through the command line (simulate, features
+build, features apply); a second root shares its raw history and parquet features but has a registry of
+its own, applied under ``PROMOGUARD_OFFLINE_STORE=spark`` (``SparkSource``s over the same files). On
+Spark ``local[2]``:
+
+* the point-in-time training frame (``promoguard train``'s chain: labels presumed legit after maturity,
+  ``assemble_training_frame`` over ``features.store.historical_features``) equals the embedded
+  (DuckDB) one row for row, column for column, value for value;
+* the backtest's history (each replayed attempt's pre-event features) read through Feast's Spark store
+  equals the in-process join of the build's files;
+* a parquet column Spark would read with another type, and a registry applied under the file profile,
+  fail with the file and column, or the fix, in the message.
+
+Every test is in the ``spark`` xdist group, so one worker starts one JVM. Without Java the module skips,
+unless ``PROMOGUARD_REQUIRE_SERVICES=1`` (as in CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from features.definitions import feature_names, feature_views
+from features.store import FeatureStoreUnavailable, StoreConfig, historical_features, parse_repo, repo_config
+from promoguard.cli import app
+from promoguard.settings import Settings
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("spark"),
+    # Feast says so on every SparkSource it builds or reads back from the registry.
+    pytest.mark.filterwarnings("ignore:The spark data source API is an experimental feature:RuntimeWarning"),
+]
+
+#: Spark's cost here is mostly fixed (planning and scheduling per view), so the world is as small as
+#: still gives every view rows, shared entities and null keys.
+EVENTS = 3000
+DAYS = 20
+SEED = 5
+SPARK = {"PROMOGUARD_OFFLINE_STORE": "spark", "PROMOGUARD_SPARK_MASTER": "local[2]"}
+
+
+def require_java() -> None:
+    """Skip (or fail under PROMOGUARD_REQUIRE_SERVICES=1) when Spark cannot start here."""
+    found = {"java": shutil.which("java") is not None, "pyspark": _has_pyspark()}
+    missing = [name for name, there in found.items() if not there]
+    if not missing:
+        return
+    message = f"{' and '.join(missing)} not found: the Spark offline store needs a JVM and pyspark"
+    if os.environ.get("PROMOGUARD_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message} and PROMOGUARD_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+def _has_pyspark() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyspark") is not None
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run one promoguard command in-process; fail the test with its output when it fails."""
+    result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    if result.exit_code != 0:
+        pytest.fail(f"promoguard {' '.join(args)} exited {result.exit_code}:\n{result.output[-4000:]}")
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    """The batch side's Spark session for the module; Feast's Spark store reuses it."""
+    require_java()
+    from features.pipeline import spark_session
+
+    session = spark_session(SPARK["PROMOGUARD_SPARK_MASTER"])
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def worlds(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Settings]:
+    """(file profile, spark profile) settings of one built world; the spark root links its data."""
+    root = tmp_path_factory.mktemp("world")
+    r = str(root)
+    run_cli("simulate", "--events", str(EVENTS), "--days", str(DAYS), "--seed", str(SEED), "--root", r)
+    run_cli("features", "build", "--root", str(root))
+    run_cli("features", "apply", "--root", str(root))
+    spark_root = tmp_path_factory.mktemp("world-spark")
+    (spark_root / "data").mkdir()
+    for name in ("raw", "features"):
+        (spark_root / "data" / name).symlink_to(root / "data" / name, target_is_directory=True)
+    output = run_cli("features", "apply", "--root", str(spark_root), env=SPARK)
+    assert "applied 17 feature views" in output
+    return Settings.from_env({}, root=root), Settings.from_env(SPARK, root=spark_root)
+
+
+def _training_frame(settings: Settings) -> pd.DataFrame:
+    from training.dataset import assemble_training_frame, presume_unlabeled_legit
+
+    keys = pd.read_parquet(settings.features_dir / "keys.parquet")
+    labels = presume_unlabeled_legit(
+        keys, pd.read_parquet(settings.raw_dir / "labels.parquet"), maturity_days=7
+    )
+    historical = partial(historical_features, StoreConfig.from_settings(settings))
+    frame = assemble_training_frame(keys, labels, historical)
+    return frame.sort_values("request_id", kind="stable").reset_index(drop=True)
+
+
+def test_training_frame_from_the_spark_store_equals_the_embedded_one(
+    worlds: tuple[Settings, Settings],
+) -> None:
+    on_file, on_spark = worlds
+    embedded, spark = _training_frame(on_file), _training_frame(on_spark)
+    assert sorted(spark.columns) == sorted(embedded.columns)
+    assert set(feature_names()) <= set(spark.columns)
+    # Exact: both stores return the same stored doubles and integer counts; nothing is recomputed.
+    pd.testing.assert_frame_equal(spark[embedded.columns], embedded, check_exact=True)
+    # Not vacuous: most attempts have features, some views are null (null keys), counts are non-zero.
+    values = embedded[list(feature_names())]
+    assert len(embedded) > EVENTS // 2
+    assert values.notna().to_numpy().mean() > 0.5
+    assert values.isna().all(axis=1).sum() < len(values)
+    assert (values.fillna(0) > 0).any().sum() > len(feature_names()) // 2
+
+
+def test_backtest_history_through_the_spark_store_equals_the_embedded_one(
+    worlds: tuple[Settings, Settings],
+) -> None:
+    from promoguard.backtest import history_features
+
+    on_file, on_spark = worlds
+    keys = pd.read_parquet(on_file.features_dir / "keys.parquet")
+    # The replay's slice: the last days of the history in time order, as run_backtest picks it.
+    keys = keys.sort_values(["ts", "request_id"], kind="stable").tail(1200).reset_index(drop=True)
+    embedded = history_features(on_file, keys)
+    spark = history_features(on_spark, keys)
+    assert list(spark.columns) == list(embedded.columns) == ["request_id", *feature_names()]
+    pd.testing.assert_frame_equal(spark, embedded, check_exact=True)
+    assert embedded[list(feature_names())].notna().to_numpy().any()
+
+
+def test_a_column_spark_reads_with_another_type_is_named(
+    worlds: tuple[Settings, Settings], tmp_path: Path
+) -> None:
+    from features.spark_offline import SparkSourceError, check_spark_sources
+
+    on_file, _ = worlds
+    copy = tmp_path / "features"
+    shutil.copytree(on_file.features_dir, copy)
+    check_spark_sources(copy, "local[2]")
+    table = pq.read_table(copy / "code_stats.parquet")
+    at = table.schema.get_field_index("attempts_1h")
+    table = table.set_column(at, "attempts_1h", table.column(at).cast(pa.int32()))
+    pq.write_table(table, copy / "code_stats.parquet")
+    with pytest.raises(SparkSourceError, match=r"code_stats\.parquet: column 'attempts_1h' reads as int"):
+        check_spark_sources(copy, "local[2]")
+
+
+def test_a_registry_applied_under_the_file_profile_is_refused_with_the_fix(
+    worlds: tuple[Settings, Settings],
+) -> None:
+    on_file, _ = worlds
+    cfg = replace(StoreConfig.from_settings(on_file), offline_store="spark")
+    keys = pd.read_parquet(on_file.features_dir / "keys.parquet").head(5)
+    entity_df = keys[[c for c in keys.columns if c.endswith("_key") or c in ("promo_code", "promo_type")]]
+    entity_df = entity_df.assign(event_timestamp=keys["ts"])
+    with pytest.raises(FeatureStoreUnavailable, match="PROMOGUARD_OFFLINE_STORE=spark"):
+        historical_features(cfg, entity_df)
+
+
+def test_the_profile_chooses_the_offline_store_and_the_source_kind(tmp_path: Path) -> None:
+    from feast import FileSource
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+    before = os.environ.get("PROMOGUARD_OFFLINE_STORE")
+    settings = Settings.from_env({**SPARK, "PROMOGUARD_SPARK_MASTER": "local[1]"}, root=tmp_path)
+    cfg = StoreConfig.from_settings(settings)
+    assert (cfg.offline_store, cfg.spark_master) == ("spark", "local[1]")
+    offline = repo_config(cfg).offline_store
+    assert offline.type == "spark"
+    assert offline.spark_conf["spark.master"] == "local[1]"
+    assert offline.spark_conf["spark.sql.session.timeZone"] == "UTC"
+    views = {v.name: v for v in parse_repo(cfg).feature_views}
+    assert set(views) == {v.name for v in feature_views()}
+    for name, view in views.items():
+        assert isinstance(view.batch_source, SparkSource)
+        assert view.batch_source.path == str((settings.features_dir / f"{name}.parquet").resolve())
+        assert view.batch_source.file_format == "parquet"
+    default = StoreConfig.from_settings(Settings.from_env({}, root=tmp_path))
+    assert repo_config(default).offline_store.type == "duckdb"
+    assert all(isinstance(v.batch_source, FileSource) for v in parse_repo(default).feature_views)
+    # The profile reaches the repository only while it is parsed.
+    assert os.environ.get("PROMOGUARD_OFFLINE_STORE") == before
