@@ -99,12 +99,14 @@ class ControlsStore:
                 raise
         conn: Any
         if self.dialect == "postgres":
-            import psycopg2
+            from scoring.records_pg import open_connection
 
-            conn = psycopg2.connect(self.state_url, connect_timeout=max(1, int(self.timeout_s)))
-            # SET, not the connection's options: those may already carry the URL's own (a search_path).
-            timeout_ms = int(self.timeout_s * 1000)
-            conn.cursor().execute(f"SET statement_timeout = {timeout_ms}; SET lock_timeout = {timeout_ms}")
+            # The scoring log's connection: the same timeouts and keepalives, the URL's search_path kept.
+            assert self.state_url is not None
+            conn = open_connection(self.state_url, self.timeout_s, int(self.timeout_s * 1000),
+                                   "promoguard-controls")
+            # A change and its audit row commit together.
+            conn.autocommit = False
         else:
             self.serving_dir.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.timeout_s)

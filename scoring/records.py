@@ -272,6 +272,28 @@ def score_values(rec: ScoreRecord) -> tuple[Any, ...]:
     )
 
 
+def shadow_values(r: ShadowRecord) -> tuple[Any, ...]:
+    """The row ``r`` is stored as, one value per :data:`SHADOW_COLUMNS`."""
+    return (
+        r.request_id, r.ts.astimezone(UTC).isoformat(), r.promo_code, r.promo_type, int(r.live_score),
+        r.live_decision, int(r.live_explored), r.live_fallback, r.live_model_version,
+        r.live_rules_version, int(r.challenger_score), r.challenger_decision, r.challenger_fallback,
+        r.challenger_model_version, r.challenger_rules_version, r.challenger_deciding_rule,
+        None if r.shadow_ms is None else float(r.shadow_ms),
+    )
+
+
+def history_rows(
+    outcomes: Sequence[Sequence[Any]], feedback: Sequence[Sequence[Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What :meth:`Records.history` returns, from the (outcome, reservation, ts) and (label, source, ts)
+    rows of either backend."""
+    return (
+        [{"outcome": o, "reservation": r, "ts": t} for o, r, t in outcomes],
+        [{"label": lab, "source": src, "ts": t} for lab, src, t in feedback],
+    )
+
+
 def _add_columns(conn: sqlite3.Connection) -> None:
     """Bring a scoring log written by an earlier release up to the current columns."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(scores)")}
@@ -381,10 +403,7 @@ class Records:
                 "SELECT label, label_source, label_ts FROM feedback WHERE request_id = ? ORDER BY rowid",
                 (request_id,),
             ).fetchall()
-        return (
-            [{"outcome": o, "reservation": r, "ts": t} for o, r, t in outcomes],
-            [{"label": lab, "source": src, "ts": t} for lab, src, t in feedback],
-        )
+        return history_rows(outcomes, feedback)
 
     def add_outcome(self, request_id: str, outcome: str, reservation: str, ts: datetime) -> None:
         """Log what checkout did with an attempt."""
@@ -409,16 +428,7 @@ class Records:
         """
         if not recs:
             return 0
-        values = [
-            (
-                r.request_id, r.ts.astimezone(UTC).isoformat(), r.promo_code, r.promo_type, int(r.live_score),
-                r.live_decision, int(r.live_explored), r.live_fallback, r.live_model_version,
-                r.live_rules_version, int(r.challenger_score), r.challenger_decision, r.challenger_fallback,
-                r.challenger_model_version, r.challenger_rules_version, r.challenger_deciding_rule,
-                None if r.shadow_ms is None else float(r.shadow_ms),
-            )
-            for r in recs
-        ]
+        values = [shadow_values(r) for r in recs]
         with self._lock, self._writes.transaction(self._conn, self._busy_timeout_ms):
             before = self._conn.total_changes
             self._conn.executemany(

@@ -52,7 +52,9 @@ from scoring.records import (
     PruneCounts,
     ScoreRecord,
     ShadowRecord,
+    history_rows,
     score_values,
+    shadow_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,7 +143,7 @@ def is_state_url(value: object) -> bool:
     return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
 
 
-def _connect(
+def open_connection(
     url: str, connect_timeout_s: float, statement_timeout_ms: int, application_name: str = "promoguard"
 ) -> Any:
     """A new autocommit connection; statements bounded by ``statement_timeout_ms`` (0: unbounded)."""
@@ -173,7 +175,7 @@ def _connect(
 def read_only_connection(url: str, connect_timeout_s: float = 5.0) -> Any:
     """A read-only connection for the log's readers (reports, drift): no statement timeout."""
     try:
-        conn = _connect(url, connect_timeout_s, 0)
+        conn = open_connection(url, connect_timeout_s, 0)
     except psycopg2.Error as exc:
         raise RecordsUnavailable(f"the state database did not answer ({type(exc).__name__})") from exc
     conn.readonly = True
@@ -227,7 +229,7 @@ class _Pool:
 
     def _open(self) -> Any:
         try:
-            conn = _connect(self._url, self._connect_timeout_s, self._statement_timeout_ms,
+            conn = open_connection(self._url, self._connect_timeout_s, self._statement_timeout_ms,
                             self._application_name)
         except psycopg2.Error as exc:
             self._down_until = time.monotonic() + self._retry_after_s
@@ -414,10 +416,7 @@ class PostgresRecords:
                 (request_id,),
             )
             feedback = cur.fetchall()
-        return (
-            [{"outcome": o, "reservation": r, "ts": t} for o, r, t in outcomes],
-            [{"label": lab, "source": src, "ts": t} for lab, src, t in feedback],
-        )
+        return history_rows(outcomes, feedback)
 
     def add_outcome(self, request_id: str, outcome: str, reservation: str, ts: datetime) -> None:
         """Log what checkout did with an attempt."""
@@ -442,16 +441,7 @@ class PostgresRecords:
         """
         if not recs:
             return 0
-        values = [
-            (
-                r.request_id, r.ts.astimezone(UTC).isoformat(), r.promo_code, r.promo_type, int(r.live_score),
-                r.live_decision, int(r.live_explored), r.live_fallback, r.live_model_version,
-                r.live_rules_version, int(r.challenger_score), r.challenger_decision, r.challenger_fallback,
-                r.challenger_model_version, r.challenger_rules_version, r.challenger_deciding_rule,
-                None if r.shadow_ms is None else float(r.shadow_ms),
-            )
-            for r in recs
-        ]
+        values = [shadow_values(r) for r in recs]
         with self._cursor(transaction=True) as cur:
             # executemany's rowcount is the sum over the rows: the ones the conflict skipped add 0.
             cur.executemany(
@@ -478,7 +468,7 @@ class PostgresRecords:
             raise ValueError(f"days must be > 0, got {days}")
         cutoff = (now.astimezone(UTC) - timedelta(days=days)).isoformat()
         try:
-            conn = _connect(self._url, self._connect_timeout_s, 0, self._application_name)
+            conn = open_connection(self._url, self._connect_timeout_s, 0, self._application_name)
         except psycopg2.Error as exc:
             raise RecordsUnavailable(f"the state database did not answer ({type(exc).__name__})") from exc
         try:
