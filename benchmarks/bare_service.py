@@ -1,8 +1,8 @@
 """The floor of ``benchmarks/load.py``: a BentoML /score that parses the body and answers a constant.
 
-Started with ``bentoml serve benchmarks.bare_service:Bare``. Same BentoML settings as the real
-service (workers per CPU, 8 threads, 5 s traffic timeout, and tracing and the access log following
-``PROMOGUARD_TRACING`` / ``PROMOGUARD_ACCESS_LOG`` as in :mod:`serving.service`), so that the gap to
+Started with ``bentoml serve benchmarks.bare_service:Bare``. The real service's BentoML settings
+(:data:`serving.service.SERVER_CONFIG`: workers per CPU, 8 threads, 5 s traffic timeout; tracing and
+the access log following ``PROMOGUARD_TRACING`` / ``PROMOGUARD_ACCESS_LOG``), so that the gap to
 promoguard is promoguard's own work. The body is checked only as a JSON object with a request id; the
 answer has the shape of a real one (:class:`scoring.schemas.ScoreResponse`, the API document's example).
 """
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scoring.schemas import ScoreResponse
 from serving.openapi import RESPONSE_EXAMPLE
-from serving.service import ALL_URLS, with_framework_settings
+from serving.service import SERVER_CONFIG, with_framework_settings
 
 #: The constant answer; each request only gets its own id in it.
 ANSWER = ScoreResponse.model_validate(RESPONSE_EXAMPLE)
@@ -29,15 +29,7 @@ class LooseRequest(BaseModel):
     request_id: str
 
 
-@bentoml.service(
-    name="bare",
-    workers="cpu_count",
-    threads=8,
-    traffic={"timeout": 5},
-    endpoints={"livez": "/livez", "readyz": "/readyz"},
-    logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": ALL_URLS},
-)
+@bentoml.service(name="bare", **SERVER_CONFIG)
 class Bare:
     """The cheapest /score BentoML serves with promoguard's server settings: parse, answer, nothing else."""
 

@@ -527,16 +527,18 @@ def with_framework_settings(service: Any) -> None:
 # all safe to share between processes. Threads let a worker keep answering while some requests wait
 # on a dependency up to their deadline. An operator overrides both with a BentoML configuration file
 # (``BENTOML_CONFIG``, ``services: {promoguard: {workers: N}}``).
-@bentoml.service(
-    name="promoguard",
-    workers="cpu_count",
-    threads=8,
-    traffic={"timeout": 5},
-    endpoints={"livez": "/livez", "readyz": "/readyz"},
+SERVER_CONFIG: dict[str, Any] = {
+    "workers": "cpu_count",
+    "threads": 8,
+    "traffic": {"timeout": 5},
+    "endpoints": {"livez": "/livez", "readyz": "/readyz"},
     # Off until the settings say otherwise (with_framework_settings, below, reads them at serve time).
-    logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": ALL_URLS},
-)
+    "logging": {"access": {"enabled": False}},
+    "tracing": {"excluded_urls": ALL_URLS},
+}
+
+
+@bentoml.service(name="promoguard", **SERVER_CONFIG)
 class PromoGuard:
     """Scores promo-code attempts at checkout; answers from the rules when the model path is unavailable."""
 
