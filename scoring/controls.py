@@ -219,10 +219,18 @@ class Controls:
         """The control of a promotion code, or None when the operator set none."""
         return self.campaigns.get(code_key(code)) if self.campaigns else None
 
-    def match(self, keys: Mapping[str, Any], person_id: str | None, now: datetime) -> ListMatch | None:
-        """The first live deny entry the attempt's keys hit, else the first live allow entry, else None."""
+    def match(
+        self, keys: Mapping[str, Any], person_id: str | None, now: datetime | float
+    ) -> ListMatch | None:
+        """The first live deny entry the attempt's keys hit, else the first live allow entry, else None.
+
+        ``now`` may be epoch seconds: the request path passes its clock as is, and without lists (the
+        common case) no time is built at all.
+        """
         if not self.entries:
             return None
+        if not isinstance(now, datetime):
+            now = datetime.fromtimestamp(now, UTC)
         hits: list[ListEntry] = []
         for kind, column in LIST_KINDS.items():
             value = person_id if column == "person_id" else keys.get(column)

@@ -954,7 +954,7 @@ class Scorer:
         promo, controls = ctx.req.promotion, self.controls
         ctx.control = control = controls.campaign(promo.code)
         person = None if ctx.resolution is None else ctx.resolution.person_id
-        ctx.listed = controls.match(ctx.keys, person, datetime.fromtimestamp(ctx.now, UTC))
+        ctx.listed = controls.match(ctx.keys, person, ctx.now)
         verdict = verdict_for(promo.type, inputs, ctx.model, self.rules, self.policy(), control)
         blocked = ctx.reservation.status == "blocked"
         verdict = apply_controls(verdict, promo.type, control, ctx.listed, blocked)

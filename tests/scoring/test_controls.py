@@ -138,6 +138,9 @@ def test_deny_wins_over_allow_and_expired_entries_match_nothing() -> None:
     assert _controls(entries=[allow]).match(keys, None, NOW).entry == allow  # type: ignore[union-attr]
     expired = ListEntry("deny", "device", "d1", "old", expires_at=NOW - timedelta(seconds=1))
     assert _controls(entries=[expired]).match(keys, None, NOW) is None
+    # The request path passes epoch seconds.
+    assert _controls(entries=[expired]).match(keys, None, NOW.timestamp()) is None
+    assert _controls(entries=[deny]).match(keys, None, NOW.timestamp()).entry == deny  # type: ignore[union-attr]
     person = ListEntry("deny", "person", "p-9", "ring leader")
     assert _controls(entries=[person]).match(keys, "p-9", NOW).entry == person  # type: ignore[union-attr]
 
