@@ -1,18 +1,26 @@
-"""Records: idempotency on request_id, append-only log, and no raw identity in the database file."""
+"""Records: idempotency on request_id, append-only log, and no raw identity in the database file.
+
+The behaviours every scoring-log backend promises run against both, the SQLite file and the
+PostgreSQL state database (``records``); what only one of them does is tested on its own
+(PostgreSQL's in ``test_records_pg.py``).
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from scoring.records import IdempotencyConflict, Records, ScoreRecord
+from scoring.records import IdempotencyConflict, Records, RecordsLike, ScoreRecord
+from scoring.records_pg import PostgresRecords
 from scoring.rules import default_rules
 from scoring.schemas import ScoreRequest
 from scoring.scorer import Scorer, ScorerConfig, body_sha256
 from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
+from tests.scoring.test_records_pg import schema, url  # noqa: F401 - a fresh PostgreSQL schema per test
 
 RAW = {
     "email": "jane.doe+promo@example.com",
@@ -32,17 +40,27 @@ def _record(request_id: str, digest: str, score: int = 10) -> ScoreRecord:
                        response)
 
 
-def test_same_request_id_and_body_returns_the_first_response(tmp_path: Path) -> None:
-    records = Records(tmp_path / "s.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordsLike]:
+    """A scoring log of each backend (PostgreSQL in a fresh schema; skipped without the server)."""
+    made: RecordsLike = (
+        Records(tmp_path / "s.db") if request.param == "sqlite"
+        else PostgresRecords(request.getfixturevalue("url"))
+    )
+    yield made
+    made.close()
+
+
+def test_same_request_id_and_body_returns_the_first_response(records: RecordsLike) -> None:
     assert records.lookup("r1", "h1") is None
     assert records.append(_record("r1", "h1", score=10)) == {"request_id": "r1", "score": 10}
     assert records.lookup("r1", "h1") == {"request_id": "r1", "score": 10}
     # A concurrent twin that computed another answer still gets the stored first one.
     assert records.append(_record("r1", "h1", score=99)) == {"request_id": "r1", "score": 10}
+    assert records.count("scores") == 1
 
 
-def test_a_different_body_under_the_same_request_id_is_a_conflict_naming_it(tmp_path: Path) -> None:
-    records = Records(tmp_path / "s.db")
+def test_a_different_body_under_the_same_request_id_is_a_conflict_naming_it(records: RecordsLike) -> None:
     records.append(_record("order-17", "h1"))
     with pytest.raises(IdempotencyConflict, match="order-17"):
         records.lookup("order-17", "h2")
@@ -123,8 +141,7 @@ def test_a_log_written_by_an_earlier_release_gains_the_decision_record_columns(t
     assert Records(tmp_path / "old.db").scored("new") is not None  # opening again adds nothing twice
 
 
-def test_history_lists_outcomes_and_labels_of_one_attempt_oldest_first(tmp_path: Path) -> None:
-    records = Records(tmp_path / "s.db")
+def test_history_lists_outcomes_and_labels_of_one_attempt_oldest_first(records: RecordsLike) -> None:
     when = datetime(2026, 11, 21, tzinfo=UTC)
     records.add_outcome("r1", "abandoned", "released", when)
     records.add_outcome("r2", "redeemed", "confirmed", when)
@@ -176,11 +193,10 @@ def test_prune_removes_old_decisions_with_their_follow_ups_and_keeps_the_rest(tm
     records.close()
 
 
-def test_idempotency_still_holds_for_kept_decisions_after_a_prune(tmp_path: Path) -> None:
+def test_idempotency_still_holds_for_kept_decisions_after_a_prune(records: RecordsLike) -> None:
     from datetime import timedelta
 
     now = datetime(2026, 6, 1, tzinfo=UTC)
-    records = Records(tmp_path / "s.db")
     records.append(_at("kept", now - timedelta(days=10), digest="h1"))
     records.append(_at("gone", now - timedelta(days=100), digest="h1"))
     records.prune(now, days=90, vacuum=True)
@@ -189,11 +205,8 @@ def test_idempotency_still_holds_for_kept_decisions_after_a_prune(tmp_path: Path
         records.lookup("kept", "h2")
     # Past retention an id is new again.
     assert records.lookup("gone", "h2") is None
-    records.close()
 
 
-def test_prune_rejects_a_non_positive_retention(tmp_path: Path) -> None:
-    records = Records(tmp_path / "s.db")
+def test_prune_rejects_a_non_positive_retention(records: RecordsLike) -> None:
     with pytest.raises(ValueError, match="days"):
         records.prune(datetime.now(UTC), days=0)
-    records.close()

@@ -113,23 +113,6 @@ def _closed_port() -> int:
 # --- idempotency --------------------------------------------------------------------------------------
 
 
-def test_same_request_id_and_body_returns_the_first_response(records: PostgresRecords) -> None:
-    assert records.lookup("r1", "h1") is None
-    assert records.append(_record("r1", "h1", score=10)) == {"request_id": "r1", "score": 10}
-    assert records.lookup("r1", "h1") == {"request_id": "r1", "score": 10}
-    # A concurrent twin that computed another answer still gets the stored first one.
-    assert records.append(_record("r1", "h1", score=99)) == {"request_id": "r1", "score": 10}
-    assert records.count("scores") == 1
-
-
-def test_a_different_body_under_the_same_request_id_is_a_conflict_naming_it(records: PostgresRecords) -> None:
-    records.append(_record("order-17", "h1"))
-    with pytest.raises(IdempotencyConflict, match="order-17"):
-        records.lookup("order-17", "h2")
-    with pytest.raises(IdempotencyConflict):
-        records.append(_record("order-17", "h2"))
-
-
 def test_concurrent_twins_on_two_replicas_store_one_row_and_all_get_its_answer(url: str) -> None:
     replicas = [PostgresRecords(url), PostgresRecords(url)]
     twins = 8
@@ -241,18 +224,6 @@ def test_feedback_rows_follow_the_label_contract(records: PostgresRecords, url: 
         conn.close()
 
 
-def test_history_lists_outcomes_and_labels_of_one_attempt_oldest_first(records: PostgresRecords) -> None:
-    when = datetime(2026, 11, 21, tzinfo=UTC)
-    records.add_outcome("r1", "abandoned", "released", when)
-    records.add_outcome("r2", "redeemed", "confirmed", when)
-    records.add_feedback("r1", "abuse", "manual_review", when)
-    records.add_feedback("r1", "legit", "customer_support", when)
-    outcomes, feedback = records.history("r1")
-    assert [o["outcome"] for o in outcomes] == ["abandoned"]
-    assert [(f["label"], f["source"]) for f in feedback] == [
-        ("abuse", "manual_review"), ("legit", "customer_support")]
-
-
 def test_shadow_rows_keep_the_first_per_request(records: PostgresRecords) -> None:
     ts = datetime(2026, 11, 21, tzinfo=UTC)
     assert records.append_shadow([]) == 0
@@ -324,23 +295,6 @@ def test_prune_removes_old_decisions_with_their_follow_ups_and_keeps_the_rest(
             cur.execute("DELETE FROM scores")
     finally:
         conn.close()
-
-
-def test_idempotency_still_holds_for_kept_decisions_after_a_prune(records: PostgresRecords) -> None:
-    now = datetime(2026, 6, 1, tzinfo=UTC)
-    records.append(_record("kept", "h1", ts=now - timedelta(days=10)))
-    records.append(_record("gone", "h1", ts=now - timedelta(days=100)))
-    records.prune(now, days=90, vacuum=True)
-    assert records.lookup("kept", "h1") == {"request_id": "kept", "score": 10}
-    with pytest.raises(IdempotencyConflict):
-        records.lookup("kept", "h2")
-    # Past retention an id is new again.
-    assert records.lookup("gone", "h2") is None
-
-
-def test_prune_rejects_a_non_positive_retention(records: PostgresRecords) -> None:
-    with pytest.raises(ValueError, match="days"):
-        records.prune(datetime.now(UTC), days=0)
 
 
 def test_maintenance_prunes_the_shared_database(
