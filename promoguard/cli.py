@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from config.quiet import quiet_third_party_warnings
 from promoguard.errors import ExitCode, OperatorGroup, fail, read_parquet
 from promoguard.settings import InvalidSettings, Settings
 
@@ -25,37 +24,10 @@ app = typer.Typer(
 console = Console()
 
 
-#: Third-party warnings no promoguard user can act on, silenced by message, each with its reason.
-QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
-    # Feast's DuckDB offline path calls ibis, which calls DuckDB's renamed fetch_arrow_table(): a
-    # library-to-library rename, printed once per feature view on apply and materialize.
-    (r"fetch_arrow_table\(\) is deprecated", "ibis on DuckDB, inside Feast"),
-)
-
-
-def _quiet(show: Any) -> Any:
-    """``warnings.showwarning`` that drops the :data:`QUIET_WARNINGS` and shows every other warning."""
-    if getattr(show, "promoguard_quiet", False):
-        return show
-
-    def quiet_show(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
-                   line: str | None = None) -> None:
-        if not any(re.match(pattern, str(message)) for pattern, _reason in QUIET_WARNINGS):
-            show(message, category, filename, lineno, file, line)
-
-    quiet_show.promoguard_quiet = True  # type: ignore[attr-defined]
-    return quiet_show
-
-
 @app.callback()
 def _root() -> None:
     """promoguard: score promo-code attempts for abuse (simulate, features, train, promote, serve, drift)."""
-    for message, _reason in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
-    # Filters alone do not hold: Feast's modules call warnings.simplefilter("once", DeprecationWarning)
-    # when imported, which goes in front of every filter set before. The display hook holds whatever
-    # filters are added later.
-    warnings.showwarning = _quiet(warnings.showwarning)
+    quiet_third_party_warnings()
     # MLflow draws a progress bar for every artifact a command reads back (a model of a few files, in
     # milliseconds) and announces creating its database tables: nothing a user acts on.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

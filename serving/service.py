@@ -35,6 +35,7 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
+from config.quiet import quiet_third_party_warnings
 from config.settings import InvalidSettings, Settings
 from scoring.artifact import ArtifactError, LoadedModel
 from scoring.controls import Controls
@@ -544,6 +545,7 @@ class PromoGuard:
 
     def __init__(self) -> None:
         """Build settings, dependencies and metric series once per worker."""
+        quiet_third_party_warnings()
         self.settings = Settings.from_env()
         check_api_keys(self.settings)
         self.scorer = build_scorer(self.settings)

@@ -28,3 +28,18 @@ def test_every_command_silences_the_third_party_warnings_it_names(
         warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
     # The named library rename is silenced; any other warning still shows.
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
+
+
+def test_a_service_worker_silences_the_same_warnings_and_only_those() -> None:
+    import warnings
+
+    from config.quiet import quiet_third_party_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party_warnings()  # what PromoGuard.__init__ calls first in every worker
+        warnings.simplefilter("once", DeprecationWarning)
+        warnings.warn("Accessing the 'model_fields' attribute on the instance is deprecated. Instead, ...",
+                      DeprecationWarning, stacklevel=1)
+        warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]

@@ -1,0 +1,44 @@
+"""Third-party warnings no promoguard user can act on, silenced by message, each with its reason.
+
+Filters alone do not hold: Feast's modules call ``warnings.simplefilter("once", DeprecationWarning)``
+when they are imported, which goes in front of every filter set before. So the display hook is
+wrapped as well, and it drops these messages whatever filters come later. Every other warning still
+shows.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+#: (message pattern, why it is silenced).
+QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
+    # Feast's DuckDB offline path calls ibis, which calls DuckDB's renamed fetch_arrow_table(): a
+    # library-to-library rename, printed once per feature view on apply and materialize.
+    (r"fetch_arrow_table\(\) is deprecated", "ibis on DuckDB, inside Feast"),
+    # BentoML's request handler reads model_fields from an instance, deprecated by pydantic 2.11:
+    # printed by every worker at its first request.
+    (r"Accessing the 'model_fields' attribute on the instance is deprecated", "BentoML on pydantic 2.11"),
+)
+
+
+def _quiet(show: Any) -> Any:
+    """``warnings.showwarning`` that drops the :data:`QUIET_WARNINGS` and shows every other warning."""
+    if getattr(show, "promoguard_quiet", False):
+        return show
+
+    def quiet_show(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                   line: str | None = None) -> None:
+        if not any(re.match(pattern, str(message)) for pattern, _reason in QUIET_WARNINGS):
+            show(message, category, filename, lineno, file, line)
+
+    quiet_show.promoguard_quiet = True  # type: ignore[attr-defined]
+    return quiet_show
+
+
+def quiet_third_party_warnings() -> None:
+    """Silence :data:`QUIET_WARNINGS` in this process (the command line's, or a service worker's)."""
+    for message, _reason in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+    warnings.showwarning = _quiet(warnings.showwarning)
