@@ -14,10 +14,16 @@ from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, disable_aut
 
 
 def _rows_in_database_file(path: Path) -> int:
-    # immutable=1 reads the database file alone, ignoring the WAL: only checkpointed rows show.
+    """Rows the database file itself holds; -1 when a checkpoint was writing it as it was read."""
+    # immutable=1 reads the database file alone, ignoring the WAL: only checkpointed rows show. It also
+    # takes no lock, so a checkpoint copying pages at that moment can show a torn file: not yet.
     conn = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
     try:
         return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        if "malformed" not in str(exc):
+            raise
+        return -1
     finally:
         conn.close()
 
