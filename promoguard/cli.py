@@ -127,7 +127,11 @@ def features_build(
     resolved = time.perf_counter()
     with console.status(f"computing point-in-time aggregates with {chosen}"):
         frames = build_features(
-            keys, labels, engine=chosen, spark_master=settings.spark_master  # type: ignore[arg-type]
+            keys,
+            labels,
+            engine=chosen,  # type: ignore[arg-type]
+            spark_master=settings.spark_master,
+            spark_driver_memory=settings.spark_driver_memory,
         )
         write_features(frames, settings.features_dir)
     done = time.perf_counter()
@@ -240,6 +244,7 @@ def train(
             gap_days=gap_days,
             progress=lambda msg: status.update(msg),
         )
+    console.print("training stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 
     # NaN marks a slice too small to measure: the tables say n/a rather than "nan".
     def shown(frame: pd.DataFrame) -> pd.DataFrame:
@@ -345,6 +350,7 @@ def _replay_headline(settings: Settings, version: str, split: Any, warm_days: fl
     from training.registry import champion_version
 
     champion = champion_version(settings.mlflow_tracking_uri, settings.model_name)
+    started = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         report = replay_version(
             settings,
@@ -358,7 +364,7 @@ def _replay_headline(settings: Settings, version: str, split: Any, warm_days: fl
     who = f"version {version}" + (f" and champion {champion}" if len(report["runs"]) > 1 else "")
     print_table(
         "headline: the test window replayed through the service's decision path, caps and hard rules "
-        f"included ({who})",
+        f"included ({who}; {time.perf_counter() - started:.1f}s)",
         summary_frame(report),
     )
 
