@@ -15,7 +15,7 @@ engine and seconds, apply seconds, retrieval seconds, training rows, the two pea
 ``--timeout`` seconds prints ``timed out`` and the next one starts.
 
 Usage: ``python benchmarks/offline_scaling.py [--sizes 100000,300000,1000000] [--paths embedded,spark]
-[--spark-build-max 300000] [--timeout 3600]``.
+[--spark-build-max 300000] [--driver-memory 2g] [--timeout 3600]``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class PeakRss:
         return self.peak / 1e6
 
 
-def measure(n: int, path: str, work: Path, spark_build_max: int) -> dict[str, Any]:
+def measure(n: int, path: str, work: Path, spark_build_max: int, driver_memory: str) -> dict[str, Any]:
     """Build, apply and retrieve ``n`` events on ``path`` in this process; the figures as a dict."""
     import pandas as pd
 
@@ -90,12 +90,13 @@ def measure(n: int, path: str, work: Path, spark_build_max: int) -> dict[str, An
         feast_dir=work / "feast",
         features_dir=work / "features",
         offline_store="spark" if path == "spark" else "file",
+        spark_driver_memory=driver_memory,
     )
     if path == "spark":
         from features.pipeline import spark_session
 
         # The JVM starts outside the timed phases: its start-up is paid once per process, not per size.
-        spark_session(cfg.spark_master)
+        spark_session(cfg.spark_master, cfg.spark_driver_memory)
     rss = PeakRss()
     started = time.perf_counter()
     frames = build_features(keys, labels, engine=engine)  # type: ignore[arg-type]
@@ -141,12 +142,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000")
     parser.add_argument("--paths", default="embedded,spark")
     parser.add_argument("--spark-build-max", type=int, default=300_000)
+    parser.add_argument("--driver-memory", default="2g", help="the Spark driver's heap (local: the job's)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per (size, path) run")
     parser.add_argument("--child", nargs=2, metavar=("EVENTS", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         with tempfile.TemporaryDirectory(prefix="promoguard-offline-") as tmp:
-            result = measure(int(args.child[0]), args.child[1], Path(tmp), args.spark_build_max)
+            result = measure(
+                int(args.child[0]), args.child[1], Path(tmp), args.spark_build_max, args.driver_memory
+            )
         print("RESULT " + json.dumps(result), flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -164,7 +168,7 @@ def main() -> None:
         for path in paths:
             command = [
                 sys.executable, __file__, "--child", str(n), path,
-                "--spark-build-max", str(args.spark_build_max),
+                "--spark-build-max", str(args.spark_build_max), "--driver-memory", args.driver_memory,
             ]
             try:
                 done = subprocess.run(

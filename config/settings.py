@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     # in process) or spark (Feast's Spark offline store over the same parquet sources).
     offline_store: Literal["file", "spark"] = "file"
     spark_master: str = "local[2]"
+    # The Spark driver's heap (spark.driver.memory); in local mode it holds the whole job.
+    spark_driver_memory: str = Field(default="2g", pattern=r"^[0-9]+[kmgt]?$")
 
     @field_validator("root", "model_dir", "rules_path", "shadow_rules")
     @classmethod

@@ -387,15 +387,21 @@ def view_sql(view: FeatureView, as_of_us: int, source: str = _BASE_TABLE) -> str
 
 #: The Spark master when none is configured (``PROMOGUARD_SPARK_MASTER``): two local cores.
 DEFAULT_SPARK_MASTER = "local[2]"
+#: The driver's heap when none is configured (``PROMOGUARD_SPARK_DRIVER_MEMORY``). In local mode the
+#: driver is the executor too, so this heap holds every shuffle and join of the batch side.
+DEFAULT_SPARK_DRIVER_MEMORY = "2g"
 
 
-def spark_conf(master: str = DEFAULT_SPARK_MASTER) -> dict[str, str]:
+def spark_conf(
+    master: str = DEFAULT_SPARK_MASTER, driver_memory: str = DEFAULT_SPARK_DRIVER_MEMORY
+) -> dict[str, str]:
     """The batch side's Spark settings: the pipeline's session and Feast's Spark offline store share them.
 
     4 shuffle partitions suit two local cores (Spark's 200 would be 200 near-empty tasks per stage); the
     UI is off (no port to bind in tests and CI); UTC so that timestamps never shift with the machine's
     zone. On a cluster, ``spark.sql.shuffle.partitions`` and the executor sizes belong to the cluster's
     own defaults (``spark-defaults.conf``), which these settings do not override except for the above.
+    ``driver_memory`` only takes effect when the process starts its JVM (the first session).
     """
     return {
         "spark.master": master,
@@ -404,18 +410,20 @@ def spark_conf(master: str = DEFAULT_SPARK_MASTER) -> dict[str, str]:
         "spark.ui.enabled": "false",
         # Stage progress bars would garble the command line's own status lines.
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.memory": "2g",
+        "spark.driver.memory": driver_memory,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
     }
 
 
-def spark_session(master: str = DEFAULT_SPARK_MASTER) -> SparkSession:
+def spark_session(
+    master: str = DEFAULT_SPARK_MASTER, driver_memory: str = DEFAULT_SPARK_DRIVER_MEMORY
+) -> SparkSession:
     """The process's Spark session with :func:`spark_conf` (``local[2]``, 4 shuffle partitions, no UI)."""
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    conf = SparkConf().setAll(list(spark_conf(master).items()))
+    conf = SparkConf().setAll(list(spark_conf(master, driver_memory).items()))
     return SparkSession.builder.config(conf=conf).getOrCreate()
 
 
@@ -444,11 +452,14 @@ def _run_duckdb(base: pd.DataFrame, queries: Mapping[str, str]) -> dict[str, Raw
 
 
 def _run_spark(
-    base: pd.DataFrame, queries: Mapping[str, str], master: str = DEFAULT_SPARK_MASTER
+    base: pd.DataFrame,
+    queries: Mapping[str, str],
+    master: str = DEFAULT_SPARK_MASTER,
+    driver_memory: str = DEFAULT_SPARK_DRIVER_MEMORY,
 ) -> dict[str, RawView]:
     import tempfile
 
-    spark = spark_session(master)
+    spark = spark_session(master, driver_memory)
     with tempfile.TemporaryDirectory(prefix="promoguard-spark-") as tmp:
         # Staging through parquet keeps the input out of the query plans (an in-driver local relation
         # is re-serialised for every scan of every view) and preserves nullable BIGINTs exactly.
@@ -538,14 +549,16 @@ def build_features(
     as_of: pd.Timestamp | None = None,
     engine: Engine = "numpy",
     spark_master: str = DEFAULT_SPARK_MASTER,
+    spark_driver_memory: str = DEFAULT_SPARK_DRIVER_MEMORY,
 ) -> dict[str, pd.DataFrame]:
     """Point-in-time features for every view in :func:`features.definitions.feature_views`.
 
     ``keys`` is the identity layer's keys frame, ``labels`` the label frame (request_id, label,
-    label_ts); ``spark_master`` is where ``engine="spark"`` runs. Returns ``{view name: frame}`` with
-    the view's join keys, ``event_timestamp``, ``created_timestamp`` (= ``as_of``) and the view's
-    features in the catalog dtypes: one row per (entity, distinct event timestamp) plus one snapshot row
-    per entity at ``as_of``. Events at or after ``as_of`` are outside the build and produce no rows.
+    label_ts); ``spark_master`` is where ``engine="spark"`` runs, with ``spark_driver_memory``. Returns
+    ``{view name: frame}`` with the view's join keys, ``event_timestamp``, ``created_timestamp``
+    (= ``as_of``) and the view's features in the catalog dtypes: one row per (entity, distinct event
+    timestamp) plus one snapshot row per entity at ``as_of``. Events at or after ``as_of`` are outside
+    the build and produce no rows.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
@@ -561,7 +574,8 @@ def build_features(
     elif engine == "duckdb":
         raw = _run_duckdb(base, {v.name: view_sql(v, as_of_us) for v in views})
     else:
-        raw = _run_spark(base, {v.name: view_sql(v, as_of_us) for v in views}, spark_master)
+        queries = {v.name: view_sql(v, as_of_us) for v in views}
+        raw = _run_spark(base, queries, spark_master, spark_driver_memory)
     return {v.name: _finish(v, raw[v.name], books, as_of, ordered=engine == "numpy") for v in views}
 
 

@@ -111,6 +111,8 @@ class StoreConfig:
     offline_store: OfflineStore = "file"
     #: The Spark master of the ``spark`` profile (``local[2]``: two cores of this machine).
     spark_master: str = "local[2]"
+    #: The Spark driver's heap (in local mode, the whole job's); read when the JVM starts.
+    spark_driver_memory: str = "2g"
     #: Where the ``spark`` profile writes a retrieval's output before the driver reads it back; on a
     #: cluster, a folder every executor and the driver see (default: ``{feast_dir}/spark-staging``).
     spark_staging_dir: Path | None = None
@@ -126,6 +128,7 @@ class StoreConfig:
             redis_socket_timeout_s=settings.redis_socket_timeout_s,
             offline_store=settings.offline_store,
             spark_master=settings.spark_master,
+            spark_driver_memory=settings.spark_driver_memory,
         )
 
 
@@ -175,7 +178,7 @@ def repo_config(cfg: StoreConfig, *, serving: bool = False) -> RepoConfig:
     if check_offline_store(cfg.offline_store) == "spark":
         from features.spark_offline import offline_store_config
 
-        offline = offline_store_config(cfg.spark_master)
+        offline = offline_store_config(cfg.spark_master, cfg.spark_driver_memory)
     return RepoConfig(
         project=cfg.project,
         provider="local",
@@ -321,7 +324,7 @@ def apply(cfg: StoreConfig) -> list[str]:
     if cfg.offline_store == "spark":
         from features.spark_offline import check_spark_sources
 
-        check_spark_sources(cfg.features_dir, cfg.spark_master)
+        check_spark_sources(cfg.features_dir, cfg.spark_master, cfg.spark_driver_memory)
     contents = parse_repo(cfg)
     store = open_store(cfg)
     try:
@@ -400,7 +403,7 @@ def _spark_historical_features(store: FeatureStore, cfg: StoreConfig, df: pd.Dat
     """Retrieval under the ``spark`` profile (the session is started first so that Feast reuses it)."""
     from features import spark_offline
 
-    spark_offline.session(cfg.spark_master)
+    spark_offline.session(cfg.spark_master, cfg.spark_driver_memory)
     spark_offline.check_registered_sources(store)
     staging = cfg.spark_staging_dir or Path(cfg.feast_dir).resolve() / "spark-staging"
     return spark_offline.historical_features(store, df, names=feature_names(), staging_dir=staging)

@@ -120,10 +120,30 @@ def _training_frame(settings: Settings) -> pd.DataFrame:
 
 
 def test_training_frame_from_the_spark_store_equals_the_embedded_one(
-    worlds: tuple[Settings, Settings],
+    worlds: tuple[Settings, Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from features import spark_offline
+
     on_file, on_spark = worlds
+    # A budget just under code_stats' candidate pairs cuts that view (keyed by the promotion code, the
+    # hottest key) into time slices while the other views stay whole: both paths are in this one frame.
+    keys = pd.read_parquet(on_file.features_dir / "keys.parquet")
+    pairs = {v.name: int((keys.groupby(list(v.join_keys)).size() ** 2).sum()) for v in feature_views()}
+    others = max(n for name, n in pairs.items() if name != "code_stats")
+    assert pairs["code_stats"] > 3 * others
+    monkeypatch.setattr(spark_offline, "PAIR_BUDGET", pairs["code_stats"] // 3)
+    sliced: list[int] = []
+    real = spark_offline.time_slices
+
+    def counted(*args: Any) -> list[Any]:
+        parts = real(*args)
+        sliced.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(spark_offline, "time_slices", counted)
     embedded, spark = _training_frame(on_file), _training_frame(on_spark)
+    assert sorted(sliced)[:-1] == [1] * (len(feature_views()) - 1)
+    assert sorted(sliced)[-1] >= 3
     assert sorted(spark.columns) == sorted(embedded.columns)
     assert set(feature_names()) <= set(spark.columns)
     # Exact: both stores return the same stored doubles and integer counts; nothing is recomputed.
@@ -181,17 +201,41 @@ def test_a_registry_applied_under_the_file_profile_is_refused_with_the_fix(
         historical_features(cfg, entity_df)
 
 
+def test_time_slices_split_by_event_time_to_keep_each_retrieval_under_the_budget() -> None:
+    import numpy as np
+
+    from features.spark_offline import time_slices
+
+    # 8 rows of one code and 4 of another (a null key joins nothing): 8² + 4² = 80 candidate pairs.
+    keys = pd.DataFrame({"promo_code": ["A"] * 8 + ["B"] * 4 + [None]}, dtype="string")
+    times = np.array([12, 3, 5, 0, 9, 1, 7, 11, 2, 4, 6, 8, 10], dtype="datetime64[s]")
+    assert [p.tolist() for p in time_slices(keys, times, budget=80)] == [
+        [3, 5, 8, 1, 9, 2, 10, 6, 11, 4, 12, 7, 0]
+    ]
+    parts = time_slices(keys, times, budget=30)
+    assert len(parts) == 3
+    assert sorted(np.concatenate(parts).tolist()) == list(range(13))
+    # Consecutive in time: every slice ends before the next one starts.
+    assert all(times[a].max() < times[b].min() for a, b in zip(parts, parts[1:], strict=False))
+    with pytest.raises(ValueError, match="budget"):
+        time_slices(keys, times, budget=0)
+
+
 def test_the_profile_chooses_the_offline_store_and_the_source_kind(tmp_path: Path) -> None:
     from feast import FileSource
     from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
     before = os.environ.get("PROMOGUARD_OFFLINE_STORE")
-    settings = Settings.from_env({**SPARK, "PROMOGUARD_SPARK_MASTER": "local[1]"}, root=tmp_path)
+    chosen = {**SPARK, "PROMOGUARD_SPARK_MASTER": "local[1]", "PROMOGUARD_SPARK_DRIVER_MEMORY": "6g"}
+    settings = Settings.from_env(chosen, root=tmp_path)
     cfg = StoreConfig.from_settings(settings)
-    assert (cfg.offline_store, cfg.spark_master) == ("spark", "local[1]")
+    assert (cfg.offline_store, cfg.spark_master, cfg.spark_driver_memory) == ("spark", "local[1]", "6g")
     offline = repo_config(cfg).offline_store
     assert offline.type == "spark"
     assert offline.spark_conf["spark.master"] == "local[1]"
+    assert offline.spark_conf["spark.driver.memory"] == "6g"
+    with pytest.raises(ValueError, match="PROMOGUARD_SPARK_DRIVER_MEMORY"):
+        Settings.from_env({**SPARK, "PROMOGUARD_SPARK_DRIVER_MEMORY": "six gigs"}, root=tmp_path)
     assert offline.spark_conf["spark.sql.session.timeZone"] == "UTC"
     views = {v.name: v for v in parse_repo(cfg).feature_views}
     assert set(views) == {v.name for v in feature_views()}
