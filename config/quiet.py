@@ -20,6 +20,9 @@ QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
     # BentoML's request handler reads model_fields from an instance, deprecated by pydantic 2.11:
     # printed by every worker at its first request.
     (r"Accessing the 'model_fields' attribute on the instance is deprecated", "BentoML on pydantic 2.11"),
+    # Feast says its Spark offline store is experimental for every SparkSource it builds or reads back:
+    # 19 times in one `features materialize` under the spark profile. The README says it once.
+    (r"The spark (offline store|data source API) is an experimental feature", "Feast's Spark offline store"),
 )
 
 

@@ -202,6 +202,8 @@ def test_a_registry_applied_under_the_file_profile_is_refused_with_the_fix(
 
 
 def test_time_slices_split_by_event_time_to_keep_each_retrieval_under_the_budget() -> None:
+    import itertools
+
     import numpy as np
 
     from features.spark_offline import time_slices
@@ -216,7 +218,7 @@ def test_time_slices_split_by_event_time_to_keep_each_retrieval_under_the_budget
     assert len(parts) == 3
     assert sorted(np.concatenate(parts).tolist()) == list(range(13))
     # Consecutive in time: every slice ends before the next one starts.
-    assert all(times[a].max() < times[b].min() for a, b in zip(parts, parts[1:], strict=False))
+    assert all(times[a].max() < times[b].min() for a, b in itertools.pairwise(parts))
     with pytest.raises(ValueError, match="budget"):
         time_slices(keys, times, budget=0)
 

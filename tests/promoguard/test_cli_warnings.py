@@ -25,8 +25,10 @@ def test_every_command_silences_the_third_party_warnings_it_names(
         warnings.simplefilter("once", DeprecationWarning)
         warnings.warn("fetch_arrow_table() is deprecated, use to_arrow_table() instead.", DeprecationWarning,
                       stacklevel=1)
+        warnings.warn("The spark data source API is an experimental feature in alpha development.",
+                      RuntimeWarning, stacklevel=1)
         warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
-    # The named library rename is silenced; any other warning still shows.
+    # The named library rename and Feast's Spark notice are silenced; any other warning still shows.
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
 
 

@@ -29,7 +29,6 @@ def test_workers_fetching_the_champion_at_once_all_get_the_complete_model(
     artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow.artifacts
-
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
