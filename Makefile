@@ -12,8 +12,8 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export PYTHONHASHSEED := 0
 
-# 100k attempts keep the whole demo, install included, near five minutes on two cores; the README's
-# model figures are from DEMO_EVENTS=200000.
+# 100k attempts: the replay headline in `train` dominates the demo's time and grows with the world.
+# The README's model figures are from DEMO_EVENTS=200000.
 DEMO_EVENTS ?= 100000
 DEMO_PORT ?= 3000
 PYTEST_ARGS ?=
