@@ -59,7 +59,7 @@ def quick_training(artifact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[
         empty = pd.DataFrame({"-": []})
         return SimpleNamespace(
             run_id=run_id, model_version=register(uri, kwargs["model_name"], run_id),
-            comparison=empty, patterns=empty, traps=empty, evasion=empty,
+            comparison=empty, patterns=empty, traps=empty, evasion=empty, timings={"train": 0.1},
         )
 
     monkeypatch.setattr(training.run, "train_model", train_model)
