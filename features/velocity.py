@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sqlitekit.sqlitewrite import WriteLock, transaction
-from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_wal
+from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_scratch, open_wal
 
 DEFAULT_RETENTION_S = 31 * 86_400
 DEFAULT_PREFIX = "pg:"
@@ -313,16 +313,22 @@ class SqliteVelocity:
         busy_timeout_ms: int = 50,
         retention_s: float = DEFAULT_RETENTION_S,
         checkpoint_interval_s: float | None = None,
+        *,
+        scratch: bool = False,
     ) -> None:
         """Open (and create if needed) the store at ``path``.
 
         With ``checkpoint_interval_s`` WAL checkpoints run in a background thread at that interval
         instead of inside whichever write fills the log (see :mod:`sqlitekit.walcheckpoint`).
+        ``scratch=True`` opens a file this process keeps to itself and need not survive a crash (a
+        replay's counters): no WAL and no fsync, the same answers for about half the cost.
         """
         if busy_timeout_ms < 0:
             raise ValueError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")
         if retention_s <= 0:
             raise ValueError(f"retention_s must be > 0, got {retention_s}")
+        if scratch and checkpoint_interval_s is not None:
+            raise ValueError("a scratch store has no WAL to checkpoint: drop checkpoint_interval_s")
         self.path = str(path)
         self.busy_timeout_ms = int(busy_timeout_ms)
         self.retention_s = float(retention_s)
@@ -331,7 +337,9 @@ class SqliteVelocity:
         self._checkpoint_interval_s = checkpoint_interval_s
         background = checkpoint_interval_s is not None
         self._conns = ThreadConnections(
-            lambda: open_wal(self.path, self.busy_timeout_ms, background_checkpoints=background)
+            (lambda: open_scratch(self.path, self.busy_timeout_ms))
+            if scratch
+            else (lambda: open_wal(self.path, self.busy_timeout_ms, background_checkpoints=background))
         )
         self._checkpointer: Checkpointer | None = None
         with self._tx(immediate=True) as conn:

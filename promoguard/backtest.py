@@ -232,6 +232,7 @@ def write_report(settings: Settings, report: dict[str, Any]) -> dict[str, Path]:
 def log_report(settings: Settings, report: dict[str, Any], paths: dict[str, Path]) -> str:
     """Log the backtest to MLflow as a run of its own (figures as metrics, files as artifacts)."""
     import mlflow
+
     from training.registry import ensure_experiment
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

@@ -112,8 +112,9 @@ def _scorer(
 ) -> Iterator[tuple[Scorer, _Clock]]:
     clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="promoguard-replay-", dir=work_dir) as tmp:
-        velocity = SqliteVelocity(Path(tmp) / "velocity.db")
-        records = Records(Path(tmp) / "scores.db")
+        # Scratch files: this replay alone reads them, and a crash throws the replay away anyway.
+        velocity = SqliteVelocity(Path(tmp) / "velocity.db", scratch=True)
+        records = Records(Path(tmp) / "scores.db", scratch=True)
         scorer = Scorer(
             replayer.resolver,
             online,

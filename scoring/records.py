@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from scoring.signals import top_signal_names
 from sqlitekit.sqlitewrite import WriteLock
-from sqlitekit.walcheckpoint import Checkpointer, disable_autocheckpoint
+from sqlitekit.walcheckpoint import Checkpointer, open_scratch, open_wal
 
 _NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS scores_no_delete BEFORE DELETE ON scores
         BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END"""
@@ -312,29 +312,38 @@ class Records:
     """SQLite-backed scoring log, outcomes and feedback; safe to share across threads."""
 
     def __init__(
-        self, path: str | Path, busy_timeout_ms: int = 2000, checkpoint_interval_s: float | None = None
+        self,
+        path: str | Path,
+        busy_timeout_ms: int = 2000,
+        checkpoint_interval_s: float | None = None,
+        *,
+        scratch: bool = False,
     ) -> None:
         """Open (and create) the database at ``path``.
 
         With ``checkpoint_interval_s`` WAL checkpoints run in a background thread instead of inside a
-        request's commit (see :mod:`sqlitekit.walcheckpoint`).
+        request's commit (see :mod:`sqlitekit.walcheckpoint`). ``scratch=True`` opens a log this process
+        keeps to itself and need not survive a crash (a replay's): no WAL and no fsync.
         """
+        if scratch and checkpoint_interval_s is not None:
+            raise ValueError("a scratch log has no WAL to checkpoint: drop checkpoint_interval_s")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._busy_timeout_ms = int(busy_timeout_ms)
         # Worker processes share the file: writes take its lock without SQLite's sleeping busy handler.
         self._writes = WriteLock(busy_timeout_ms / 1000)
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
+        background = checkpoint_interval_s is not None
+        self._conn = (
+            open_scratch(str(self.path), self._busy_timeout_ms)
+            if scratch
+            else open_wal(str(self.path), self._busy_timeout_ms, background_checkpoints=background)
+        )
         for statement in _SCHEMA:
             self._conn.execute(statement)
         _add_columns(self._conn)
         self._checkpointer: Checkpointer | None = None
         if checkpoint_interval_s is not None:
-            disable_autocheckpoint(self._conn)
             self._checkpointer = Checkpointer(self.path, checkpoint_interval_s)
 
     def close(self) -> None:

@@ -75,12 +75,15 @@ def redis_prefix(require_redis: redis.Redis) -> Iterator[str]:
 def _make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path, **kwargs: Any) -> VelocityStore:
     if kind == "sqlite":
         return SqliteVelocity(tmp_path / "velocity.sqlite", **kwargs)
+    if kind == "sqlite-scratch":
+        return SqliteVelocity(tmp_path / "velocity.sqlite", scratch=True, **kwargs)
     client = request.getfixturevalue("require_redis")
     prefix = request.getfixturevalue("redis_prefix")
     return RedisVelocity(client, prefix=prefix, **kwargs)
 
 
-BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.services)]
+# The scratch file (a replay's) answers as the shared one does.
+BACKENDS = ["sqlite", "sqlite-scratch", pytest.param("redis", marks=pytest.mark.services)]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -88,7 +91,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VelocitySt
     """Each behaviour test runs once per backend."""
     made = _make_store(request.param, request, tmp_path)
     yield made
-    if request.param == "sqlite":
+    if request.param != "redis":
         made.close()
 
 
@@ -97,7 +100,7 @@ def short_retention_store(request: pytest.FixtureRequest, tmp_path: Path) -> Ite
     """A store that keeps members for 100 seconds only."""
     made = _make_store(request.param, request, tmp_path, retention_s=100)
     yield made
-    if request.param == "sqlite":
+    if request.param != "redis":
         made.close()
 
 
@@ -591,3 +594,8 @@ def test_prune_and_vacuum_shrink_the_sqlite_file(tmp_path: Path) -> None:
         assert path.stat().st_size < full
     finally:
         s.close()
+
+
+def test_a_scratch_store_refuses_a_checkpoint_interval(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_interval_s"):
+        SqliteVelocity(tmp_path / "v.db", checkpoint_interval_s=1.0, scratch=True)

@@ -40,11 +40,13 @@ def _record(request_id: str, digest: str, score: int = 10) -> ScoreRecord:
                        response)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-scratch", "postgres"])
 def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordsLike]:
-    """A scoring log of each backend (PostgreSQL in a fresh schema; skipped without the server)."""
+    """A scoring log of each backend (PostgreSQL in a fresh schema; skipped without the server), and the
+    scratch SQLite file a replay keeps."""
     made: RecordsLike = (
         Records(tmp_path / "s.db") if request.param == "sqlite"
+        else Records(tmp_path / "s.db", scratch=True) if request.param == "sqlite-scratch"
         else PostgresRecords(request.getfixturevalue("url"))
     )
     yield made
@@ -210,3 +212,8 @@ def test_idempotency_still_holds_for_kept_decisions_after_a_prune(records: Recor
 def test_prune_rejects_a_non_positive_retention(records: RecordsLike) -> None:
     with pytest.raises(ValueError, match="days"):
         records.prune(datetime.now(UTC), days=0)
+
+
+def test_a_scratch_log_refuses_a_checkpoint_interval(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_interval_s"):
+        Records(tmp_path / "s.db", checkpoint_interval_s=1.0, scratch=True)

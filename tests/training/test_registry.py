@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
-
-import mlflow
 from mlflow import MlflowClient
+
 from scoring.artifact import ArtifactError, LoadedModel, read_manifest, write_artifact
 from scoring.batch import feature_matrix
 from scoring.policy import DEFAULT_BANDS
