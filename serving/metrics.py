@@ -189,12 +189,13 @@ class ServiceMetrics:
             "promoguard_build_info", "Always 1; the running promoguard version as a label", ["version"],
             registry=registry, multiprocess_mode="livemax",
         )
-        # Workers re-read the report at different moments: the value read last is the current one.
+        # Workers re-read the report at different moments: the value read last is the current one. It
+        # is first set by watch_drift, from the report: a placeholder -1 set here would be the most
+        # recent value while a starting worker loads its model, hiding a red report the others read.
         self.drift = Gauge(
             "promoguard_drift_status", "Latest drift report: 0 green, 1 amber, 2 red, -1 no report",
             registry=registry, multiprocess_mode="livemostrecent",
         )
-        self.drift.set(NO_DRIFT_REPORT)
         # Each worker has its own breakers: one worker that cannot reach a dependency is what on-call
         # must see, so the worst (highest) state of the live workers is the value.
         self.breaker_state = Gauge(

@@ -182,6 +182,8 @@ class RequestGuard:
         self.settings = Settings.from_env()
         self.bucket = TokenBucket(self.settings.rate_limit_per_minute)
         self.metrics = service_metrics()
+        # Published as the worker starts, long before its service has loaded the model.
+        self.metrics.watch_drift(self.settings.reports_dir)
         self._openapi: bytes | None = None
         if self.settings.require_api_key and not self.settings.api_keys:
             logger.error("PROMOGUARD_API_KEYS is empty while keys are required: every call gets 401")

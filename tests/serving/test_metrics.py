@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from scoring.schemas import ScoreRequest, ScoreResponse, Signal
 from serving import metrics as metrics_module
@@ -194,7 +197,6 @@ def test_drift_status_follows_the_latest_report(registry: CollectorRegistry, tmp
     clock = FakeClock()
     m = _metrics(registry, clock=clock)
     reports = tmp_path / "reports"
-    assert _value(registry, "promoguard_drift_status") == NO_DRIFT_REPORT
     m.watch_drift(reports)
     assert _value(registry, "promoguard_drift_status") == NO_DRIFT_REPORT
     _write_report(reports, "amber", 1_000_000)
@@ -208,6 +210,31 @@ def test_drift_status_follows_the_latest_report(registry: CollectorRegistry, tmp
     clock.now += DRIFT_REFRESH_S
     m.refresh_drift()
     assert _value(registry, "promoguard_drift_status") == 2
+
+
+_WORKER = """
+import sys, time
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from serving.metrics import ServiceMetrics
+metrics = ServiceMetrics(CollectorRegistry())
+if sys.argv[1] == "watch":
+    metrics.watch_drift(Path(sys.argv[2]))
+"""
+
+
+def test_a_starting_worker_does_not_hide_the_report_the_others_read(tmp_path: Path) -> None:
+    # Worker A has read a red report; worker B has built its series and is still loading its model.
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    reports = tmp_path / "reports"
+    _write_report(reports, "red", 1_000_000)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    for step in (["watch", str(reports)], ["start"]):
+        subprocess.run([sys.executable, "-c", _WORKER, *step], env=env, check=True, timeout=120)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiproc))
+    assert registry.get_sample_value("promoguard_drift_status") == 2
 
 
 @pytest.mark.parametrize(("content", "expected"), [
