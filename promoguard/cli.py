@@ -212,13 +212,18 @@ def train(
         True, help="Replay the test window through the service's decision path (the headline figures)."
     ),
     replay_warm_days: float = typer.Option(7, help="Days replayed before the test window to warm caps."),
+    max_rows: int | None = typer.Option(
+        None, min=1,
+        help="Train on a uniform sample of this many labeled attempts, drawn before the feature retrieval "
+        "(default: all): bounds the training frame's memory on a history too large for it.",
+    ),
 ) -> None:
     """Train, calibrate, explain and register a model from Feast's point-in-time features."""
     from functools import partial
 
     from features.store import StoreConfig, historical_features
     from scoring.rules import rules_score_frame
-    from training.dataset import assemble_training_frame, presume_unlabeled_legit
+    from training.dataset import LABELED_ATTEMPTS, assemble_training_frame, presume_unlabeled_legit
     from training.run import train_model
 
     settings = _settings(root)
@@ -231,8 +236,12 @@ def train(
         historical = partial(historical_features, StoreConfig.from_settings(settings))
         if presume_legit_after > 0:
             labels = presume_unlabeled_legit(keys, labels, maturity_days=presume_legit_after)
-        frame = assemble_training_frame(keys, labels, historical, _truth(settings))
-    console.print(f"training frame: {len(frame):,} labeled attempts in {time.perf_counter() - started:.1f}s")
+        frame = assemble_training_frame(keys, labels, historical, _truth(settings), max_rows=max_rows)
+    labeled = int(frame.attrs.get(LABELED_ATTEMPTS, len(frame)))
+    sampled = f" (a uniform sample of {labeled:,})" if len(frame) < labeled else ""
+    console.print(
+        f"training frame: {len(frame):,} labeled attempts{sampled} in {time.perf_counter() - started:.1f}s"
+    )
     with console.status("training") as status:
         result = train_model(
             frame,

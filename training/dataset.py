@@ -250,17 +250,42 @@ def presume_unlabeled_legit(
     return pd.concat([base, presumed], ignore_index=True)
 
 
+#: ``DataFrame.attrs`` key of the training frame: the labeled attempts it was drawn from (its own length
+#: unless it is a sample), which the training run logs.
+LABELED_ATTEMPTS = "labeled_attempts"
+
+
+def sample_attempts(attempts: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most ``max_rows`` of ``attempts`` (all of them when None), drawn uniformly, in time order.
+
+    A uniform draw keeps the base rate and each window's share of the rows, so every figure measured on
+    the sample estimates the same figure on the whole without weights; only its precision drops.
+    """
+    if max_rows is None or len(attempts) <= max_rows:
+        return attempts
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    drawn = attempts.sample(n=max_rows, random_state=seed)
+    return drawn.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
 def assemble_training_frame(
     keys: pd.DataFrame,
     labels: pd.DataFrame,
     historical: Callable[[pd.DataFrame], pd.DataFrame],
     truth: pd.DataFrame | None = None,
+    *,
+    max_rows: int | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Join labeled attempts with their point-in-time features, flags, labels and (optional) truth.
 
     ``keys`` is the identity-resolved attempt frame (request_id, ts, promo fields, ``*_key`` columns,
     flags); ``labels`` the label contract frame; ``historical`` receives the entity frame (join keys,
-    ``event_timestamp``, ``request_id``) and returns the features by ``request_id``.
+    ``event_timestamp``, ``request_id``) and returns the features by ``request_id``. With ``max_rows``
+    a uniform sample of that many labeled attempts (:func:`sample_attempts`, seeded by ``seed``) is
+    drawn before the retrieval, so the retrieval and the frame hold at most ``max_rows`` rows whatever
+    the history's size; ``frame.attrs[LABELED_ATTEMPTS]`` keeps how many labeled attempts there were.
     """
     for name, frame, needed in (
         ("keys", keys, ("request_id", "ts", "promo_code", "promo_type", "discount_value")),
@@ -270,7 +295,8 @@ def assemble_training_frame(
         if missing:
             raise TrainingDataError(f"{name} frame is missing column(s) {missing}")
     lab = labels[["request_id", "label", "label_ts"]].drop_duplicates("request_id", keep="last")
-    attempts = keys.merge(lab, on="request_id", how="inner")
+    labeled = keys.merge(lab, on="request_id", how="inner")
+    attempts = sample_attempts(labeled, max_rows, seed)
     join_keys = [c for c in attempts.columns if c.endswith("_key")]
     entity_df = attempts[["request_id", *join_keys, *definitions.PROMOTION_KEYS]].copy()
     entity_df["event_timestamp"] = pd.to_datetime(attempts["ts"], utc=True)
@@ -294,7 +320,9 @@ def assemble_training_frame(
         out = out.merge(
             truth[["request_id", *cols]].drop_duplicates("request_id"), on="request_id", how="left"
         )
-    return out.sort_values("ts", kind="stable").reset_index(drop=True)
+    out = out.sort_values("ts", kind="stable").reset_index(drop=True)
+    out.attrs[LABELED_ATTEMPTS] = len(labeled)
+    return out
 
 
 def synthetic_training_frame(n_rows: int = 4000, *, seed: int = 0, days: int = 120) -> pd.DataFrame:

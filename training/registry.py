@@ -31,6 +31,7 @@ import pandas as pd
 from scoring.artifact import MANIFEST_FILE, ArtifactError, LoadedModel, read_manifest
 from scoring.batch import feature_matrix, score_frame
 from scoring.calibration import to_score
+from training.dataset import LABELED_ATTEMPTS
 from training.evaluate import trap_fpr
 from training.split import Split
 
@@ -64,9 +65,10 @@ class TrainingDataset:
 
     ``name`` is the Feast feature service the frame came through (the dataset's name in MLflow).
     ``frame``, when given, is the training frame: its column schema and a content digest are logged.
-    ``rows`` (per window, e.g. train/valid/calib/test), ``windows`` (window boundaries, ISO strings) and
-    ``label_sources`` (rows per label source) go into the dataset's profile and, as ``rows.*`` /
-    ``window.*`` / ``label_source.*``, into the input's tags; ``source`` says where the frame came from.
+    ``rows`` (per window, e.g. train/valid/calib/test, and ``labeled_before_sampling`` when the frame is
+    a sample), ``windows`` (window boundaries, ISO strings) and ``label_sources`` (rows per label source)
+    go into the dataset's profile and, as ``rows.*`` / ``window.*`` / ``label_source.*``, into the
+    input's tags; ``source`` says where the frame came from.
     """
 
     name: str
@@ -84,6 +86,9 @@ class TrainingDataset:
         parts = {"train": split.train, "valid": split.valid, "calib": split.calib, "test": split.test}
         rows = {name: len(part) for name, part in parts.items()}
         rows["dropped_label_not_yet_known"] = int(split.dropped_unlabeled)
+        # A frame drawn as a sample (assemble_training_frame's max_rows) says what it was drawn from.
+        if frame is not None and int(frame.attrs.get(LABELED_ATTEMPTS, 0)) > len(frame):
+            rows["labeled_before_sampling"] = int(frame.attrs[LABELED_ATTEMPTS])
         for window in ("valid", "calib"):
             dropped = getattr(split, f"dropped_{window}", None)
             if dropped is not None:

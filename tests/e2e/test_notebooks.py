@@ -216,4 +216,4 @@ def test_retrain_notebook_trains_with_the_command_lines_split() -> None:
     assert namespace["TEST_DAYS"] == defaults["test_days"]
     assert namespace["GAP_DAYS"] == defaults["gap_days"]
     assert namespace["PRESUME_LEGIT_AFTER"] == defaults["presume_legit_after"]
-    assert namespace["N_EVENTS"] is None, "like the command line, all labeled attempts by default"
+    assert namespace["N_EVENTS"] is defaults["max_rows"] is None, "like the command line: every attempt"

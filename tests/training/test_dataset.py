@@ -8,9 +8,11 @@ import pytest
 
 from training.dataset import (
     FLAG_COLUMNS,
+    LABELED_ATTEMPTS,
     TrainingDataError,
     assemble_training_frame,
     feature_kind,
+    sample_attempts,
     validate_training_frame,
 )
 
@@ -102,6 +104,56 @@ def test_assemble_keeps_labeled_attempts_and_joins_features_at_event_time() -> N
     assert list(out["email_is_alias"]) == [1, 0]
     assert list(out["actor_id"]) == ["x", "y"]
     assert not any(c.endswith("_key") for c in out.columns)
+
+
+def _labeled_world(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(3)
+    ts = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.sort(rng.uniform(0, 90 * 86_400, n)), "s")
+    ids = [f"r{i}" for i in range(n)]
+    keys = pd.DataFrame({
+        "request_id": ids, "ts": ts, "promo_code": "W1", "promo_type": "welcome", "discount_value": 10.0,
+        "device_key": [f"d{i % 97}" for i in range(n)],
+    })
+    abuse = rng.random(n) < 0.1
+    labels = pd.DataFrame({
+        "request_id": ids, "label": np.where(abuse, "abuse", "legit"), "label_source": "manual_review",
+        "label_ts": ts + pd.Timedelta(days=2),
+    })
+    return keys, labels
+
+
+def test_a_sample_keeps_the_base_rate_and_the_time_order_and_is_repeatable() -> None:
+    keys, labels = _labeled_world(20_000)
+    attempts = keys.merge(labels, on="request_id")
+    drawn = sample_attempts(attempts, 2_000, seed=4)
+    assert len(drawn) == 2_000 and drawn["request_id"].is_unique
+    assert set(drawn["request_id"]) <= set(attempts["request_id"])
+    assert drawn["ts"].is_monotonic_increasing
+    # Uniform: the abuse share and each month's share stay where they were (binomial sd ~0.7 pt here).
+    assert abs((drawn["label"] == "abuse").mean() - (attempts["label"] == "abuse").mean()) < 0.025
+    months = drawn["ts"].dt.month.value_counts(normalize=True)
+    assert (months - attempts["ts"].dt.month.value_counts(normalize=True)).abs().max() < 0.04
+    assert sample_attempts(attempts, 2_000, seed=4).equals(drawn)
+    assert not sample_attempts(attempts, 2_000, seed=5).equals(drawn)
+    assert sample_attempts(attempts, None) is attempts
+    assert sample_attempts(attempts, 20_000) is attempts
+    with pytest.raises(ValueError, match="max_rows"):
+        sample_attempts(attempts, 0)
+
+
+def test_assemble_with_max_rows_retrieves_only_the_sample() -> None:
+    keys, labels = _labeled_world(5_000)
+    asked: list[int] = []
+
+    def historical(entity_df: pd.DataFrame) -> pd.DataFrame:
+        asked.append(len(entity_df))
+        return pd.DataFrame({"request_id": entity_df["request_id"], "device_stats__attempts_24h": 1.0})
+
+    frame = assemble_training_frame(keys, labels, historical, max_rows=800)
+    assert asked == [800] and len(frame) == 800
+    assert frame.attrs[LABELED_ATTEMPTS] == 5_000
+    whole = assemble_training_frame(keys, labels, historical)
+    assert asked[-1] == 5_000 and whole.attrs[LABELED_ATTEMPTS] == len(whole) == 5_000
 
 
 def test_assemble_names_the_missing_column() -> None:

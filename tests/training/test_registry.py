@@ -21,6 +21,7 @@ from scoring.batch import feature_matrix
 from scoring.policy import DEFAULT_BANDS
 from training.calibrate import fit_isotonic
 from training.card import model_card
+from training.dataset import LABELED_ATTEMPTS
 from training.explain import signal_catalog
 from training.registry import (
     CHAMPION,
@@ -286,6 +287,12 @@ def test_the_run_records_its_training_dataset_and_source_commit(
         split, feature_service="promo_abuse_v1", frame=frame.copy()
     ).entity().digest
     assert TrainingDataset("promo_abuse_v1").entity().schema is None
+    assert "labeled_before_sampling" not in dataset.rows
+    # A frame drawn as a sample of more labeled attempts says how many.
+    sampled = frame.copy()
+    sampled.attrs[LABELED_ATTEMPTS] = len(frame) * 10
+    rows = TrainingDataset.from_split(split, feature_service="promo_abuse_v1", frame=sampled).rows
+    assert rows["labeled_before_sampling"] == len(frame) * 10
 
     # Window params the caller did not log are added; the ones it logged are kept as they were.
     assert run.data.params["rows.train"] == str(len(split.train))
