@@ -30,9 +30,11 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.serve import build_world
+    from config.quiet import quiet_mlflow
     from promoguard.backtest import Window, run_backtest
     from promoguard.settings import Settings
 
+    quiet_mlflow()  # the table is the output, as the command line's is
     with tempfile.TemporaryDirectory(prefix="promoguard-bench-backtest-") as tmp:
         root = Path(args.root) if args.root else Path(tmp)
         if not args.root:

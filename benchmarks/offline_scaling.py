@@ -15,7 +15,8 @@ engine and seconds, apply seconds, retrieval seconds, training rows, the two pea
 ``--timeout`` seconds prints ``timed out`` and the next one starts.
 
 Usage: ``python benchmarks/offline_scaling.py [--sizes 100000,300000,1000000] [--paths embedded,spark]
-[--spark-build-max 300000] [--driver-memory 2g] [--timeout 3600]``.
+[--spark-build-max 300000] [--driver-memory 2g] [--timeout 3600] [--max-rows N]``. With ``--max-rows``
+the retrieval asks for a uniform sample of N labeled attempts, as ``promoguard train --max-rows`` does.
 """
 
 from __future__ import annotations
@@ -75,8 +76,13 @@ class PeakRss:
         return self.peak / 1e6
 
 
-def measure(n: int, path: str, work: Path, spark_build_max: int, driver_memory: str) -> dict[str, Any]:
-    """Build, apply and retrieve ``n`` events on ``path`` in this process; the figures as a dict."""
+def measure(
+    n: int, path: str, work: Path, spark_build_max: int, driver_memory: str, max_rows: int | None = None
+) -> dict[str, Any]:
+    """Build, apply and retrieve ``n`` events on ``path`` in this process; the figures as a dict.
+
+    ``max_rows`` retrieves a uniform sample of that many labeled attempts (``train --max-rows``).
+    """
     import pandas as pd
 
     from benchmarks.pipeline import synthetic_keys
@@ -109,7 +115,7 @@ def measure(n: int, path: str, work: Path, spark_build_max: int, driver_memory: 
     labels = presume_unlabeled_legit(keys, labels, maturity_days=PRESUME_LEGIT_DAYS)
     rss = PeakRss()
     started_retrieval = time.perf_counter()
-    frame = assemble_training_frame(keys, labels, partial(historical_features, cfg))
+    frame = assemble_training_frame(keys, labels, partial(historical_features, cfg), max_rows=max_rows)
     done = time.perf_counter()
     retrieve_mb = rss.stop()
     assert isinstance(frame, pd.DataFrame)
@@ -144,12 +150,16 @@ def main() -> None:
     parser.add_argument("--spark-build-max", type=int, default=300_000)
     parser.add_argument("--driver-memory", default="2g", help="the Spark driver's heap (local: the job's)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per (size, path) run")
+    parser.add_argument(
+        "--max-rows", type=int, default=None, help="retrieve a uniform sample of this many (train --max-rows)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("EVENTS", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         with tempfile.TemporaryDirectory(prefix="promoguard-offline-") as tmp:
             result = measure(
-                int(args.child[0]), args.child[1], Path(tmp), args.spark_build_max, args.driver_memory
+                int(args.child[0]), args.child[1], Path(tmp), args.spark_build_max, args.driver_memory,
+                args.max_rows,
             )
         print("RESULT " + json.dumps(result), flush=True)
         return
@@ -169,6 +179,7 @@ def main() -> None:
             command = [
                 sys.executable, __file__, "--child", str(n), path,
                 "--spark-build-max", str(args.spark_build_max), "--driver-memory", args.driver_memory,
+                *([] if args.max_rows is None else ["--max-rows", str(args.max_rows)]),
             ]
             try:
                 done = subprocess.run(

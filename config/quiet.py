@@ -8,6 +8,8 @@ shows.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import warnings
 from typing import Any
@@ -45,3 +47,10 @@ def quiet_third_party_warnings() -> None:
     for message, _reason in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
     warnings.showwarning = _quiet(warnings.showwarning)
+
+
+def quiet_mlflow() -> None:
+    """Drop MLflow's output nobody acts on: a progress bar for every artifact a command reads back (a
+    model of a few files, in milliseconds) and the notice that it created its database tables."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)

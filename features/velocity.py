@@ -321,7 +321,7 @@ class SqliteVelocity:
         With ``checkpoint_interval_s`` WAL checkpoints run in a background thread at that interval
         instead of inside whichever write fills the log (see :mod:`sqlitekit.walcheckpoint`).
         ``scratch=True`` opens a file this process keeps to itself and need not survive a crash (a
-        replay's counters): no WAL and no fsync, the same answers for about half the cost.
+        replay's counters): no WAL and no fsync, the same answers for less (a third of the cost on disk).
         """
         if busy_timeout_ms < 0:
             raise ValueError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from config.quiet import quiet_third_party_warnings
+from config.quiet import quiet_mlflow, quiet_third_party_warnings
 from promoguard.errors import ExitCode, OperatorGroup, fail, read_parquet
 from promoguard.settings import InvalidSettings, Settings
 
@@ -28,10 +26,7 @@ console = Console()
 def _root() -> None:
     """promoguard: score promo-code attempts for abuse (simulate, features, train, promote, serve, drift)."""
     quiet_third_party_warnings()
-    # MLflow draws a progress bar for every artifact a command reads back (a model of a few files, in
-    # milliseconds) and announces creating its database tables: nothing a user acts on.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    quiet_mlflow()
 
 
 def _settings(root: Path | None) -> Settings:

@@ -65,8 +65,10 @@ def open_scratch(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
 
     The rollback journal stays in memory and nothing is fsynced, which is what a backtest replay's
     counters and log need: a temporary file that only its own run reads. Measured on the velocity
-    store's record-and-read of one attempt, it took 0.24 ms instead of 0.61 ms in WAL mode, most of the
-    difference being the checkpoints' fsyncs. Transactions still roll back. Raises ``sqlite3.Error``.
+    store's record-and-read of one attempt: 0.28 ms instead of 0.87 ms in WAL mode on disk, most of the
+    difference being the checkpoints' fsyncs; on tmpfs (``/dev/shm``, where the backtest puts its
+    files when it exists) 0.32 ms instead of 0.42. Transactions still roll back. Raises
+    ``sqlite3.Error``.
     """
     conn = sqlite3.connect(
         path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
