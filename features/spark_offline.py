@@ -12,16 +12,19 @@ prepares its input and brings its output back with bounded memory:
 * **Sliced by time.** Feast's template joins a view's rows to the entity rows on the join keys and
   only then keeps the rows within the view's TTL (one second here: the build writes a row at each
   event's own time), so a key with ``k`` attempts costs ``k²`` candidate pairs: a popular promotion
-  code dominates (1.8 billion pairs for ``code_stats`` at 300k attempts). Feast also bounds the view's
-  rows to the entity rows' time range, so one retrieval per time slice costs ``k²/s`` per key over
-  ``s`` slices. :func:`time_slices` picks ``s`` per view from the entity rows' own key counts, keeping
-  each retrieval under :data:`PAIR_BUDGET` pairs when the keys spread over time.
+  code dominates (1.8 billion pairs for ``code_stats`` at 300k attempts). More exactly, a key costs its
+  entity rows times its source rows: the same ``k²`` for the whole history, ``k²/10`` for a 10% sample
+  (``train --max-rows``). Feast also bounds the view's rows to the entity rows' time range, so one
+  retrieval per time slice costs about ``1/s`` of that per key over ``s`` slices. :func:`time_slices`
+  picks ``s`` per view from the entity rows' key counts and the source's
+  (:func:`source_key_counts`), keeping each retrieval under :data:`PAIR_BUDGET` pairs when the keys
+  spread over time.
 * **Out.** Each Spark retrieval job is written to parquet (``to_spark_df().select(...).write.parquet``)
   under the staging folder, keeping only the row number and the view's features, and read back file by
   file in row batches of :data:`READ_BATCH_ROWS`, each scattered into preallocated float64 columns.
   The driver therefore holds the result once plus one batch, never Spark's collected Arrow batches next
-  to a pandas copy (what ``RetrievalJob.to_df()`` would do through ``toPandas``). There is no sample cap:
-  every requested row comes back.
+  to a pandas copy (what ``RetrievalJob.to_df()`` would do through ``toPandas``). Every requested row
+  comes back: a sample, if any, is drawn before (``train --max-rows``).
 
 Features come back as float64 with NaN for missing (an integer count with no row is NaN, as the training
 frame and the backtest read it). The Spark session is the batch side's (:func:`features.pipeline.spark_conf`
@@ -141,13 +144,15 @@ def historical_features(
     *,
     names: Sequence[str],
     staging_dir: Path,
+    features_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Point-in-time features of the service through Feast's Spark offline store, in ``entity_df``'s order.
 
     ``entity_df`` is prepared by :func:`features.store.historical_features` (UTC ``event_timestamp``,
     string-or-None keys); ``names`` are the service's qualified features. Returns ``entity_df``'s columns
     followed by ``names`` as float64. Each view's retrieval output lives under ``staging_dir`` only while
-    it is read back.
+    it is read back. ``features_dir`` holds the views' parquet sources, whose key counts size the time
+    slices (without it the entity rows stand in for the source's, as when every attempt is asked for).
     """
     n = len(entity_df)
     values = np.full((len(names), n), np.nan, dtype=np.float64)
@@ -160,7 +165,10 @@ def historical_features(
         wanted = [f"{view.name}__{f}" for f in view.feature_names]
         refs = [f"{view.name}:{f}" for f in view.feature_names]
         keys = {k: entity_df[k].astype(pd.StringDtype()) for k in view.join_keys}
-        for i, rows in enumerate(time_slices(pd.DataFrame(keys), times, PAIR_BUDGET)):
+        source = None
+        if features_dir is not None:
+            source = source_key_counts(source_path(features_dir, view.name), view.join_keys)
+        for i, rows in enumerate(time_slices(pd.DataFrame(keys), times, PAIR_BUDGET, source)):
             upload = pd.DataFrame({k: column.iloc[rows].reset_index(drop=True) for k, column in keys.items()})
             upload[TIMESTAMP_FIELD] = times[rows]
             upload[ROW_COLUMN] = rows.astype(np.int64)
@@ -183,18 +191,34 @@ def historical_features(
     return pd.concat([entity_df.reset_index(drop=True), features], axis=1)
 
 
-def time_slices(keys: pd.DataFrame, times: np.ndarray, budget: int) -> list[np.ndarray]:
+def source_key_counts(path: Path, join_keys: Sequence[str]) -> pd.Series:
+    """Rows per join-key value of a view's parquet source (null keys left out): only the key columns are
+    read."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=list(join_keys))
+    frame = pd.DataFrame({k: table.column(k).to_pandas().astype(pd.StringDtype()) for k in join_keys})
+    return frame.groupby(list(join_keys), dropna=True, sort=False).size()
+
+
+def time_slices(
+    keys: pd.DataFrame, times: np.ndarray, budget: int, source: pd.Series | None = None
+) -> list[np.ndarray]:
     """Row numbers of ``keys`` in consecutive event-time slices, each retrieved on its own.
 
-    The number of slices is the candidate pairs of one retrieval (the sum over join-key values of their
-    row count squared; rows with a null key join nothing) over ``budget``, rounded up; the rows are cut
-    by event time into slices of equal size. Slicing keeps each retrieval's rows exact: Feast selects
-    the view's rows for a slice's own time range and TTL.
+    The number of slices is the candidate pairs of one retrieval over ``budget``, rounded up: the sum
+    over join-key values of their entity rows times their ``source`` rows (rows per key value, as
+    :func:`source_key_counts` gives them; without it, the entity rows again: their count squared). Rows
+    with a null key join nothing. The rows are cut by event time into slices of equal size. Slicing
+    keeps each retrieval's rows exact: Feast selects the view's rows for a slice's own time range and
+    TTL.
     """
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
-    counts = keys.groupby(list(keys.columns), dropna=True, sort=False).size().to_numpy(dtype=np.float64)
-    slices = max(1, math.ceil(float((counts**2).sum()) / budget))
+    counts = keys.groupby(list(keys.columns), dropna=True, sort=False).size()
+    partners = counts if source is None else source.reindex(counts.index, fill_value=0)
+    pairs = float((counts.to_numpy(dtype=np.float64) * partners.to_numpy(dtype=np.float64)).sum())
+    slices = max(1, math.ceil(pairs / budget))
     order = np.argsort(times, kind="stable")
     return [part for part in np.array_split(order, min(slices, max(1, len(order)))) if len(part)]
 

@@ -406,7 +406,9 @@ def _spark_historical_features(store: FeatureStore, cfg: StoreConfig, df: pd.Dat
     spark_offline.session(cfg.spark_master, cfg.spark_driver_memory)
     spark_offline.check_registered_sources(store)
     staging = cfg.spark_staging_dir or Path(cfg.feast_dir).resolve() / "spark-staging"
-    return spark_offline.historical_features(store, df, names=feature_names(), staging_dir=staging)
+    return spark_offline.historical_features(
+        store, df, names=feature_names(), staging_dir=staging, features_dir=cfg.features_dir
+    )
 
 
 @dataclass(frozen=True)

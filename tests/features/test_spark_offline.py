@@ -127,23 +127,27 @@ def test_training_frame_from_the_spark_store_equals_the_embedded_one(
     from features import spark_offline
 
     on_file, on_spark = worlds
-    # A budget just under code_stats' candidate pairs cuts that view (keyed by the promotion code, the
-    # hottest key) into time slices while the other views stay whole: both paths are in this one frame.
+    # A budget just under a third of code_stats' candidate pairs cuts that view (keyed by the promotion
+    # code, the hottest key) into time slices while the other views stay whole: both paths are in this
+    # one frame. The pairs are the store's own count, kept as it slices.
     keys = pd.read_parquet(on_file.features_dir / "keys.parquet")
-    pairs = {v.name: int((keys.groupby(list(v.join_keys)).size() ** 2).sum()) for v in feature_views()}
-    others = max(n for name, n in pairs.items() if name != "code_stats")
-    assert pairs["code_stats"] > 3 * others
-    monkeypatch.setattr(spark_offline, "PAIR_BUDGET", pairs["code_stats"] // 3)
+    upper = {v.name: int((keys.groupby(list(v.join_keys)).size() ** 2).sum()) for v in feature_views()}
+    others = max(n for name, n in upper.items() if name != "code_stats")
+    assert upper["code_stats"] > 6 * others
+    budget = upper["code_stats"] // 6
+    monkeypatch.setattr(spark_offline, "PAIR_BUDGET", budget)
     sliced: list[int] = []
     real = spark_offline.time_slices
 
-    def counted(*args: Any) -> list[Any]:
-        parts = real(*args)
+    def counted(keys: pd.DataFrame, times: Any, budget: int, source: pd.Series) -> list[Any]:
+        parts = real(keys, times, budget, source)
         sliced.append(len(parts))
         return parts
 
     monkeypatch.setattr(spark_offline, "time_slices", counted)
     embedded, spark = _training_frame(on_file), _training_frame(on_spark)
+    # Labeled attempts (the entity rows) are a share of the source rows, so code_stats' pairs are at
+    # most upper; with more than a third of the attempts labeled, that is at least 3 slices.
     assert sorted(sliced)[:-1] == [1] * (len(feature_views()) - 1)
     assert sorted(sliced)[-1] >= 3
     assert sorted(spark.columns) == sorted(embedded.columns)
@@ -254,6 +258,21 @@ def test_time_slices_split_by_event_time_to_keep_each_retrieval_under_the_budget
     assert all(times[a].max() < times[b].min() for a, b in itertools.pairwise(parts))
     with pytest.raises(ValueError, match="budget"):
         time_slices(keys, times, budget=0)
+    # Against a source with 10 rows of A and 40 of B (and a C no entity row asks for): 8*10 + 4*40 = 240
+    # pairs, where the entity rows alone would say 80.
+    source = pd.Series([10, 40, 99], index=pd.Index(["A", "B", "C"], dtype="string", name="promo_code"))
+    assert len(time_slices(keys, times, 80, source)) == 3
+    assert len(time_slices(keys, times, 240, source)) == 1
+    assert len(time_slices(keys, times, 239, source)) == 2
+
+
+def test_source_key_counts_count_rows_per_key_and_leave_null_keys_out(tmp_path: Path) -> None:
+    from features.spark_offline import source_key_counts
+
+    path = tmp_path / "v.parquet"
+    pd.DataFrame({"a": ["x", "x", None, "y"], "b": ["1", "1", "1", None], "f": [1.0] * 4}).to_parquet(path)
+    assert source_key_counts(path, ["a"]).to_dict() == {"x": 2, "y": 1}
+    assert source_key_counts(path, ["a", "b"]).to_dict() == {("x", "1"): 2}
 
 
 def test_the_profile_chooses_the_offline_store_and_the_source_kind(tmp_path: Path) -> None:
