@@ -49,12 +49,7 @@ def open_wal(path: str, busy_timeout_ms: int, *, background_checkpoints: bool) -
     ``background_checkpoints`` a :class:`Checkpointer` does the checkpoints, not the commits. Raises
     ``sqlite3.Error``.
     """
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-    )
-    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn = _connect(path, busy_timeout_ms, journal="WAL", synchronous="NORMAL")
     if background_checkpoints:
         disable_autocheckpoint(conn)
     return conn
@@ -70,12 +65,16 @@ def open_scratch(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     files when it exists) 0.32 ms instead of 0.42. Transactions still roll back. Raises
     ``sqlite3.Error``.
     """
+    return _connect(path, busy_timeout_ms, journal="MEMORY", synchronous="OFF")
+
+
+def _connect(path: str, busy_timeout_ms: int, *, journal: str, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    conn.execute("PRAGMA journal_mode = MEMORY")
-    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute(f"PRAGMA journal_mode = {journal}")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     return conn
 
 
