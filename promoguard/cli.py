@@ -218,7 +218,7 @@ def train(
 
     from features.store import StoreConfig, historical_features
     from scoring.rules import rules_score_frame
-    from training.dataset import LABELED_ATTEMPTS, assemble_training_frame, presume_unlabeled_legit
+    from training.dataset import assemble_training_frame, presume_unlabeled_legit, sampled_from
     from training.run import train_model
 
     settings = _settings(root)
@@ -232,8 +232,8 @@ def train(
         if presume_legit_after > 0:
             labels = presume_unlabeled_legit(keys, labels, maturity_days=presume_legit_after)
         frame = assemble_training_frame(keys, labels, historical, _truth(settings), max_rows=max_rows)
-    labeled = int(frame.attrs.get(LABELED_ATTEMPTS, len(frame)))
-    sampled = f" (a uniform sample of {labeled:,})" if len(frame) < labeled else ""
+    drawn_from = sampled_from(frame)
+    sampled = "" if drawn_from is None else f" (a uniform sample of {drawn_from:,})"
     console.print(
         f"training frame: {len(frame):,} labeled attempts{sampled} in {time.perf_counter() - started:.1f}s"
     )

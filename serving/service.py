@@ -567,6 +567,8 @@ class PromoGuard:
         self.metrics = service_metrics()
         self.metrics.limit_campaigns(self.settings.metrics_campaigns)
         self.metrics.set_build_info(package_version())
+        # The guard published it already if Starlette built the middleware stack first (it builds it
+        # lazily, at the first ASGI call); once more here costs a stat and guarantees it either way.
         self.metrics.watch_drift(self.settings.reports_dir)
         self.metrics.watch_breakers(_scorer_breakers(self.scorer))
         self.m_shadow_dropped = self.metrics.shadow_dropped

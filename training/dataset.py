@@ -255,6 +255,12 @@ def presume_unlabeled_legit(
 LABELED_ATTEMPTS = "labeled_attempts"
 
 
+def sampled_from(frame: pd.DataFrame) -> int | None:
+    """The labeled attempts ``frame`` was drawn from when it is a sample of them, else None."""
+    labeled = int(frame.attrs.get(LABELED_ATTEMPTS, len(frame)))
+    return labeled if labeled > len(frame) else None
+
+
 def sample_attempts(attempts: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataFrame:
     """At most ``max_rows`` of ``attempts`` (all of them when None), drawn uniformly, in time order.
 

@@ -31,7 +31,7 @@ import pandas as pd
 from scoring.artifact import MANIFEST_FILE, ArtifactError, LoadedModel, read_manifest
 from scoring.batch import feature_matrix, score_frame
 from scoring.calibration import to_score
-from training.dataset import LABELED_ATTEMPTS
+from training.dataset import sampled_from
 from training.evaluate import trap_fpr
 from training.split import Split
 
@@ -87,8 +87,9 @@ class TrainingDataset:
         rows = {name: len(part) for name, part in parts.items()}
         rows["dropped_label_not_yet_known"] = int(split.dropped_unlabeled)
         # A frame drawn as a sample (assemble_training_frame's max_rows) says what it was drawn from.
-        if frame is not None and int(frame.attrs.get(LABELED_ATTEMPTS, 0)) > len(frame):
-            rows["labeled_before_sampling"] = int(frame.attrs[LABELED_ATTEMPTS])
+        drawn_from = None if frame is None else sampled_from(frame)
+        if drawn_from is not None:
+            rows["labeled_before_sampling"] = drawn_from
         for window in ("valid", "calib"):
             dropped = getattr(split, f"dropped_{window}", None)
             if dropped is not None:

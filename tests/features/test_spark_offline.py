@@ -127,9 +127,9 @@ def test_training_frame_from_the_spark_store_equals_the_embedded_one(
     from features import spark_offline
 
     on_file, on_spark = worlds
-    # A budget just under a third of code_stats' candidate pairs cuts that view (keyed by the promotion
-    # code, the hottest key) into time slices while the other views stay whole: both paths are in this
-    # one frame. The pairs are the store's own count, kept as it slices.
+    # A budget of a sixth of code_stats' most candidate pairs (every attempt squared) cuts that view
+    # (keyed by the promotion code, the hottest key) into time slices while the other views stay whole:
+    # both paths are in this one frame.
     keys = pd.read_parquet(on_file.features_dir / "keys.parquet")
     upper = {v.name: int((keys.groupby(list(v.join_keys)).size() ** 2).sum()) for v in feature_views()}
     others = max(n for name, n in upper.items() if name != "code_stats")

@@ -213,7 +213,7 @@ def test_drift_status_follows_the_latest_report(registry: CollectorRegistry, tmp
 
 
 _WORKER = """
-import sys, time
+import sys
 from pathlib import Path
 from prometheus_client import CollectorRegistry
 from serving.metrics import ServiceMetrics

@@ -13,6 +13,7 @@ from training.dataset import (
     assemble_training_frame,
     feature_kind,
     sample_attempts,
+    sampled_from,
     validate_training_frame,
 )
 
@@ -154,6 +155,7 @@ def test_assemble_with_max_rows_retrieves_only_the_sample() -> None:
     assert frame.attrs[LABELED_ATTEMPTS] == 5_000
     whole = assemble_training_frame(keys, labels, historical)
     assert asked[-1] == 5_000 and whole.attrs[LABELED_ATTEMPTS] == len(whole) == 5_000
+    assert sampled_from(frame) == 5_000 and sampled_from(whole) is None
 
 
 def test_assemble_names_the_missing_column() -> None:
