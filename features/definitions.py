@@ -6,7 +6,7 @@ feature service name and serving assembles the same vector online. Nothing else 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -177,11 +177,11 @@ def view(name: str) -> FeatureView:
 REALTIME_WINDOWS: tuple[str, ...] = ("1h", "24h")
 
 
-def _counter_prefix(v: FeatureView, row: Mapping[str, Any]) -> str | None:
-    values = [row.get(k) for k in v.join_keys]
+def _counter_prefix(name: str, join_keys: Sequence[str], row: Mapping[str, Any]) -> str | None:
+    values = [row.get(k) for k in join_keys]
     if any(value is None or (isinstance(value, float) and value != value) for value in values):
         return None
-    return "|".join([v.name, *(str(value) for value in values)])
+    return "|".join([name, *(str(value) for value in values)])
 
 
 def _member(row: Mapping[str, Any], column: str) -> str | None:
@@ -200,6 +200,8 @@ class _RealtimePlan:
     """What one view contributes to the velocity store, worked out once from the catalog."""
 
     view: FeatureView
+    #: The view's join keys, read once: Feast's ``FeatureView.join_keys`` rebuilds the list on each read.
+    join_keys: tuple[str, ...]
     counts_invalid: bool
     #: ``(target, plural suffix)`` of its distinct features, each target once.
     targets: tuple[tuple[str, str], ...]
@@ -225,6 +227,7 @@ def _realtime_plans() -> tuple[_RealtimePlan, ...]:
             queries.append((f"{v.name}__{f.name}", suffix, WINDOWS[f.window]))
         plans.append(_RealtimePlan(
             view=v,
+            join_keys=tuple(v.join_keys),
             counts_invalid=any(f.only == "invalid" for f in realtime),
             targets=tuple((t, DISTINCT_TARGETS[t]) for t in targets),
             queries=tuple(queries),
@@ -244,7 +247,7 @@ def velocity_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     invalid = not row.get("promo_valid", True)
     updates: list[tuple[str, str]] = []
     for plan in _realtime_plans():
-        prefix = _counter_prefix(plan.view, row)
+        prefix = _counter_prefix(plan.view.name, plan.join_keys, row)
         if prefix is None:
             continue
         updates.append((f"{prefix}|attempts", request_id))
@@ -265,7 +268,7 @@ def redemption_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
         (f"{prefix}|redeemed", request_id)
         for v in feature_views()
-        if (prefix := _counter_prefix(v, row)) is not None
+        if (prefix := _counter_prefix(v.name, v.join_keys, row)) is not None
     ]
 
 
@@ -277,7 +280,7 @@ def velocity_queries(row: Mapping[str, Any], now: float) -> list[tuple[str, str,
     """
     queries: list[tuple[str, str, float]] = []
     for plan in _realtime_plans():
-        prefix = _counter_prefix(plan.view, row)
+        prefix = _counter_prefix(plan.view.name, plan.join_keys, row)
         if prefix is None:
             continue
         queries.extend((name, f"{prefix}|{suffix}", now - window) for name, suffix, window in plan.queries)

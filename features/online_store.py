@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -68,6 +69,7 @@ __all__ = [
     "PackedSqliteOnlineStore",
     "PackedSqliteOnlineStoreConfig",
     "compact_entity_key",
+    "compact_string_key",
     "packed_table_name",
 ]
 
@@ -141,22 +143,34 @@ class PackedLayout:
         text = "\x1f".join(f"{n}:{t}" for n, t in zip(self.names, self.fields, strict=True))
         return f"{zlib.crc32(text.encode()) & 0xFFFFFFFF:08x}"
 
-    @property
+    # Cached: serving decodes a row of every view on every request (frozen dataclasses allow this, as
+    # functools.cached_property writes the instance's __dict__ directly).
+    @cached_property
     def _is_int(self) -> tuple[bool, ...]:
         return tuple(f not in _FLOAT_TYPES.values() for f in self.fields)
 
-    @property
+    @cached_property
     def _bitmap_bytes(self) -> int:
         return (len(self.names) + 7) // 8
 
-    def _struct(self, width: int) -> struct.Struct:
-        ints = "q" if width == _WIDE else "i"
-        return struct.Struct("<" + "".join(ints if i else "d" for i in self._is_int))
+    @cached_property
+    def _structs(self) -> tuple[struct.Struct, struct.Struct]:
+        def of(ints: str) -> struct.Struct:
+            return struct.Struct("<" + "".join(ints if i else "d" for i in self._is_int))
+
+        return of("q"), of("i")  # indexed by the width byte: _WIDE, _NARROW
+
+    @cached_property
+    def _all_present(self) -> bytes:
+        n = len(self.names)
+        return bytes(0xFF if 8 * (b + 1) <= n else (1 << (n - 8 * b)) - 1 for b in range(self._bitmap_bytes))
 
     def decode(self, blob: bytes) -> list[float | int | None]:
         """The values of one row in feature order (None: missing)."""
         nb = self._bitmap_bytes
-        values: list[float | int | None] = list(self._struct(blob[0]).unpack_from(blob, 1 + nb))
+        values: list[float | int | None] = list(self._structs[blob[0]].unpack_from(blob, 1 + nb))
+        if blob[1 : 1 + nb] == self._all_present:
+            return values
         for i in range(len(values)):
             if not (blob[1 + (i >> 3)] >> (i & 7)) & 1:
                 values[i] = None
@@ -164,6 +178,10 @@ class PackedLayout:
 
     def decode_floats(self, blob: bytes) -> dict[str, float]:
         """One row as ``name -> float`` (NaN: missing): what serving's fast path reads."""
+        nb = self._bitmap_bytes
+        values = self._structs[blob[0]].unpack_from(blob, 1 + nb)
+        if blob[1 : 1 + nb] == self._all_present:
+            return dict(zip(self.names, map(float, values), strict=True))
         return {
             name: math.nan if v is None else float(v)
             for name, v in zip(self.names, self.decode(blob), strict=True)
@@ -192,7 +210,7 @@ class PackedLayout:
             value = getattr(proto, kind)
             row.append(int(value) if is_int else float(value))
             bitmap[i >> 3] |= 1 << (i & 7)
-        return bytes([_WIDE]) + bytes(bitmap) + self._struct(_WIDE).pack(*row)
+        return bytes([_WIDE]) + bytes(bitmap) + self._structs[_WIDE].pack(*row)
 
     def encode_arrow(self, table: pa.Table) -> list[bytes]:
         """One ``vals`` per row of ``table`` (a column per feature), vectorised with numpy."""
@@ -243,6 +261,19 @@ def compact_entity_key(entity_key: EntityKeyProto, version: int = 3) -> bytes:
     return full[header:]
 
 
+_STRING_HEAD = struct.Struct("<II").pack
+
+
+def compact_string_key(values: Sequence[str]) -> bytes:
+    """:func:`compact_entity_key` of an entity whose join keys are all strings, from its values in join
+    key name order, without building the protobuf: what serving computes on every request."""
+    out = b""
+    for value in values:
+        encoded = value.encode("utf8")
+        out += _STRING_HEAD(ValueType.STRING.value, len(encoded)) + encoded
+    return out
+
+
 def _compact_keys_arrow(table: pa.Table, join_keys: dict[str, ValueType]) -> list[bytes]:
     """:func:`compact_entity_key` of every row of ``table``, from its join key columns."""
     parts: list[list[bytes]] = []
@@ -253,7 +284,7 @@ def _compact_keys_arrow(table: pa.Table, join_keys: dict[str, ValueType]) -> lis
         if column.null_count:
             raise ValueError(f"join key {name!r} has {column.null_count} null value(s)")
         if kind == ValueType.STRING:
-            head, tag = struct.Struct("<II").pack, ValueType.STRING.value
+            head, tag = _STRING_HEAD, ValueType.STRING.value
             encoded = [v.encode("utf8") for v in column.to_pylist()]
             parts.append([head(tag, len(v)) + v for v in encoded])
         elif kind == ValueType.INT64:

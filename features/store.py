@@ -55,6 +55,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 from feast.repo_contents import RepoContents
 from feast.repo_operations import extract_objects_for_apply_delete
+from feast.value_type import ValueType
 
 from features.definitions import FEATURE_SERVICE, feature_names, feature_views
 from features.online_store import (
@@ -62,6 +63,7 @@ from features.online_store import (
     PACKED_STORE_TYPE,
     PackedLayout,
     compact_entity_key,
+    compact_string_key,
     packed_table_name,
 )
 from features.sources import OFFLINE_STORE_ENV, OfflineStore, check_offline_store
@@ -423,6 +425,9 @@ class _ViewPlan:
     sqlite_table: str = ""
     #: How the packed layout's rows of this view decode; None for Feast's own layout.
     packed: PackedLayout | None = None
+    #: Join keys in Feast's key order when the view is packed and every join key is a string: its
+    #: table key is then :func:`compact_string_key` of the values, no protobuf needed.
+    string_keys: tuple[str, ...] | None = None
 
 
 def _to_float(value: ValueProto | float | None) -> float:
@@ -495,11 +500,15 @@ class OnlineFeatures:
                 hset_keys = tuple(keys)
             sqlite_table = ""
             packed: PackedLayout | None = None
+            string_keys: tuple[str, ...] | None = None
             if self._cfg.online_store == "sqlite":
                 versioned = self._store.config.registry.enable_online_feature_view_versioning
                 if self._cfg.sqlite_layout == "packed":
                     sqlite_table = packed_table_name(self._store.project, table, versioned)
                     packed = PackedLayout.of(table)
+                    kinds = {c.name: c.dtype.to_value_type() for c in table.entity_columns}
+                    if all(kinds.get(k) == ValueType.STRING for k in table.join_keys):
+                        string_keys = tuple(sorted(table.join_keys))
                 else:
                     sqlite_table = _table_id(self._store.project, table, versioned)
             plans.append(
@@ -511,6 +520,7 @@ class OnlineFeatures:
                     hset_keys=hset_keys,
                     sqlite_table=sqlite_table,
                     packed=packed,
+                    string_keys=string_keys,
                 )
             )
         # One attribute swap, so a reader never sees half of a refreshed plan.
@@ -590,6 +600,8 @@ class OnlineFeatures:
         self, rows: Sequence[Mapping[str, str | None]], deadline: float | None
     ) -> list[dict[str, float]]:
         plans = self._plans
+        if all(plan.string_keys is not None for plan in plans):
+            return self._read_packed(plans, rows, deadline)
         config = self._store.config
         online: Any = self._store._get_provider().online_store
         # Per view: the unique entity keys asked for and, per request, the index of its key.
@@ -629,6 +641,61 @@ class OnlineFeatures:
                 else:
                     for feat, name in zip(plan.features, plan.qualified, strict=True):
                         target[name] = _to_float(data.get(feat))
+        return out
+
+    def _read_packed(
+        self,
+        plans: Sequence[_ViewPlan],
+        rows: Sequence[Mapping[str, str | None]],
+        deadline: float | None,
+    ) -> list[dict[str, float]]:
+        # The SQLite packed store with string join keys, the default profile: the same statement and
+        # values as the general path below, with each table key built straight from the join values.
+        # Building Feast's protobuf key and serializing it was a fifth of this read's time.
+        parts: list[str] = []
+        params: list[bytes] = []
+        index_per_view: list[list[bytes | None]] = []
+        for v, plan in enumerate(plans):
+            order = plan.string_keys or ()
+            idx: list[bytes | None] = []
+            unique: dict[bytes, None] = {}
+            for row in rows:
+                join_values = [row.get(k) or "" for k in order]
+                if not all(join_values):
+                    idx.append(None)
+                    continue
+                key = compact_string_key(join_values)
+                unique[key] = None
+                idx.append(key)
+            index_per_view.append(idx)
+            if unique:
+                parts.append(
+                    f'SELECT {v}, entity_key, vals FROM "{plan.sqlite_table.replace(chr(34), chr(34) * 2)}" '
+                    f"WHERE entity_key IN ({','.join('?' * len(unique))})"
+                )
+                params.extend(unique)
+        found: list[dict[bytes, bytes]] = [{} for _ in plans]
+        if parts:
+            conn = self._sqlite_conn()
+            left_ms = _LOCK_WAIT_MS if deadline is None else (deadline - time.perf_counter()) * 1000
+            conn.execute(f"PRAGMA busy_timeout = {max(0, int(left_ms))}")
+            for v, entity_key, vals in conn.execute(" UNION ALL ".join(parts), params):
+                found[v][bytes(entity_key)] = vals
+        out: list[dict[str, float]] = [{} for _ in rows]
+        for plan, rows_found, idx in zip(plans, found, index_per_view, strict=True):
+            layout = plan.packed
+            assert layout is not None  # string_keys is only set for packed views
+            for target, wanted in zip(out, idx, strict=True):
+                blob = None if wanted is None else rows_found.get(wanted)
+                values: list[float] = []
+                if blob is not None:
+                    decoded = layout.decode_floats(blob)
+                    values = [decoded.get(feat, math.nan) for feat in plan.features]
+                if all(math.isnan(x) for x in values):
+                    for name in plan.qualified:
+                        target[name] = ABSENT_ENTITY_VALUES[name] if wanted is not None else math.nan
+                else:
+                    target.update(zip(plan.qualified, values, strict=True))
         return out
 
     def _sqlite_conn(self) -> sqlite3.Connection:

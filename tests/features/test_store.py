@@ -392,7 +392,7 @@ def test_packed_entity_keys_from_arrow_equal_feasts_serialization() -> None:
     from feast.protos.feast.types.Value_pb2 import Value
     from feast.value_type import ValueType
 
-    from features.online_store import _compact_keys_arrow, compact_entity_key
+    from features.online_store import _compact_keys_arrow, compact_entity_key, compact_string_key
 
     table = pa.table({"b_key": ["x", "héllo", ""], "a_key": ["SAVE10", "Z", "q"], "n": [1, -(2**40), 7]})
     got = _compact_keys_arrow(table, {"b_key": ValueType.STRING, "a_key": ValueType.STRING})
@@ -405,10 +405,41 @@ def test_packed_entity_keys_from_arrow_equal_feasts_serialization() -> None:
             ],
         )
         assert key == compact_entity_key(proto)
+        # Serving's key for string join keys: the values in Feast's key order (by name), no protobuf.
+        assert key == compact_string_key([table["a_key"][i].as_py(), table["b_key"][i].as_py()])
     ints = _compact_keys_arrow(table, {"n": ValueType.INT64})
     for i, key in enumerate(ints):
         proto = EntityKey(join_keys=["n"], entity_values=[Value(int64_val=table["n"][i].as_py())])
         assert key == compact_entity_key(proto)
+
+
+def test_packed_rows_decode_to_floats_with_nan_for_each_missing_value() -> None:
+    import pyarrow as pa
+    from feast import Entity, FeatureView, Field, FileSource
+    from feast.types import Float64, Int64
+
+    from features.online_store import PackedLayout
+
+    # Ten features: the presence bitmap spans two bytes, the second one partly used.
+    names = [f"f{i}" for i in range(10)]
+    view = FeatureView(
+        name="v",
+        entities=[Entity(name="k", join_keys=["k"])],
+        schema=[Field(name=n, dtype=Int64 if i % 2 else Float64) for i, n in enumerate(names)],
+        source=FileSource(path="unused.parquet", timestamp_field="ts"),
+    )
+    layout = PackedLayout.of(view)
+    full = [float(i) + 0.5 if i % 2 == 0 else i for i in range(10)]
+    rows = [full, [None if i == 9 else v for i, v in enumerate(full)], [None] * 10]
+    table = pa.table({
+        n: pa.array([r[i] for r in rows], pa.int64() if i % 2 else pa.float64()) for i, n in enumerate(names)
+    })
+    for row, blob in zip(rows, layout.encode_arrow(table), strict=True):
+        got = layout.decode_floats(blob)
+        assert list(got) == names
+        for name, want in zip(names, row, strict=True):
+            assert math.isnan(got[name]) if want is None else got[name] == float(want)
+            assert isinstance(got[name], float)
 
 
 def test_packed_values_round_trip_from_arrow_and_from_feast_values() -> None:

@@ -217,3 +217,29 @@ def test_prune_rejects_a_non_positive_retention(records: RecordsLike) -> None:
 def test_a_scratch_log_refuses_a_checkpoint_interval(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checkpoint_interval_s"):
         Records(tmp_path / "s.db", checkpoint_interval_s=1.0, scratch=True)
+
+
+def test_a_logged_row_is_strict_json_with_numbers_nulls_and_times_as_written_before(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from scoring.records import SCORE_COLUMNS, score_values
+
+    when = datetime(2026, 11, 21, 8, 30, tzinfo=UTC)
+    rec = ScoreRecord(
+        "r-json", "d", when, "CODE", "welcome", 10, "low", "allow", None, False, "1", 1.0, [],
+        {"f": np.float64(0.25), "g": float("nan"), "h": float("inf")},
+        {"device_key": "abc", 3: np.int64(7)}, "v", {"z": 1, "a": 2},
+        timings={"total": np.float32(1.5)},
+        context={"policy": {"lift": [float("-inf"), np.bool_(True)]}, "seen_at": when},
+    )
+    row = dict(zip(SCORE_COLUMNS, score_values(rec), strict=True))
+    # Strict JSON: a reader that refuses NaN and Infinity still reads every column.
+    strict = {k: json.loads(v, parse_constant=lambda c: pytest.fail(f"{k}: {c} is not JSON"))
+              for k, v in row.items() if k.endswith("_json") and v is not None}
+    assert strict["features_json"] == {"f": 0.25, "g": None, "h": None}
+    assert strict["keys_json"] == {"3": 7, "device_key": "abc"}
+    assert row["response_json"] == '{"a":2,"z":1}'  # sorted keys, no spaces: one row always reads the same
+    assert strict["timings_json"] == {"total": 1.5}
+    assert strict["context_json"] == {"policy": {"lift": [None, True]}, "seen_at": "2026-11-21 08:30:00+00:00"}
