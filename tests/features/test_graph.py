@@ -268,6 +268,36 @@ def test_concurrent_resolutions_lose_no_attempt(
     assert last.person_code_attempts == 100 and last.person_accounts == 101
 
 
+def test_workers_resolving_one_person_at_once_through_their_own_stores_lose_nothing(tmp_path: Path) -> None:
+    # Two stores on one file are two worker processes, each with its own thread queue: they take turns
+    # through the file's lock alone. A lost update shows in the counts.
+    stores = [SqliteGraph(tmp_path / "graph.db", busy_timeout_ms=5000) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            store = stores[worker % 2]
+            for i in range(25):
+                store.resolve(Attempt(f"w{worker}-{i}", 1.0e9 + i, "W", "welcome",
+                                      {"account": f"acct-{worker}-{i}", "device": "dev", "payment": "card"}))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    last = stores[0].resolve(
+        Attempt("last", 2.0e9, "W", "welcome", {"account": "z", "device": "dev", "payment": "card"})
+    )
+    assert last.person_code_attempts == 100 and last.person_accounts == 101
+    # A retry reaching the other worker gets the first answer.
+    retry = stores[1].resolve(Attempt("w0-0", 0.0, "W", "welcome", {"account": "other"}))
+    assert retry.person_id == last.person_id
+
+
 def test_explain_returns_hashes_counts_and_evidence_only(tmp_path: Path) -> None:
     store = SqliteGraph(tmp_path / "graph.db")
     store.resolve(Attempt("a", 1.7e9, "W", "welcome", {"account": "k1", "device": "kd", "payment": "kc",

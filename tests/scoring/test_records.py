@@ -236,10 +236,14 @@ def test_a_logged_row_is_strict_json_with_numbers_nulls_and_times_as_written_bef
     )
     row = dict(zip(SCORE_COLUMNS, score_values(rec), strict=True))
     # Strict JSON: a reader that refuses NaN and Infinity still reads every column.
-    strict = {k: json.loads(v, parse_constant=lambda c: pytest.fail(f"{k}: {c} is not JSON"))
+    def refuse(constant: str) -> None:
+        pytest.fail(f"{constant} is not JSON")
+
+    strict = {k: json.loads(v, parse_constant=refuse)
               for k, v in row.items() if k.endswith("_json") and v is not None}
     assert strict["features_json"] == {"f": 0.25, "g": None, "h": None}
     assert strict["keys_json"] == {"3": 7, "device_key": "abc"}
     assert row["response_json"] == '{"a":2,"z":1}'  # sorted keys, no spaces: one row always reads the same
     assert strict["timings_json"] == {"total": 1.5}
-    assert strict["context_json"] == {"policy": {"lift": [None, True]}, "seen_at": "2026-11-21 08:30:00+00:00"}
+    assert strict["context_json"] == {"policy": {"lift": [None, True]},
+                                      "seen_at": "2026-11-21 08:30:00+00:00"}
