@@ -280,10 +280,12 @@ CREATE TABLE IF NOT EXISTS vset (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vset_by_time ON vset (counter, ts);
 CREATE TABLE IF NOT EXISTS recorded (request_id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recorded_by_time ON recorded (ts);
 CREATE TABLE IF NOT EXISTS reservation (
     request_id TEXT PRIMARY KEY, scope TEXT NOT NULL, identities TEXT NOT NULL,
     state TEXT NOT NULL, blocked_by TEXT, expires_at REAL, created_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reservation_by_time ON reservation (created_at);
 CREATE TABLE IF NOT EXISTS cap_use (
     scope TEXT NOT NULL, identity TEXT NOT NULL, request_id TEXT NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (scope, identity, request_id)

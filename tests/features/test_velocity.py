@@ -442,6 +442,37 @@ def test_sqlite_held_write_lock_surfaces_as_unavailable_not_a_hang(tmp_path: Pat
     s.close()
 
 
+def test_sqlite_request_path_prunes_by_index_never_by_scanning_a_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pruning a request does now and then runs under the file's write lock: a scan of a table that
+    # keeps a row per request for the retention (31 days) would hold every writer for seconds.
+    import features.velocity as velocity_module
+
+    monkeypatch.setattr(velocity_module, "_one_in", lambda n: True)
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    path = tmp_path / "velocity.sqlite"
+    s = SqliteVelocity(path)
+    s.record("r1", NOW, [("code:X", "r1"), ("device:D", "acct")])
+    s.reserve("r1", "ONCE", ["*"], 1, 60, NOW)
+    s.close()
+    monkeypatch.undo()
+    deletes = [sql for sql in statements if sql.lstrip().upper().startswith("DELETE")]
+    assert len(deletes) >= 3  # the counters', the recorded requests' and the reservations' prunes
+    with sqlite3.connect(path) as conn:
+        for sql in deletes:
+            plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "SCAN" not in plan, f"{sql!r} scans: {plan}"
+
+
 @pytest.fixture
 def frozen_server() -> Iterator[int]:
     """A TCP port that accepts connections (via the kernel backlog) and never answers."""
