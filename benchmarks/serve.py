@@ -41,6 +41,8 @@ from pydantic import BaseModel, ConfigDict
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from promoguard.demo import free_port  # noqa: E402  (load.py, faults.py and population.py use it from here)
+
 WORLD_EVENTS, WORLD_DAYS, WORLD_SEED = 40_000, 60, 11
 WARMUP_S, WARMUP_RATE = 3.0, 20.0
 BODIES = 2000
@@ -121,15 +123,6 @@ def redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,6 +22,40 @@ from rich.console import Console
 from promoguard.settings import Settings
 
 SERVICE = "serving.service:PromoGuard"
+
+
+#: Linux's default ephemeral port range, when /proc does not say.
+_EPHEMERAL_DEFAULT = (32768, 60999)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_DEFAULT[0]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody is bound to now, for a service about to be started on it.
+
+    Chosen at random below the kernel's ephemeral range: a port from ``bind((host, 0))`` comes from the
+    range the kernel also takes the local ports of outgoing connections from, so any HTTP, Redis or
+    PostgreSQL client on the machine could take it before the service binds it (it happened: four
+    service starts failed while a demo ran beside the test suite).
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # that whole stretch taken: let the kernel choose after all
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def service_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:

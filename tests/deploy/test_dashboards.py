@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from promoguard.demo import running_service
+from promoguard.demo import free_port, running_service
 from promoguard.settings import Settings
 from tests.deploy.promql import DEPLOY, SCRAPE_SERIES, alert_expressions, dashboard_expressions, metric_names
 
@@ -34,12 +33,6 @@ pytestmark = pytest.mark.slow
 
 REPO = DEPLOY.parent
 SINGLE_USE = {"code": "ONCE-ONLY", "type": "sitewide", "single_use": True, "discount_value": 25.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _body(request_id: str, promotion: dict[str, Any], device: str, **extra: Any) -> dict[str, Any]:
@@ -97,7 +90,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Ite
     log_path = root / "service.log"
     with log_path.open("wb") as log:
         try:
-            with running_service(settings, _free_port(), extra_env=extra, log=log) as url:
+            with running_service(settings, free_port(), extra_env=extra, log=log) as url:
                 _traffic(url)
                 yield url, log_path
         except RuntimeError as exc:
@@ -203,7 +196,7 @@ def prometheus(service: tuple[str, Path], tmp_path_factory: pytest.TempPathFacto
         ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     with (work / "prometheus.log").open("wb") as log:
         proc = subprocess.Popen(
             [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",

@@ -34,7 +34,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 from schemathesis.core.result import Ok
 
-from promoguard.demo import running_service
+from promoguard.demo import free_port, running_service
 from promoguard.settings import Settings
 from replay.requests import request_body
 from tests.conftest import require_service
@@ -95,13 +95,6 @@ def shows_service_log(test: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def copy_world(world: Settings, dest: Path) -> Settings:

@@ -12,14 +12,8 @@ from typer.testing import CliRunner
 
 import promoguard.demo
 from promoguard.cli import app
-from promoguard.demo import start_service, stop_service, wait_ready
+from promoguard.demo import free_port, start_service, stop_service, wait_ready
 from promoguard.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _outward_address() -> str | None:
@@ -55,10 +49,20 @@ def test_a_service_on_every_interface_answers_on_an_outward_address(tmp_path: Pa
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to reach the service on")
     settings = Settings.from_env({}, root=tmp_path)
-    port = _free_port()
+    port = free_port()
     proc = start_service(settings, port, host="0.0.0.0", extra_env={"PROMOGUARD_REQUIRE_API_KEY": "false"})
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc)
         assert httpx.get(f"http://{address}:{port}/livez", timeout=5.0).status_code == 200
     finally:
         stop_service(proc)
+
+
+def test_free_ports_lie_below_the_range_outgoing_connections_take_theirs_from() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= p < low for p in ports)
+    assert len(ports) > 1  # random, so that two tests starting services at once do not pick the same
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

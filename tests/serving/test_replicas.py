@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import psutil
 import psycopg2
 import pytest
 
+from promoguard.demo import free_port
 from tests.conftest import require_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.xdist_group("replicas")]
@@ -62,12 +62,6 @@ class Replicas:
                 return int(cur.fetchone()[0])
         finally:
             conn.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(root: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -138,7 +132,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         "PROMOGUARD_REQUIRE_API_KEY": "true",
         "BENTOML_DO_NOT_TRACK": "true",
     })
-    ports = {name: _free_port() for name in ("a", "b")}
+    ports = {name: free_port() for name in ("a", "b")}
     procs = {name: _start(base / name, port, env) for name, port in ports.items()}
     try:
         deadline = time.monotonic() + 120

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typer.testing import CliRunner
 from config.settings import InvalidSettings, Settings
 from features.ipintel import CombinedIpIntel, HttpIpIntel
 from promoguard.cli import app as cli_app
+from promoguard.demo import free_port
 from scoring.artifact import LoadedModel
 from scoring.policy import band_for, decide
 from scoring.reasons import REASON_CODES
@@ -35,18 +35,12 @@ RAW_EMAIL = "jane.doe+promo@example.com"
 RAW_IP = "203.0.113.77"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, Path]]:
     """Start the service on a free port with tmp dirs; yield its URL and log file."""
     root = tmp_path_factory.mktemp("svc")
     shutil.copytree(artifact_dir, root / "model")
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     env = {
         **os.environ,
