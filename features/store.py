@@ -450,6 +450,13 @@ def _check_row(row: Mapping[str, str | None], keys: Sequence[str]) -> None:
             raise TypeError(f"{key}: expected a string or None, got {type(value).__name__}")
 
 
+def _select_keys(view_index: int, table: str, columns: str, keys: int) -> str:
+    """One view's part of the online read: its rows for ``keys`` entity keys, tagged with its index."""
+    quoted = table.replace('"', '""')
+    marks = ",".join("?" * keys)
+    return f'SELECT {view_index}, entity_key, {columns} FROM "{quoted}" WHERE entity_key IN ({marks})'
+
+
 #: How long a read without a deadline waits for a writer's lock on the SQLite online store.
 _LOCK_WAIT_MS = 5000
 
@@ -669,17 +676,11 @@ class OnlineFeatures:
                 idx.append(key)
             index_per_view.append(idx)
             if unique:
-                parts.append(
-                    f'SELECT {v}, entity_key, vals FROM "{plan.sqlite_table.replace(chr(34), chr(34) * 2)}" '
-                    f"WHERE entity_key IN ({','.join('?' * len(unique))})"
-                )
+                parts.append(_select_keys(v, plan.sqlite_table, "vals", len(unique)))
                 params.extend(unique)
         found: list[dict[bytes, bytes]] = [{} for _ in plans]
         if parts:
-            conn = self._sqlite_conn()
-            left_ms = _LOCK_WAIT_MS if deadline is None else (deadline - time.perf_counter()) * 1000
-            conn.execute(f"PRAGMA busy_timeout = {max(0, int(left_ms))}")
-            for v, entity_key, vals in conn.execute(" UNION ALL ".join(parts), params):
+            for v, entity_key, vals in self._sqlite_select(parts, params, deadline):
                 found[v][bytes(entity_key)] = vals
         out: list[dict[str, float]] = [{} for _ in rows]
         for plan, rows_found, idx in zip(plans, found, index_per_view, strict=True):
@@ -697,6 +698,15 @@ class OnlineFeatures:
                 else:
                     target.update(zip(plan.qualified, values, strict=True))
         return out
+
+    def _sqlite_select(self, parts: Sequence[str], params: Sequence[bytes], deadline: float | None) -> Any:
+        """The rows of every view's ``SELECT`` (:func:`_select_keys`) from one statement."""
+        conn = self._sqlite_conn()
+        # Wait for a materialization's lock only as long as the caller can: the connection's busy
+        # timeout is what a locked read waits, so it is set to the time left on each read.
+        left_ms = _LOCK_WAIT_MS if deadline is None else (deadline - time.perf_counter()) * 1000
+        conn.execute(f"PRAGMA busy_timeout = {max(0, int(left_ms))}")
+        return conn.execute(" UNION ALL ".join(parts), params)
 
     def _sqlite_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -730,21 +740,12 @@ class OnlineFeatures:
                 blobs = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
             serialized.append(blobs)
             if blobs:
-                table = plan.sqlite_table.replace('"', '""')
                 column = "NULL, vals" if plan.packed is not None else "feature_name, value"
-                parts.append(
-                    f'SELECT {v}, entity_key, {column} FROM "{table}" '
-                    f"WHERE entity_key IN ({','.join('?' * len(blobs))})"
-                )
+                parts.append(_select_keys(v, plan.sqlite_table, column, len(blobs)))
                 params.extend(blobs)
         found: list[dict[bytes, Any]] = [{} for _ in plans]
         if parts:
-            conn = self._sqlite_conn()
-            # Wait for a materialization's lock only as long as the caller can: the connection's
-            # busy timeout is what a locked read waits, so it is set to the time left on each read.
-            left_ms = _LOCK_WAIT_MS if deadline is None else (deadline - time.perf_counter()) * 1000
-            conn.execute(f"PRAGMA busy_timeout = {max(0, int(left_ms))}")
-            for v, entity_key, feature_name, value in conn.execute(" UNION ALL ".join(parts), params):
+            for v, entity_key, feature_name, value in self._sqlite_select(parts, params, deadline):
                 layout = plans[v].packed
                 if layout is not None:
                     found[v][bytes(entity_key)] = layout.decode_floats(value)
