@@ -49,10 +49,10 @@ from benchmarks.serve import (  # noqa: E402 - the repository must be importable
     _open_loop,
     build_world,
     copy_world,
-    free_port,
     promoguard_service,
     request_bodies,
 )
+from promoguard.demo import free_port  # noqa: E402
 
 BODIES = 2000
 PHASES = ("before", "during", "after")

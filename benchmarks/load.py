@@ -50,7 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from serve import _Connections as Connections  # noqa: E402
-from serve import build_world, copy_world, free_port, request_bodies  # noqa: E402
+from serve import build_world, copy_world, request_bodies  # noqa: E402
+
+from promoguard.demo import free_port  # noqa: E402
 
 BODIES = 4000
 WARMUP_S = 4.0

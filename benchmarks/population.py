@@ -175,8 +175,8 @@ def main() -> None:
     parser.add_argument("--root", default=os.environ.get("PROMOGUARD_BENCH_ROOT"))
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.serve import build_world, copy_world, free_port
-    from promoguard.demo import running_service
+    from benchmarks.serve import build_world, copy_world
+    from promoguard.demo import free_port, running_service
     from promoguard.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="promoguard-bench-population-") as tmp:

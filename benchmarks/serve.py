@@ -41,8 +41,6 @@ from pydantic import BaseModel, ConfigDict
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from promoguard.demo import free_port  # noqa: E402  (load.py, faults.py and population.py use it from here)
-
 WORLD_EVENTS, WORLD_DAYS, WORLD_SEED = 40_000, 60, 11
 WARMUP_S, WARMUP_RATE = 3.0, 20.0
 BODIES = 2000
@@ -128,7 +126,7 @@ def redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
 @contextmanager
 def bare_service(log_dir: Path) -> Iterator[str]:
     """The floor endpoint as its own ``bentoml serve`` process."""
-    from promoguard.demo import running_service
+    from promoguard.demo import free_port, running_service
     from promoguard.settings import Settings
 
     settings = Settings.from_env({}, root=REPO)
@@ -142,7 +140,7 @@ def bare_service(log_dir: Path) -> Iterator[str]:
 @contextmanager
 def promoguard_service(root: Path, extra_env: Mapping[str, str]) -> Iterator[str]:
     """The real service on ``root`` (open access: the benchmark measures scoring, not the key check)."""
-    from promoguard.demo import running_service
+    from promoguard.demo import free_port, running_service
     from promoguard.settings import Settings
 
     settings = Settings.from_env({}, root=root)

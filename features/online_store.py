@@ -179,8 +179,8 @@ class PackedLayout:
     def decode_floats(self, blob: bytes) -> dict[str, float]:
         """One row as ``name -> float`` (NaN: missing): what serving's fast path reads."""
         nb = self._bitmap_bytes
-        values = self._structs[blob[0]].unpack_from(blob, 1 + nb)
         if blob[1 : 1 + nb] == self._all_present:
+            values = self._structs[blob[0]].unpack_from(blob, 1 + nb)
             return dict(zip(self.names, map(float, values), strict=True))
         return {
             name: math.nan if v is None else float(v)

@@ -450,6 +450,20 @@ def _check_row(row: Mapping[str, str | None], keys: Sequence[str]) -> None:
             raise TypeError(f"{key}: expected a string or None, got {type(value).__name__}")
 
 
+def _place(target: dict[str, float], plan: _ViewPlan, values: Sequence[float] | None, *, asked: bool) -> None:
+    """One view's values for one request into ``target``, under their qualified names.
+
+    ``values`` (in ``plan.features`` order) is None when the store has no row for the entity; a row of
+    only missing values counts as none (Redis answers an unknown entity with empty values). An entity
+    asked for but unknown reads as :data:`ABSENT_ENTITY_VALUES`; a request without the view's keys as NaN.
+    """
+    if values is None or all(math.isnan(x) for x in values):
+        for name in plan.qualified:
+            target[name] = ABSENT_ENTITY_VALUES[name] if asked else math.nan
+    else:
+        target.update(zip(plan.qualified, values, strict=True))
+
+
 def _select_keys(view_index: int, table: str, columns: str, keys: int) -> str:
     """One view's part of the online read: its rows for ``keys`` entity keys, tagged with its index."""
     quoted = table.replace('"', '""')
@@ -638,16 +652,10 @@ class OnlineFeatures:
 
         out: list[dict[str, float]] = [{} for _ in rows]
         for plan, found, idx in zip(plans, read_rows, index_per_view, strict=True):
-            for r, i in enumerate(idx):
+            for target, i in zip(out, idx, strict=True):
                 data = found[i][1] if i is not None else None
-                target = out[r]
-                # Redis answers an unknown entity with empty values rather than no row.
-                if data is None or all(math.isnan(_to_float(data.get(feat))) for feat in plan.features):
-                    for name in plan.qualified:
-                        target[name] = ABSENT_ENTITY_VALUES[name] if i is not None else math.nan
-                else:
-                    for feat, name in zip(plan.features, plan.qualified, strict=True):
-                        target[name] = _to_float(data.get(feat))
+                values = None if data is None else [_to_float(data.get(feat)) for feat in plan.features]
+                _place(target, plan, values, asked=i is not None)
         return out
 
     def _read_packed(
@@ -688,15 +696,11 @@ class OnlineFeatures:
             assert layout is not None  # string_keys is only set for packed views
             for target, wanted in zip(out, idx, strict=True):
                 blob = None if wanted is None else rows_found.get(wanted)
-                values: list[float] = []
+                values = None
                 if blob is not None:
                     decoded = layout.decode_floats(blob)
                     values = [decoded.get(feat, math.nan) for feat in plan.features]
-                if all(math.isnan(x) for x in values):
-                    for name in plan.qualified:
-                        target[name] = ABSENT_ENTITY_VALUES[name] if wanted is not None else math.nan
-                else:
-                    target.update(zip(plan.qualified, values, strict=True))
+                _place(target, plan, values, asked=wanted is not None)
         return out
 
     def _sqlite_select(self, parts: Sequence[str], params: Sequence[bytes], deadline: float | None) -> Any:

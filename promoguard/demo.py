@@ -24,15 +24,15 @@ from promoguard.settings import Settings
 SERVICE = "serving.service:PromoGuard"
 
 
-#: Linux's default ephemeral port range, when /proc does not say.
-_EPHEMERAL_DEFAULT = (32768, 60999)
+#: The first port of Linux's default ephemeral range, when /proc does not say.
+_EPHEMERAL_LOW_DEFAULT = 32768
 
 
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return _EPHEMERAL_DEFAULT[0]
+        return _EPHEMERAL_LOW_DEFAULT
 
 
 def free_port(host: str = "127.0.0.1") -> int:
