@@ -11,6 +11,7 @@ Usage: ``python benchmarks/materialize.py [--events 20000] [--root PATH] [--layo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from config.quiet import quiet_third_party_warnings
 from features.pipeline import default_as_of
 from features.store import StoreConfig, apply, materialize
 from promoguard.settings import Settings
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--layouts", default="feast,packed", help="comma-separated: feast, packed, redis")
     parser.add_argument("--redis", action="store_true", help="also the Redis profile")
     args = parser.parse_args()
+    quiet_third_party_warnings()  # the table is the output, as the command line's is
     layouts = [v for v in args.layouts.split(",") if v] + (["redis"] if args.redis else [])
     with tempfile.TemporaryDirectory(prefix="pg-materialize-") as tmp:
         work = Path(tmp)
@@ -101,7 +104,8 @@ def main() -> None:
             build_world(root, args.events)
         settings = Settings.from_env(root=root)
         events = len(pd.read_parquet(settings.raw_dir / "events.parquet", columns=["request_id"]))
-        rows = [{"events": events, **run(settings, layout, work)} for layout in layouts]
+        with contextlib.redirect_stdout(sys.stderr):  # Feast's progress; stdout is the table
+            rows = [{"events": events, **run(settings, layout, work)} for layout in layouts]
     print(pd.DataFrame(rows).to_string(index=False))
 
 

@@ -8,6 +8,8 @@ Usage: ``python benchmarks/online_read.py [--reads 1000] [--entities 200]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import tempfile
 import time
 import uuid
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from config.quiet import quiet_third_party_warnings
 from features.definitions import feature_views
 from features.store import OnlineFeatures, StoreConfig, apply_and_materialize, join_keys
 
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=1000)
     parser.add_argument("--entities", type=int, default=200)
     args = parser.parse_args()
+    quiet_third_party_warnings()  # the table is the output, as the command line's is
     rng = np.random.default_rng(7)
     results: list[tuple[str, str, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +87,8 @@ def main() -> None:
                 ("redis", replace(cfg, feast_dir=base / project, online_store="redis", project=project))
             )
         for name, pcfg in profiles:
-            apply_and_materialize(pcfg, T0 + timedelta(days=30))
+            with contextlib.redirect_stdout(sys.stderr):  # Feast's progress; stdout is the table
+                apply_and_materialize(pcfg, T0 + timedelta(days=30))
             for label, fast in (("sdk get_online_features", False), ("fast path", True)):
                 online = OnlineFeatures(pcfg, fast=fast, refresh_registry=False)
                 results.append((label, name, *time_reads(online, rows)))
