@@ -200,7 +200,11 @@ def run_service(
             console.print(f"[bold]POST {url}/score[/bold] -> {answer.status_code}")
             console.print_json(answer.text)
             body["request_id"] = "try-me-1"
-            console.print("\nThe service is answering on localhost. Try it:")
+            console.print(
+                "\nThe service is answering on localhost. Try it: the same shopper claims this "
+                "one-per-customer welcome code a second time while the first attempt holds its one use, so "
+                "expect the per-customer cap to refuse it (CUSTOMER_CAP_REACHED):"
+            )
             console.print(
                 f"curl -s -X POST {url}/score -H 'Content-Type: application/json' -d '{json.dumps(body)}'",
                 soft_wrap=True,

@@ -34,7 +34,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 from schemathesis.core.result import Ok
 
-from promoguard.demo import free_port, running_service
+from promoguard.demo import example_request, free_port, running_service
 from promoguard.settings import Settings
 from replay.requests import request_body
 from tests.conftest import require_service
@@ -319,6 +319,21 @@ def test_a_second_account_on_the_same_device_and_card_cannot_reuse_a_one_per_cus
     both = score(client, new_account("device-3", device=first["device"], payment=first["payment"]))
     assert both["decision"] == "refuse", f"second account on the same device and card: {summary(both)}"
     assert cap_signal(both, "device"), f"the device's spent use is not named: {summary(both)}"
+
+
+@shows_service_log
+def test_the_request_the_demo_prints_is_refused_by_the_per_customer_cap(
+    client: httpx.Client, world: Settings
+) -> None:
+    """`make demo` scores its example, then prints a curl of the same shopper under another id and says
+    the per-customer cap will refuse it: the first attempt holds the code's one use."""
+    demo = example_request(world)
+    demo["request_id"] = new_request_id("demo")
+    first = score(client, demo)
+    assert first["decision"] in HOLDS_A_USE, f"the demo's own request was refused: {summary(first)}"
+    again = score(client, {**demo, "request_id": new_request_id("try-me")})
+    assert again["decision"] == "refuse", f"the printed request was not refused: {summary(again)}"
+    assert again["signals"][0]["code"] == "CUSTOMER_CAP_REACHED", summary(again)
 
 
 @shows_service_log
