@@ -35,7 +35,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,7 +44,7 @@ import orjson
 
 from scoring.signals import top_signal_names
 from sqlitekit.sqlitewrite import WriteLock
-from sqlitekit.walcheckpoint import Checkpointer, open_scratch, open_wal
+from sqlitekit.walcheckpoint import Checkpointer, open_scratch, open_wal, rewind_log
 
 _NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS scores_no_delete BEFORE DELETE ON scores
         BEGIN SELECT RAISE(ABORT, 'scores is append-only'); END"""
@@ -226,6 +226,10 @@ class RecordsLike(Protocol):
         """Release the connection(s)."""
         ...
 
+
+#: Decisions deleted per write transaction by :meth:`Records.prune`: each batch holds the log's write
+#: lock for milliseconds, so a service answering meanwhile interleaves its appends with a prune of any size.
+PRUNE_BATCH = 500
 
 #: Keys sorted, so that one row always reads the same; numpy scalars as numbers; datetimes through
 #: ``str`` (``2026-01-01 00:00:00+00:00``), as the rows written by the standard library have them.
@@ -453,9 +457,11 @@ class Records:
         shadow rows; returns how many rows of each table went.
 
         A decision and what followed it leave together, whenever the follow-up arrived, so no label or
-        outcome outlives the attempt it is about. ``scores`` is append-only for every other writer: its
-        delete trigger is dropped and re-created inside the pruning transaction, so no other connection
-        ever sees the log without it. A request id pruned here is new again to :meth:`lookup`. Freed
+        outcome outlives the attempt it is about. They go oldest first, :data:`PRUNE_BATCH` decisions
+        per write transaction, so a service writing to the log meanwhile waits for one batch at most,
+        not for the whole prune. ``scores`` is append-only for every other writer: its delete trigger is
+        dropped and re-created inside each pruning transaction, so no other connection ever sees the
+        log without it. A request id pruned here is new again to :meth:`lookup`. Freed
         pages are reused by later writes, so the file stops growing at its retention size;
         ``vacuum=True`` also gives them back to the file system (a full rewrite: run it off-peak).
         """
@@ -465,26 +471,42 @@ class Records:
         with self._lock:
             # The index makes the cut a range scan; built by the first prune, not by every open.
             self._conn.execute("CREATE INDEX IF NOT EXISTS scores_ts ON scores (ts)")
-            with self._writes.transaction(self._conn, self._busy_timeout_ms):
-                old = "SELECT request_id FROM scores WHERE ts < ?"
-                counts = PruneCounts(
-                    outcomes=self._conn.execute(
-                        f"DELETE FROM outcomes WHERE request_id IN ({old})", (cutoff,)
-                    ).rowcount,
-                    feedback=self._conn.execute(
-                        f"DELETE FROM feedback WHERE request_id IN ({old})", (cutoff,)
-                    ).rowcount,
-                    shadow=self._conn.execute("DELETE FROM shadow WHERE ts < ?", (cutoff,)).rowcount,
-                    scores=0,
-                )
-                self._conn.execute("DROP TRIGGER IF EXISTS scores_no_delete")
-                scores = self._conn.execute("DELETE FROM scores WHERE ts < ?", (cutoff,)).rowcount
-                self._conn.execute(_NO_DELETE_TRIGGER)
+        total = PruneCounts(outcomes=0, feedback=0, shadow=0, scores=0)
+        while True:
+            with self._lock:
+                batch = self._prune_batch(cutoff, PRUNE_BATCH)
+                # Copy the batch's pages back between batches without holding writers back, so that the
+                # log does not carry the whole prune.
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            total = PruneCounts(**{k: getattr(total, k) + getattr(batch, k) for k in vars(total)})
+            if batch.scores < PRUNE_BATCH and batch.shadow < PRUNE_BATCH:
+                break
+        with self._lock:
             if vacuum:
                 self._conn.execute("VACUUM")
-            # Rewind the log the deletes (and a vacuum) went through.
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return replace(counts, scores=scores)
+            rewind_log(self._conn, self._busy_timeout_ms)
+        return total
+
+    def _prune_batch(self, cutoff: str, limit: int) -> PruneCounts:
+        """Delete the ``limit`` oldest decisions before ``cutoff`` with what followed them, and at most
+        ``limit`` shadow rows, in one write transaction."""
+        with self._writes.transaction(self._conn, self._busy_timeout_ms):
+            ids = [row[0] for row in self._conn.execute(
+                "SELECT request_id FROM scores WHERE ts < ? ORDER BY ts LIMIT ?", (cutoff, limit)
+            )]
+            among = f"request_id IN ({', '.join('?' * len(ids))})"
+            outcomes = feedback = scores = 0
+            if ids:
+                outcomes = self._conn.execute(f"DELETE FROM outcomes WHERE {among}", ids).rowcount
+                feedback = self._conn.execute(f"DELETE FROM feedback WHERE {among}", ids).rowcount
+                self._conn.execute("DROP TRIGGER IF EXISTS scores_no_delete")
+                scores = self._conn.execute(f"DELETE FROM scores WHERE {among}", ids).rowcount
+                self._conn.execute(_NO_DELETE_TRIGGER)
+            shadow = self._conn.execute(
+                "DELETE FROM shadow WHERE rowid IN (SELECT rowid FROM shadow WHERE ts < ? LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+        return PruneCounts(outcomes=outcomes, feedback=feedback, shadow=shadow, scores=scores)
 
     def count(self, table: str) -> int:
         """Rows in one of the service's tables (scores, outcomes, feedback, shadow)."""

@@ -83,6 +83,24 @@ def disable_autocheckpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_autocheckpoint = 0")
 
 
+def rewind_log(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
+    """Copy the whole log into the database and truncate it, unless a reader or writer is in the way.
+
+    For maintenance after a large delete. ``TRUNCATE`` holds every new writer back while it waits for
+    readers, so it is tried once without a busy handler: a service answering meanwhile never waits
+    on it, and its checkpointers rewind the log later instead. ``conn``'s busy timeout
+    (``busy_timeout_ms``) is put back. True when the log was rewound.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError:
+        busy = 1
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    return not busy
+
+
 class Checkpointer:
     """A daemon thread checkpointing one WAL database every ``interval_s`` seconds until closed."""
 

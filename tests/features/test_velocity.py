@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -609,6 +610,50 @@ def test_prune_forgets_old_request_ids_and_unconfirmed_reservations_sqlite(tmp_p
         assert s.reserve("kept", "CODE", ["device:d2"], 1, 10, NOW + 200).duplicate
         assert not s.reserve("gone", "CODE", ["device:d1"], 1, 10, NOW + 200).duplicate
     finally:
+        s.close()
+
+
+def test_prune_walks_in_pages_a_writer_gets_between_and_spares_a_member_refreshed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Maintenance on a live store: between reading a page of stale members and deleting it another
+    process writes at once (no lock is held), and a member it refreshes in that gap is kept."""
+    import features.velocity as velocity
+
+    monkeypatch.setattr(velocity, "_CHUNK", 3)
+    path = tmp_path / "v.db"
+    s = SqliteVelocity(path, retention_s=100)
+    # A second store on the file has a lock of its own, as another worker process does; it gives up at
+    # once on a taken lock.
+    service = SqliteVelocity(path, busy_timeout_ms=0, retention_s=100)
+    try:
+        for i in range(10):
+            assert s.record(f"r{i}", NOW, [(f"counter-{i}", "m")])
+        later = NOW + 150
+        transaction = s._tx  # noqa: SLF001 - wrapped to act in the gap between a page's read and its delete
+        writes = 0
+
+        @contextmanager
+        def service_writes_before_each_delete(immediate: bool) -> Iterator[sqlite3.Connection]:
+            nonlocal writes
+            if immediate:
+                writes += 1
+                service.add("live", f"m{writes}", later)
+                if writes == 2:
+                    # counter-4 is on the second page, which has just been read as stale.
+                    service.add("counter-4", "m", later)
+            with transaction(immediate) as conn:
+                yield conn
+
+        monkeypatch.setattr(s, "_tx", service_writes_before_each_delete)
+        counts = s.prune(later)
+        assert counts.members == 9
+        assert writes >= 4  # pages of 3, 3 and 3 stale members, then the rest of the prune
+        for i in range(10):
+            assert s.cardinality(f"counter-{i}", 0.0) == (1 if i == 4 else 0), i
+        assert s.cardinality("live", 0.0) == writes
+    finally:
+        service.close()
         s.close()
 
 

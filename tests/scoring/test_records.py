@@ -195,6 +195,49 @@ def test_prune_removes_old_decisions_with_their_follow_ups_and_keeps_the_rest(tm
     records.close()
 
 
+def test_a_large_prune_goes_in_batches_a_writer_gets_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service keeps appending while maintenance prunes: it waits for one batch, never the whole prune."""
+    from datetime import timedelta
+
+    import scoring.records as records_module
+
+    monkeypatch.setattr(records_module, "PRUNE_BATCH", 3)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    old, new = now - timedelta(days=91), now - timedelta(days=1)
+    records = Records(tmp_path / "s.db")
+    # Another connection to the file, as the service is, that gives up at once on a taken lock.
+    service = Records(tmp_path / "s.db", busy_timeout_ms=0)
+    for i in range(10):
+        records.append(_at(f"old-{i}", old + timedelta(seconds=i)))
+        records.add_outcome(f"old-{i}", "redeemed", "confirmed", old)
+    records.append(_at("new", new))
+    prune_batch = records._prune_batch  # noqa: SLF001 - wrapped to write between two batches
+    appended: list[str] = []
+
+    def batch_then_a_service_append(cutoff: str, limit: int) -> records_module.PruneCounts:
+        counts = prune_batch(cutoff, limit)
+        request_id = f"meanwhile-{len(appended)}"
+        service.append(_at(request_id, now))
+        appended.append(request_id)
+        return counts
+
+    monkeypatch.setattr(records, "_prune_batch", batch_then_a_service_append)
+    counts = records.prune(now, days=90)
+    assert (counts.scores, counts.outcomes) == (10, 10)
+    assert len(appended) == 4  # batches of 3, 3, 3 and 1
+    assert all(records.scored(f"old-{i}") is None for i in range(10))
+    assert records.scored("new") is not None
+    assert all(records.scored(request_id) is not None for request_id in appended)
+    conn = sqlite3.connect(tmp_path / "s.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM scores")
+    conn.close()
+    service.close()
+    records.close()
+
+
 def test_idempotency_still_holds_for_kept_decisions_after_a_prune(records: RecordsLike) -> None:
     from datetime import timedelta
 

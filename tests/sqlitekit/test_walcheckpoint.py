@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from features.velocity import SqliteVelocity
-from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, disable_autocheckpoint, open_wal
+from sqlitekit.walcheckpoint import (
+    Checkpointer,
+    ThreadConnections,
+    disable_autocheckpoint,
+    open_wal,
+    rewind_log,
+)
 
 
 def _rows_in_database_file(path: Path) -> int:
@@ -51,6 +57,31 @@ def test_without_a_checkpointer_commits_stay_in_the_log(tmp_path: Path) -> None:
     conn = _writer(path)
     conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(2000)])
     assert _rows_in_database_file(path) == 0
+    conn.close()
+
+
+def test_rewind_log_skips_a_log_a_reader_is_on_without_waiting_and_rewinds_it_after(tmp_path: Path) -> None:
+    path = tmp_path / "rewind.db"
+    conn = _writer(path)
+    conn.execute("PRAGMA busy_timeout = 2000")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(2000)])
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 2000  # holds its snapshot
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    assert not rewind_log(conn, 2000)
+    # The checkpoint ran with no busy handler (it holds writers back while it waits), then the
+    # connection's own timeout came back.
+    assert statements == [
+        "PRAGMA busy_timeout = 0", "PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA busy_timeout = 2000",
+    ]
+    conn.set_trace_callback(None)
+    reader.execute("COMMIT")
+    reader.close()
+    assert rewind_log(conn, 2000)
+    assert (tmp_path / "rewind.db-wal").stat().st_size == 0
+    assert _rows_in_database_file(path) == 2000
     conn.close()
 
 
