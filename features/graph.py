@@ -638,6 +638,10 @@ _SQLITE_SCHEMA = (
 )
 
 
+#: Entries :meth:`SqliteGraph.prune` deletes per write transaction.
+PRUNE_BATCH = 500
+
+
 class SqliteGraph:
     """The identity graph in one SQLite file (WAL): each resolution is one write transaction."""
 
@@ -722,10 +726,19 @@ class SqliteGraph:
         days = self.config.retention_days if retention_days is None else retention_days
         cutoff = now - days * 86_400
         conn = self._conn()
+        removed = 0
         try:
-            with self._writes.transaction(conn, self.busy_timeout_ms):
-                cur = conn.execute("DELETE FROM graph WHERE t < ?", (cutoff,))
-                return int(cur.rowcount)
+            while True:
+                # Oldest first, PRUNE_BATCH entries per write transaction: a service resolving meanwhile
+                # waits for one batch at most, never for the whole prune.
+                with self._writes.transaction(conn, self.busy_timeout_ms):
+                    batch = conn.execute(
+                        "DELETE FROM graph WHERE k IN (SELECT k FROM graph WHERE t < ? ORDER BY t LIMIT ?)",
+                        (cutoff, PRUNE_BATCH),
+                    ).rowcount
+                removed += batch
+                if batch < PRUNE_BATCH:
+                    return removed
         except sqlite3.Error as exc:
             raise GraphUnavailable(f"identity graph busy or failing: {exc}") from exc
 

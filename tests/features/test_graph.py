@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +295,46 @@ def test_explain_returns_hashes_counts_and_evidence_only(tmp_path: Path) -> None
     assert view.person["promotion_codes"] == {"W": 2}
     assert view.household is not None and view.household["attempts"] == 2
     assert explain(store.view(), "never") is None
+
+
+def test_a_large_prune_goes_in_batches_a_resolution_gets_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Maintenance on a live graph: another worker's resolution waits for one batch, not the whole prune."""
+    import features.graph as graph
+
+    monkeypatch.setattr(graph, "PRUNE_BATCH", 2)
+    day = 86_400.0
+    store = SqliteGraph(tmp_path / "graph.db", GraphConfig(retention_days=30))
+    # Another worker's store on the file: a lock of its own, and it gives up at once on a taken one.
+    service = SqliteGraph(tmp_path / "graph.db", GraphConfig(retention_days=30), busy_timeout_ms=0)
+    for i in range(5):
+        store.resolve(Attempt(f"old-{i}", 1.0e9 + i, "W", "welcome", {"account": f"a{i}", "device": f"d{i}"}))
+    conn = sqlite3.connect(tmp_path / "graph.db")
+    before = conn.execute("SELECT count(*) FROM graph").fetchone()[0]
+    conn.close()
+    resolved: list[str] = []
+    original = graph.WriteLock.transaction
+
+    @contextmanager
+    def resolving_between(self: Any, conn: Any, busy_timeout_ms: int) -> Iterator[Any]:
+        with original(self, conn, busy_timeout_ms) as tx:
+            yield tx
+        if self is store._writes and len(resolved) < 3:  # noqa: SLF001 - the prune's lock, not the service's
+            request_id = f"meanwhile-{len(resolved)}"
+            service.resolve(Attempt(request_id, 1.0e9 + 45 * day, "W", "welcome", {"account": request_id}))
+            resolved.append(request_id)
+
+    monkeypatch.setattr(graph.WriteLock, "transaction", resolving_between)
+    removed = store.prune(now=1.0e9 + 45 * day)
+    assert removed == before
+    assert len(resolved) >= 3
+    for i in range(5):
+        assert explain(store.view(), f"old-{i}") is None
+    for request_id in resolved:
+        assert explain(store.view(), request_id) is not None
+    service.close()
+    store.close()
 
 
 def test_prune_forgets_links_older_than_the_retention(tmp_path: Path) -> None:
