@@ -90,6 +90,16 @@ def build_world(root: Path) -> None:
         subprocess.run([cli, *step, "--root", str(root)], check=True, stdout=subprocess.DEVNULL)
 
 
+def world_source(root: str | None, scratch: Path) -> Path:
+    """The built world at ``root``, or one built now under ``scratch`` when no root is given."""
+    if root:
+        return Path(root).resolve()
+    source = scratch / "world"
+    source.mkdir()
+    build_world(source)
+    return source
+
+
 def copy_world(source: Path, dest: Path) -> None:
     """Copy what the service reads (raw data, features, Feast store, MLflow) into ``dest``."""
     for part in ("data/raw", "data/features", "data/feast", "mlflow"):
@@ -326,10 +336,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pg-bench-") as tmp:
         scratch = Path(tmp)
-        source = Path(args.root).resolve() if args.root else scratch / "world"
-        if not args.root:
-            source.mkdir()
-            build_world(source)
+        source = world_source(args.root, scratch)
         bodies = request_bodies(source, BODIES)
         random.Random(3).shuffle(bodies)
 
