@@ -441,7 +441,9 @@ def build_scorer(settings: Settings) -> Scorer:
     resolver = identity_resolver(settings)
     rules = load_rules(settings.rules_path) if settings.rules_path else default_rules()
     model = load_model(settings)
-    records: RecordsLike = open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=0.5)
+    records: RecordsLike = open_when_unlocked(
+        lambda: open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=0.5)
+    )
     if settings.log_queue:
         # The log's write leaves the request path; retries and twins still see the queued answer.
         records = QueuedRecords(records, maxsize=settings.log_queue_size)
@@ -578,7 +580,9 @@ class PromoGuard:
         check_api_keys(self.settings)
         self.scorer = build_scorer(self.settings)
         # Campaign controls and lists: read once now, then whenever the store's version moves.
-        self.controls = ControlsStore(self.settings.state_url, self.settings.serving_dir)
+        self.controls = open_when_unlocked(
+            lambda: ControlsStore(self.settings.state_url, self.settings.serving_dir)
+        )
         self.controls_refresher = ControlsRefresher(
             self.controls, self._publish_controls, self.settings.controls_refresh_s
         )
