@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import bentoml
 from starlette.responses import JSONResponse
@@ -345,30 +345,6 @@ def load_model(settings: Settings) -> LoadedModel | None:
         return None
 
 
-_Store = TypeVar("_Store")
-
-#: Seconds a worker keeps trying to open a local state file that another process has locked. Sibling
-#: workers open (and on a first start create) the same files at the same moment, and SQLite can refuse
-#: the loser at once: turning a new file to WAL takes an exclusive lock. A store that fails to open
-#: stays closed for the worker's whole life, with every answer degraded.
-OPEN_RETRY_S = 10.0
-
-
-def open_when_unlocked(open_store: Callable[[], _Store], retry_s: float = OPEN_RETRY_S) -> _Store:
-    """``open_store()``, tried again every 0.1 s for up to ``retry_s`` seconds while the file is locked.
-
-    Any other failure (a missing folder, a corrupt file) is raised at once.
-    """
-    deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            return open_store()
-        except Exception as exc:
-            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
-                raise
-        time.sleep(0.1)
-
-
 def build_velocity(settings: Settings) -> VelocityLike | None:
     """The velocity store of the configured backend, or None (rules fallback) when it cannot open."""
     from features import velocity
@@ -382,10 +358,10 @@ def build_velocity(settings: Settings) -> VelocityLike | None:
         # wait for the GIL while holding it); giving up after the store's default 50 ms fails open and
         # lets a burst on one capped code, the very case a cap exists for, slip past it. Waiting is
         # bounded by the traffic timeout of the service, and costs latency only during such a burst.
-        return open_when_unlocked(lambda: velocity.SqliteVelocity(
+        return velocity.SqliteVelocity(
             settings.serving_dir / "velocity.db", busy_timeout_ms=SQLITE_BUSY_MS, checkpoint_interval_s=0.5,
             retention_s=settings.velocity_retention_days * 86_400,
-        ))
+        )
     except Exception as exc:
         logger.warning("velocity store unavailable (%s): every answer will be degraded", type(exc).__name__)
         return None
@@ -409,10 +385,8 @@ def build_graph(settings: Settings, redis_connection: Any = None) -> Any:
             )
             return graph.RedisGraph(client, config)
         settings.serving_dir.mkdir(parents=True, exist_ok=True)
-        return open_when_unlocked(lambda: graph.SqliteGraph(
-            settings.serving_dir / "graph.db", config, busy_timeout_ms=SQLITE_BUSY_MS,
-            checkpoint_interval_s=0.5,
-        ))
+        return graph.SqliteGraph(settings.serving_dir / "graph.db", config, busy_timeout_ms=SQLITE_BUSY_MS,
+                                 checkpoint_interval_s=0.5)
     except Exception as exc:
         logger.warning("identity graph unavailable (%s): every answer will be degraded", type(exc).__name__)
         return None
@@ -441,9 +415,7 @@ def build_scorer(settings: Settings) -> Scorer:
     resolver = identity_resolver(settings)
     rules = load_rules(settings.rules_path) if settings.rules_path else default_rules()
     model = load_model(settings)
-    records: RecordsLike = open_when_unlocked(
-        lambda: open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=0.5)
-    )
+    records: RecordsLike = open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=0.5)
     if settings.log_queue:
         # The log's write leaves the request path; retries and twins still see the queued answer.
         records = QueuedRecords(records, maxsize=settings.log_queue_size)
@@ -580,9 +552,7 @@ class PromoGuard:
         check_api_keys(self.settings)
         self.scorer = build_scorer(self.settings)
         # Campaign controls and lists: read once now, then whenever the store's version moves.
-        self.controls = open_when_unlocked(
-            lambda: ControlsStore(self.settings.state_url, self.settings.serving_dir)
-        )
+        self.controls = ControlsStore(self.settings.state_url, self.settings.serving_dir)
         self.controls_refresher = ControlsRefresher(
             self.controls, self._publish_controls, self.settings.controls_refresh_s
         )

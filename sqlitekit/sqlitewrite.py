@@ -28,7 +28,8 @@ from contextlib import contextmanager
 DEFAULT_POLL_S = 0.0002
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True when ``exc`` is SQLite saying another connection holds the lock it needs."""
     text = str(exc).lower()
     return "locked" in text or "busy" in text
 
@@ -91,7 +92,7 @@ class WriteLock:
                         break
                     except sqlite3.OperationalError as exc:
                         remaining = deadline - time.monotonic()
-                        if not _busy(exc) or remaining <= 0:
+                        if not is_busy(exc) or remaining <= 0:
                             raise
                     # The last sleep is cut to the deadline: the writer waits its whole timeout, no less.
                     time.sleep(min(self.poll_s, remaining))

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlitekit.sqlitewrite import is_busy
+
 logger = logging.getLogger(__name__)
 
 #: Seconds between two background checkpoints.
@@ -72,10 +74,33 @@ def _connect(path: str, busy_timeout_ms: int, *, journal: str, synchronous: str)
     conn = sqlite3.connect(
         path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
     )
-    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    conn.execute(f"PRAGMA journal_mode = {journal}")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        _set_journal_mode(conn, journal, busy_timeout_ms)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _set_journal_mode(conn: sqlite3.Connection, journal: str, busy_timeout_ms: int) -> None:
+    """Set ``journal``, waiting up to ``busy_timeout_ms`` for a file another connection holds.
+
+    SQLite refuses a journal-mode change at once, without calling the busy handler, while another
+    connection holds the file's write lock. That is what two worker processes opening a new file at
+    the same moment do to each other, each turning it to WAL: the loser's store failed to open, and
+    the worker ran its whole life without it. Tried again every 10 ms until the timeout.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            conn.execute(f"PRAGMA journal_mode = {journal}")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 def disable_autocheckpoint(conn: sqlite3.Connection) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -562,43 +561,3 @@ def test_api_keys_compare_exactly() -> None:
     assert key_matches("k2", ("k1", "k2")) == "k2"
     assert key_matches("k", ("k1", "k2")) is None
     assert key_matches("", ("k1",)) is None
-
-
-def test_a_state_file_locked_by_a_sibling_worker_at_start_is_opened_once_it_is_free() -> None:
-    from serving.service import open_when_unlocked
-
-    attempts: list[int] = []
-
-    def open_store() -> str:
-        attempts.append(1)
-        if len(attempts) < 3:
-            # What a worker sees when its sibling is turning the new file to WAL at the same moment.
-            raise sqlite3.OperationalError("database is locked")
-        return "store"
-
-    assert open_when_unlocked(open_store, retry_s=30.0) == "store"
-    assert len(attempts) == 3
-
-
-def test_a_state_file_that_cannot_open_for_another_reason_fails_at_once() -> None:
-    from serving.service import open_when_unlocked
-
-    attempts: list[int] = []
-
-    def open_store() -> str:
-        attempts.append(1)
-        raise sqlite3.OperationalError("unable to open database file")
-
-    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
-        open_when_unlocked(open_store, retry_s=30.0)
-    assert len(attempts) == 1
-
-
-def test_a_state_file_locked_past_the_retry_time_gives_the_failure_back() -> None:
-    from serving.service import open_when_unlocked
-
-    def open_store() -> str:
-        raise sqlite3.OperationalError("database is locked")
-
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
-        open_when_unlocked(open_store, retry_s=0.0)

@@ -85,6 +85,37 @@ def test_rewind_log_skips_a_log_a_reader_is_on_without_waiting_and_rewinds_it_af
     conn.close()
 
 
+def test_opening_a_new_file_another_process_is_writing_waits_for_it(tmp_path: Path) -> None:
+    """Two workers open a new state file at once: the one that finds the other's write lock waits."""
+    path = tmp_path / "new.db"
+    # Committed from a timer's thread below.
+    sibling = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    sibling.execute("CREATE TABLE t (x INTEGER)")
+    # The sibling holds the write lock of a file not yet in WAL mode: SQLite refuses the journal-mode
+    # change at once here, without its busy handler.
+    sibling.execute("BEGIN IMMEDIATE")
+    sibling.execute("INSERT INTO t VALUES (1)")
+    done = threading.Timer(0.2, lambda: sibling.execute("COMMIT"))
+    done.start()
+    conn = open_wal(str(path), 10_000, background_checkpoints=True)
+    done.join()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    conn.close()
+    sibling.close()
+
+
+def test_opening_a_file_held_past_the_busy_timeout_fails_with_the_lock_error(tmp_path: Path) -> None:
+    path = tmp_path / "held.db"
+    sibling = sqlite3.connect(path, isolation_level=None)
+    sibling.execute("CREATE TABLE t (x INTEGER)")
+    sibling.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        open_wal(str(path), 0, background_checkpoints=True)
+    sibling.execute("ROLLBACK")
+    sibling.close()
+
+
 def test_checkpointer_copies_committed_writes_into_the_database_file(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.db"
     conn = _writer(path)
