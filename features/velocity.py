@@ -586,10 +586,9 @@ class SqliteVelocity:
 
         No index leads with the time, so finding them walks the whole table (under a second at two
         million members; an index on the time alone would cost every request's write). The walk goes
-        in key order, a page of :data:`_CHUNK` stale members per
-        read, and each page is deleted by key in a write transaction of its own that checks the time
-        again (a member written meanwhile stays). A service writing meanwhile waits for one page at
-        most, never for the walk.
+        in key order, a page of :data:`_CHUNK` stale members per read, and each page is deleted by key
+        in a write transaction of its own that checks the time again (a member written meanwhile
+        stays). A service writing meanwhile waits for one page at most, never for the walk.
         """
         conn = self._conn()
         if rules:
