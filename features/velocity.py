@@ -204,6 +204,14 @@ def _check_ts(field: str, value: object) -> float:
     return float(value)
 
 
+def _check_written_ts(field: str, value: object) -> float:
+    """A time a member is written with: epoch seconds, not before 1970 (the SQLite buckets need >= 0)."""
+    ts = _check_ts(field, value)
+    if ts < 0:
+        raise ValueError(f"{field} must be epoch seconds >= 0, got {ts!r}")
+    return ts
+
+
 def _valid_pairs(pairs: Sequence[Any], second: type) -> bool:
     """True when every item is already a (non-empty str, ``second``) tuple: the common, fast case."""
     return all(
@@ -293,7 +301,71 @@ CREATE TABLE IF NOT EXISTS cap_use (
 ) WITHOUT ROWID;
 """
 
-_COUNT_SINCE = "(SELECT count(*) FROM vset WHERE counter = ? AND ts >= ?)"
+#: Width in seconds of the buckets that count a counter's members by the minute of their time.
+_BUCKET_S = 60
+#: ``PRAGMA user_version`` of a file whose ``vbucket`` counts are kept (at :data:`_BUCKET_S`).
+_SCHEMA_VERSION = 2
+
+# vbucket holds, per counter, how many members have their latest time in each minute; triggers keep
+# it exact through every insert, move and delete of vset, in the same transaction. Without it a count
+# walked every member in the window: a code attempted 20 times a second has 1.7M members in 24 hours,
+# 130 ms a read. With it a read sums at most a window of minutes and walks the members of half of one.
+_BUCKET_OF = "CAST({}.ts AS INTEGER) / " + str(_BUCKET_S)
+_SQLITE_BUCKETS = f"""
+CREATE TABLE vbucket (
+    counter TEXT NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (counter, bucket)
+) WITHOUT ROWID;
+CREATE TRIGGER vset_counted AFTER INSERT ON vset BEGIN
+    INSERT INTO vbucket (counter, bucket, n) VALUES (new.counter, {_BUCKET_OF.format("new")}, 1)
+    ON CONFLICT (counter, bucket) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER vset_uncounted AFTER DELETE ON vset BEGIN
+    DELETE FROM vbucket WHERE counter = old.counter AND bucket = {_BUCKET_OF.format("old")} AND n = 1;
+    UPDATE vbucket SET n = n - 1 WHERE counter = old.counter AND bucket = {_BUCKET_OF.format("old")};
+END;
+CREATE TRIGGER vset_moved AFTER UPDATE ON vset
+WHEN new.counter IS NOT old.counter OR {_BUCKET_OF.format("new")} != {_BUCKET_OF.format("old")} BEGIN
+    DELETE FROM vbucket WHERE counter = old.counter AND bucket = {_BUCKET_OF.format("old")} AND n = 1;
+    UPDATE vbucket SET n = n - 1 WHERE counter = old.counter AND bucket = {_BUCKET_OF.format("old")};
+    INSERT INTO vbucket (counter, bucket, n) VALUES (new.counter, {_BUCKET_OF.format("new")}, 1)
+    ON CONFLICT (counter, bucket) DO UPDATE SET n = n + 1;
+END;
+INSERT INTO vbucket (counter, bucket, n)
+    SELECT counter, {_BUCKET_OF.format("vset")}, count(*) FROM vset GROUP BY 1, 2;
+PRAGMA user_version = {_SCHEMA_VERSION};
+"""
+
+# Members seen at or after T: the buckets after T's minute plus a walk of T's minute from T to its
+# end, or T's minute's bucket on and minus a walk from its start to T, whichever walk is shorter.
+_COUNT_SINCE = (
+    "((SELECT coalesce(sum(n), 0) FROM vbucket WHERE counter = ? AND bucket >= ?)"
+    " + ? * (SELECT count(*) FROM vset WHERE counter = ? AND ts >= ? AND ts < ?))"
+)
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, split where :func:`sqlite3.complete_statement` says one ends.
+
+    A trigger's body holds semicolons of its own, so a plain split on ``;`` would cut it.
+    """
+    statements, pending = [], ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
+
+
+def _count_since_args(counter: str, since_ts: float) -> tuple[str, int, int, str, float, float]:
+    """The parameters of :data:`_COUNT_SINCE` for one query; exact, since buckets hold whole seconds."""
+    bucket = math.floor(since_ts) // _BUCKET_S
+    start = bucket * _BUCKET_S
+    if since_ts - start < _BUCKET_S / 2:
+        return counter, bucket, -1, counter, start, since_ts
+    return counter, bucket + 1, 1, counter, since_ts, start + _BUCKET_S
 #: Counters per SQLite statement, well under its limits on result columns and bound parameters.
 _CHUNK = 500
 
@@ -308,6 +380,9 @@ class SqliteVelocity:
     in ``BEGIN IMMEDIATE`` transactions, which take the write lock up front, so a check followed by a
     reserve cannot interleave with another writer. A short busy timeout keeps a stuck writer from
     stalling a request: the caller gets :class:`VelocityUnavailable` and falls back to rules.
+
+    A count reads per-minute member counts that triggers keep in step with the members, so its cost
+    is bounded by the window's minutes rather than the counter's traffic (see :data:`_COUNT_SINCE`).
     """
 
     def __init__(
@@ -347,8 +422,11 @@ class SqliteVelocity:
         self._checkpointer: Checkpointer | None = None
         with self._tx(immediate=True) as conn:
             # executescript() would commit the open transaction first; run statements one by one.
-            for statement in _SQLITE_SCHEMA.split(";"):
-                if statement.strip():
+            for statement in _statements(_SQLITE_SCHEMA):
+                conn.execute(statement)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                # A file from before the buckets: they are built from its members, in this transaction.
+                for statement in _statements(_SQLITE_BUCKETS):
                     conn.execute(statement)
         self._start_checkpointer()
 
@@ -401,7 +479,7 @@ class SqliteVelocity:
     def add(self, counter: str, member: str, ts: float) -> None:
         """Keep ``member`` in ``counter`` with the latest of its timestamps."""
         counter, member = _check_text("counter", counter), _check_text("member", member)
-        ts = _check_ts("ts", ts)
+        ts = _check_written_ts("ts", ts)
         with self._tx(immediate=True) as conn:
             self._add(conn, [(counter, member)], ts, ts - self.retention_s)
 
@@ -412,7 +490,7 @@ class SqliteVelocity:
     def record(self, request_id: str, ts: float, updates: Sequence[tuple[str, str]]) -> bool:
         """Apply all adds atomically; False (and no change) when ``request_id`` was already recorded."""
         _check_text("request_id", request_id)
-        ts = _check_ts("ts", ts)
+        ts = _check_written_ts("ts", ts)
         pairs = _check_updates(updates)
         cutoff = ts - self.retention_s
         with self._tx(immediate=True) as conn:
@@ -438,7 +516,8 @@ class SqliteVelocity:
             for start in range(0, len(checked), _CHUNK):
                 chunk = checked[start : start + _CHUNK]
                 sql = "SELECT " + ", ".join([_COUNT_SINCE] * len(chunk))
-                counts.extend(int(n) for n in conn.execute(sql, [v for q in chunk for v in q]).fetchone())
+                args = [v for q in chunk for v in _count_since_args(*q)]
+                counts.extend(int(n) for n in conn.execute(sql, args).fetchone())
         return counts
 
     def reserve(
@@ -785,7 +864,7 @@ class RedisVelocity:
     def add(self, counter: str, member: str, ts: float) -> None:
         """Keep ``member`` in ``counter`` with the latest of its timestamps."""
         counter, member = _check_text("counter", counter), _check_text("member", member)
-        ts = _check_ts("ts", ts)
+        ts = _check_written_ts("ts", ts)
         key = self._vkey(counter)
         pipe = self.client.pipeline(transaction=True)
         pipe.zadd(key, {member: ts}, gt=True)
@@ -800,7 +879,7 @@ class RedisVelocity:
     def record(self, request_id: str, ts: float, updates: Sequence[tuple[str, str]]) -> bool:
         """Apply all adds atomically in one script; False when ``request_id`` was already recorded."""
         _check_text("request_id", request_id)
-        ts = _check_ts("ts", ts)
+        ts = _check_written_ts("ts", ts)
         pairs = _check_updates(updates)
         keys = [self._rkey(request_id)] + [self._vkey(c) for c, _ in pairs]
         args = [repr(ts), repr(ts - self.retention_s), self._retention_arg] + [m for _, m in pairs]
