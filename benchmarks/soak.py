@@ -8,7 +8,8 @@ Prints one table, a row per minute of the soak:
   velocity store and the identity graph) without its write-ahead log, and with ``--profile redis`` the
   Redis's used memory (velocity, caps and graph), with their growth per 1,000 requests over that minute;
 * the write-ahead logs together (bounded by the service's checkpointers, not by retention);
-* the maintenance runs that finished in that minute and how long each took.
+* the maintenance runs that finished in that minute and how long each took, with the seconds of each
+  store's retention in brackets (the command's own "took" line; the rest is the process's start).
 
 The service is the real one (``bentoml serve``, its default workers) on a private copy of the world
 that ``benchmarks/serve.py`` builds or reuses (``--root`` / ``PROMOGUARD_BENCH_ROOT``). The load is
@@ -33,6 +34,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -66,8 +68,8 @@ class Maintenance:
     root: Path
     env: dict[str, str]
     every_s: float
-    #: (monotonic time it finished, seconds it took, exit status) per run.
-    runs: list[tuple[float, float, int]] = field(default_factory=list)
+    #: (monotonic time it finished, seconds it took, exit status, seconds per store) per run.
+    runs: list[tuple[float, float, int, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -89,8 +91,19 @@ class Maintenance:
         while not self._stop.wait(self.every_s):
             started = time.monotonic()
             done = subprocess.run([cli, "maintenance", "--root", str(self.root)], env=self.env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            self.runs.append((time.monotonic(), time.monotonic() - started, done.returncode))
+                                  capture_output=True, text=True, check=False)
+            self.runs.append((time.monotonic(), time.monotonic() - started, done.returncode,
+                              store_seconds(done.stdout)))
+
+
+def store_seconds(output: str) -> str:
+    """The seconds per store of ``promoguard maintenance``'s "took" line, shortened: ``log 1.2, ...``."""
+    took = re.search(r"took (.*)", " ".join(output.split()))
+    if took is None:
+        return ""
+    parts = re.findall(r"(scoring log|velocity|identity graph)\S*(?: \(\w+\))? ([\d.]+) s", took.group(1))
+    short = {"scoring log": "log", "velocity": "velocity", "identity graph": "graph"}
+    return ", ".join(f"{short[name]} {float(seconds):.1f}" for name, seconds in parts)
 
 
 def file_mb(path: Path) -> float:
@@ -150,8 +163,9 @@ def soak(
             **{f"{name} MB": f"{mb:.1f}" for name, mb in sizes.items()},
             "KB per 1k req": f"{growth_kb:,.0f}",
             "WAL MB": f"{wal:.0f}",
-            "maintenance s": ", ".join(f"{d:.1f}" + ("" if rc == 0 else f" (exit {rc})")
-                                       for _, d, rc in finished) or "-",
+            "maintenance s": ", ".join(
+                f"{d:.1f}" + (f" ({parts})" if parts else "") + ("" if rc == 0 else f" (exit {rc})")
+                for _, d, rc, parts in finished) or "-",
         })
         before = sizes
     return rows

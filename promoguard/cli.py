@@ -649,17 +649,22 @@ def maintenance(
     settings = _settings(root)
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
+    # Seconds per store, printed so that an operator sees which retention is slow.
+    took: dict[str, float] = {}
     log = settings.serving_dir / "scores.db"
     if settings.state_url or log.exists():
         # The replicas' shared database when PROMOGUARD_STATE_URL is set, else this root's file.
+        started = time.perf_counter()
         records = open_records(settings.state_url, settings.serving_dir, checkpoint_interval_s=None)
         try:
             pruned = records.prune(now, settings.scores_retention_days, vacuum=vacuum)
         finally:
             records.close()
+        took["scoring log"] = time.perf_counter() - started
         rows += [{"store": "scoring log", "removed": name, "rows": n} for name, n in vars(pruned).items()]
     velocity_path = settings.serving_dir / "velocity.db"
     if settings.velocity_backend == "redis" or velocity_path.exists():
+        started = time.perf_counter()
         store: Any = velocity_store(
             settings.velocity_backend, velocity_path, settings.redis_url, redis_timeout_s=5.0,
             retention_s=settings.velocity_retention_days * 86_400,
@@ -668,6 +673,7 @@ def maintenance(
             counts = store.prune(now.timestamp(), vacuum=vacuum)
         finally:
             store.close()
+        took[f"velocity ({settings.velocity_backend})"] = time.perf_counter() - started
         rows += [{"store": f"velocity ({settings.velocity_backend})", "removed": name, "rows": n}
                  for name, n in vars(counts).items()]
     graph_path = settings.serving_dir / "graph.db"
@@ -675,17 +681,20 @@ def maintenance(
         # Redis graph entries expire by themselves; the SQLite graph is pruned here.
         from features.graph import GraphConfig, SqliteGraph
 
+        started = time.perf_counter()
         graph = SqliteGraph(graph_path, GraphConfig(retention_days=settings.graph_retention_days),
                             busy_timeout_ms=5000)
         try:
             gone = graph.prune(now.timestamp())
         finally:
             graph.close()
+        took["identity graph (sqlite)"] = time.perf_counter() - started
         rows.append({"store": "identity graph (sqlite)", "removed": "entries", "rows": gone})
     if not rows:
         console.print(f"nothing to prune: no scoring log or velocity store under {settings.serving_dir}")
         return
     print_table(f"maintenance as of {now:%Y-%m-%d %H:%M} UTC", pd.DataFrame(rows))
+    console.print("took " + ", ".join(f"{store} {seconds:.2f} s" for store, seconds in took.items()))
 
 
 # --- campaign controls and allow/deny lists -----------------------------------------------------------

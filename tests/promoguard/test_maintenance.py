@@ -60,6 +60,13 @@ def test_maintenance_prints_what_it_removed_and_keeps_the_rest(serving_dir: Path
     assert _count(result.output, "velocity", "members") == 2
     assert _count(result.output, "velocity", "requests") == 1
     assert _count(result.output, "velocity", "holds") == 1
+    # The time each store's retention took, so that an operator sees which one is slow.
+    took = re.search(
+        r"took\s+scoring\s+log\s+[\d.]+\s+s,\s+velocity\s+\(sqlite\)\s+[\d.]+\s+s,"
+        r"\s+identity\s+graph\s+\(sqlite\)\s+[\d.]+\s+s",
+        result.output,
+    )
+    assert took, result.output
     records = Records(serving_dir / "scores.db")
     assert records.count("scores") == 1 and records.scored("r2") is not None
     records.close()
