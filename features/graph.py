@@ -43,14 +43,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import orjson
-import pandas as pd
 import redis
 
 from sqlitekit.sqlitewrite import WriteLock
+
+if TYPE_CHECKING:
+    # The batch build's frames import them where they are used: the online store and
+    # `promoguard maintenance`, which only prune and resolve, start without them.
+    import numpy as np
+    import pandas as pd
 from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_wal
 
 #: Evidence weight of a key kind shared with an earlier person. An account is a login: alone it is the
@@ -468,6 +472,9 @@ class DictView:
 def attempts_in_order(keys: pd.DataFrame) -> Iterator[Attempt]:
     """The attempts of a keys frame in resolution order: time, then request id (ties broken the same way
     online and in batch)."""
+    import numpy as np
+    import pandas as pd
+
     ts = pd.to_datetime(keys["ts"], utc=True)
     seconds = ((ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).to_numpy(dtype=np.float64)
     rids = keys["request_id"].astype(str).to_numpy()
@@ -485,6 +492,8 @@ def attempts_in_order(keys: pd.DataFrame) -> Iterator[Attempt]:
 
 def _clean_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     """The column as objects with every missing, empty or non-text value as None."""
+    import numpy as np
+
     if name not in frame.columns:
         return np.full(len(frame), None, dtype=object)
     values = frame[name].astype(object).to_numpy()
@@ -501,6 +510,9 @@ def build_graph(keys: pd.DataFrame, config: GraphConfig | None = None) -> tuple[
     kinds) and every :data:`GRAPH_COLUMNS` column, in the input's row order. Each row is what serving
     would have resolved at that attempt: the graph as it stood just before it.
     """
+    import numpy as np
+    import pandas as pd
+
     config = config or GraphConfig()
     view = DictView()
     n = len(keys)
@@ -555,6 +567,8 @@ class IdentityView:
 
 
 def _iso(ts: float | None) -> str | None:
+    import pandas as pd
+
     if ts is None or not math.isfinite(ts) or ts <= 0:
         return None
     return pd.Timestamp(ts, unit="s", tz="UTC").isoformat()

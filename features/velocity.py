@@ -366,6 +366,8 @@ def _count_since_args(counter: str, since_ts: float) -> tuple[str, int, int, str
     if since_ts - start < _BUCKET_S / 2:
         return counter, bucket, -1, counter, start, since_ts
     return counter, bucket + 1, 1, counter, since_ts, start + _BUCKET_S
+
+
 #: Counters per SQLite statement, well under its limits on result columns and bound parameters.
 _CHUNK = 500
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +13,11 @@ from rich.table import Table
 from config.quiet import quiet_mlflow, quiet_third_party_warnings
 from promoguard.errors import ExitCode, OperatorGroup, fail, read_parquet
 from promoguard.settings import InvalidSettings, Settings
+
+if TYPE_CHECKING:
+    # Imported by the commands that need it: `promoguard maintenance` runs beside a busy service,
+    # and pandas alone is over half a second of a command's start.
+    import pandas as pd
 
 # OperatorGroup: a failure an operator can fix ends any command with one line and its own exit code.
 app = typer.Typer(
@@ -37,12 +41,23 @@ def _settings(root: Path | None) -> Settings:
         fail(f"invalid configuration: {exc}", ExitCode.CONFIG)
 
 
-def print_table(title: str, frame: pd.DataFrame) -> None:
-    """Render a small DataFrame as a rich table (the summary every long step ends with)."""
+def print_table(title: str, frame: pd.DataFrame | list[dict[str, Any]]) -> None:
+    """Render a small DataFrame, or rows as dicts, as a rich table (the summary every long step ends with).
+
+    Rows as dicts let a command that needs no pandas print without importing it.
+    """
+    if isinstance(frame, list):
+        columns = list(frame[0]) if frame else []
+        rows: list[Any] = [tuple(row[c] for c in columns) for row in frame]
+        numeric = [all(isinstance(row[c], int | float) and not isinstance(row[c], bool) for row in frame)
+                   for c in columns]
+    else:
+        columns, rows = list(frame.columns), list(frame.itertuples(index=False))
+        numeric = [frame[c].dtype.kind in "if" for c in columns]
     table = Table(title=title)
-    for col in frame.columns:
-        table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
-    for row in frame.itertuples(index=False):
+    for col, right in zip(columns, numeric, strict=True):
+        table.add_column(str(col), justify="right" if right else "left")
+    for row in rows:
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)
 
@@ -94,6 +109,8 @@ def features_build(
     root: Path | None = typer.Option(None, help="Project root holding data/ (default: current folder)."),
 ) -> None:
     """Resolve identities and compute point-in-time aggregates into data/features/."""
+    import pandas as pd
+
     from features.context import add_context
     from features.events import validate_events, validate_labels
     from features.identity import resolve_frame
@@ -183,6 +200,8 @@ def features_materialize(
 
 def _truth(settings: Settings) -> pd.DataFrame | None:
     """Simulator ground truth for per-pattern evaluation (absent for a store's own export)."""
+    import pandas as pd
+
     truth_path, actors_path = settings.raw_dir / "truth.parquet", settings.raw_dir / "actors.parquet"
     if not truth_path.exists():
         return None
@@ -441,6 +460,7 @@ def backtest(
     root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
 ) -> None:
     """Replay history through the service's decision path and write a per-campaign loss ledger."""
+    import pandas as pd
     from rich.progress import Progress
 
     from promoguard.backtest import choose_window, log_report, run_backtest, summary_frame, write_report
@@ -525,6 +545,8 @@ def shadow_report(
     """
     import json
     from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
 
     from scoring.records import exploration_frame, shadow_frame
     from scoring.shadow import shadow_report as build_report
@@ -693,7 +715,7 @@ def maintenance(
     if not rows:
         console.print(f"nothing to prune: no scoring log or velocity store under {settings.serving_dir}")
         return
-    print_table(f"maintenance as of {now:%Y-%m-%d %H:%M} UTC", pd.DataFrame(rows))
+    print_table(f"maintenance as of {now:%Y-%m-%d %H:%M} UTC", rows)
     console.print("took " + ", ".join(f"{store} {seconds:.2f} s" for store, seconds in took.items()))
 
 
@@ -741,6 +763,8 @@ def _campaign_change(code: str, by: str | None, root: Path | None, action: str, 
 
 
 def _print_campaigns(controls: list[Any]) -> None:
+    import pandas as pd
+
     rows = [{
         "code": c.code, "mode": c.mode, "force verify": "yes" if c.force_verify else "no",
         "verify at": "-" if c.verify_threshold is None else str(c.verify_threshold),
@@ -815,6 +839,8 @@ def campaign_show(
     root: Path | None = _ROOT,
 ) -> None:
     """Print the campaign controls in force and the latest changes, who made them and when."""
+    import pandas as pd
+
     store = _controls(root)
     controls = [store.campaign(code)] if code else store.campaigns()
     controls = [c for c in controls if c is not None]
@@ -902,6 +928,8 @@ def lists_show(
     root: Path | None = _ROOT,
 ) -> None:
     """Print the entries: list, kind, keyed hash, reason, who added it, when, until when."""
+    import pandas as pd
+
     from scoring.controls import utc_now
 
     entries = _controls(root).entries(list_name, now=None if expired else utc_now())

@@ -42,7 +42,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from scoring.signals import top_signal_names
 from sqlitekit.sqlitewrite import WriteLock
 from sqlitekit.walcheckpoint import Checkpointer, open_scratch, open_wal, rewind_log
 
@@ -517,6 +516,10 @@ class Records:
 
 
 def _top_signal_names(signals_json: str, top: int = 3) -> list[str]:
+    # Imported here: scoring.signals pulls numpy, pandas and the schemas, which the service's writes
+    # and `promoguard maintenance` never need.
+    from scoring.signals import top_signal_names
+
     signals = json.loads(signals_json)
     names = [str(s["name"]) for s in signals]
     return top_signal_names(names, [float(s.get("points", 0)) for s in signals], top)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -103,3 +105,22 @@ def test_maintenance_refuses_a_velocity_retention_below_the_longest_window(
     assert result.exit_code == 2
     assert "PROMOGUARD_VELOCITY_RETENTION_DAYS" in result.output
 
+
+
+def test_maintenance_starts_without_the_data_science_stack(serving_dir: Path, tmp_path: Path) -> None:
+    # Maintenance runs beside a busy service: every module it imports is CPU the service's requests
+    # wait for. pandas, numpy and pandera alone were two thirds of its start.
+    script = (
+        "import sys\n"
+        "from promoguard.cli import app\n"
+        "try:\n"
+        "    app(['maintenance', '--root', sys.argv[1]])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('loaded:', sorted(m for m in ('pandas', 'numpy', 'pandera', 'pyarrow') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _count(done.stdout, "scoring log", "scores") == 2
+    assert "loaded: []" in done.stdout
