@@ -49,13 +49,13 @@ import orjson
 import redis
 
 from sqlitekit.sqlitewrite import WriteLock
+from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_wal
 
 if TYPE_CHECKING:
     # The batch build's frames import them where they are used: the online store and
     # `promoguard maintenance`, which only prune and resolve, start without them.
     import numpy as np
     import pandas as pd
-from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_wal
 
 #: Evidence weight of a key kind shared with an earlier person. An account is a login: alone it is the
 #: same customer. The others are the seeds' strong signals, of which two must agree.
