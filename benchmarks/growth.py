@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sqlite3
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve import BODIES, copy_world, request_bodies, world_source  # noqa: E402
+from serve import no_telemetry, private_world  # noqa: E402
 
 from promoguard.settings import Settings  # noqa: E402
 
@@ -48,21 +47,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60_000)
     parser.add_argument("--every", type=int, default=10_000)
     args = parser.parse_args()
-    for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
-        os.environ.setdefault(name, "true")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    no_telemetry()
 
     from scoring.schemas import ScoreRequest
     from serving.service import build_scorer
 
     rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="pg-growth-") as tmp:
-        scratch = Path(tmp)
-        source = world_source(args.root, scratch)
-        bodies = request_bodies(source, BODIES)
-        random.Random(5).shuffle(bodies)
-        root = scratch / "growth"
-        copy_world(source, root)
+        root, bodies = private_world(args.root, Path(tmp), "growth")
         settings = Settings.from_env({}, root=root)
         scorer = build_scorer(settings)
         velocity_db = settings.serving_dir / "velocity.db"

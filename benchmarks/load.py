@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from serve import _Connections as Connections  # noqa: E402
-from serve import build_world, copy_world, request_bodies  # noqa: E402
+from serve import build_world, copy_world, no_telemetry, request_bodies  # noqa: E402
 
 from promoguard.demo import free_port  # noqa: E402
 
@@ -333,9 +333,7 @@ def main() -> None:
         print("wrk is not installed (make wrk, or apt-get install -y wrk): no load benchmark")
         return
     env = dict(item.split("=", 1) for item in args.env)
-    for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
-        os.environ.setdefault(name, "true")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    no_telemetry()
 
     with tempfile.TemporaryDirectory(prefix="pg-load-") as tmp:
         scratch = Path(tmp)

@@ -106,6 +106,24 @@ def copy_world(source: Path, dest: Path) -> None:
         shutil.copytree(source / part, dest / part)
 
 
+def private_world(root: str | None, scratch: Path, name: str) -> tuple[Path, list[dict[str, Any]]]:
+    """A private copy of the world (``root``, or one built under ``scratch``) at ``scratch / name``,
+    with :data:`BODIES` request bodies of its events in a fixed shuffled order."""
+    source = world_source(root, scratch)
+    bodies = request_bodies(source, BODIES)
+    random.Random(5).shuffle(bodies)
+    copy = scratch / name
+    copy_world(source, copy)
+    return copy, bodies
+
+
+def no_telemetry() -> None:
+    """Turn off BentoML's, MLflow's and great-expectations' usage reporting unless the caller set it."""
+    for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
+        os.environ.setdefault(name, "true")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
 def request_bodies(root: Path, count: int, seed: int = 7) -> list[dict[str, Any]]:
     """``count`` /score bodies from random raw events, with each code's policy from the promotions table."""
     import pandas as pd
@@ -330,9 +348,7 @@ def main() -> None:
     parser.add_argument("--rates", default="50,100,200", help="comma-separated requests per second")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
-    for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
-        os.environ.setdefault(name, "true")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    no_telemetry()
 
     with tempfile.TemporaryDirectory(prefix="pg-bench-") as tmp:
         scratch = Path(tmp)

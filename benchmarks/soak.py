@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import re
 import subprocess
 import sys
@@ -50,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from faults import _pct as percentile  # noqa: E402
 from faults import private_redis  # noqa: E402
-from serve import BODIES, _open_loop, copy_world, promoguard_service, request_bodies, world_source  # noqa: E402
+from serve import _open_loop, no_telemetry, private_world, promoguard_service  # noqa: E402
 
 from promoguard.settings import Settings  # noqa: E402
 
@@ -200,20 +199,13 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=60.0,
                         help="seconds between two maintenance runs (0: no maintenance)")
     args = parser.parse_args()
-    for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
-        os.environ.setdefault(name, "true")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    no_telemetry()
     retention_days = str(args.retention_minutes / 1440.0)
     retention = {"PROMOGUARD_SCORES_RETENTION_DAYS": retention_days,
                  "PROMOGUARD_GRAPH_RETENTION_DAYS": retention_days}
 
     with tempfile.TemporaryDirectory(prefix="pg-soak-") as tmp:
-        scratch = Path(tmp)
-        source = world_source(args.root, scratch)
-        bodies = request_bodies(source, BODIES)
-        random.Random(5).shuffle(bodies)
-        root = scratch / "soak"
-        copy_world(source, root)
+        root, bodies = private_world(args.root, Path(tmp), "soak")
         os.sync()
         serving_dir = Settings.from_env({}, root=root).serving_dir
         with state_backend(args.profile) as (backend, outside):
