@@ -760,7 +760,9 @@ def test_sqlite_count_costs_the_same_for_a_crowded_counter_as_for_a_quiet_one(tm
             conn.executemany("INSERT INTO vset (counter, member, ts) VALUES (?, ?, ?)", members)
         s.close()
     since = NOW - 86_400 + 0.25 * 60  # a quarter into a minute: the walk is that quarter
-    assert SqliteVelocity(crowded).cardinality("code:HOT", since) == 24 * 60 * 100 - 25
+    counted = SqliteVelocity(crowded)
+    assert counted.cardinality("code:HOT", since) == 24 * 60 * 100 - 25
+    counted.close()
     quiet_steps = _steps_to_read(quiet, "code:HOT", since)
     crowded_steps = _steps_to_read(crowded, "code:HOT", since)
     # 100x the members; the read walks 25 of them more, where a walk of the window would walk 143,975.
@@ -778,7 +780,8 @@ def test_a_sqlite_file_from_before_the_buckets_counts_its_members_once_reopened(
             "INSERT INTO vset (counter, member, ts) VALUES (?, ?, ?)",
             [("code:X", f"m{i}", NOW - i * 37.5) for i in range(200)],
         )
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 0
+        assert old.execute("PRAGMA user_version").fetchone()[0] == 0
+    old.close()
     s = SqliteVelocity(path)
     with sqlite3.connect(path) as check:
         sinces = [NOW - 3600, NOW - 1234.5, NOW - 60, 0.0]

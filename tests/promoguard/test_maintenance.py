@@ -106,7 +106,6 @@ def test_maintenance_refuses_a_velocity_retention_below_the_longest_window(
     assert "PROMOGUARD_VELOCITY_RETENTION_DAYS" in result.output
 
 
-
 def test_maintenance_starts_without_the_data_science_stack(serving_dir: Path, tmp_path: Path) -> None:
     # Maintenance runs beside a busy service: every module it imports is CPU the service's requests
     # wait for. pandas, numpy and pandera alone were two thirds of its start.
