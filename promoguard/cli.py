@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,19 @@ app = typer.Typer(
     cls=OperatorGroup, add_completion=False, no_args_is_help=True, help="Promotional-abuse risk scoring."
 )
 console = Console()
+
+
+@contextlib.contextmanager
+def _status_dropping_prints(message: str) -> Iterator[None]:
+    """A status line while the block runs; what the block prints to stdout is dropped.
+
+    For a library that prints its own chatter: Feast's materialize prints a banner and every view's
+    name, in colour codes even into a log file, which the status line already says while it runs.
+    """
+    # A console bound to stdout now keeps drawing the status while the block's stdout is redirected.
+    shown = Console(file=sys.stdout)
+    with shown.status(message), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 @app.callback()
@@ -191,7 +208,7 @@ def features_materialize(
     _need(settings.feast_dir / "registry.db", "the feature registry: run `promoguard features apply` first")
     end = default_as_of(keys).to_pydatetime()
     started = time.perf_counter()
-    with console.status(
+    with _status_dropping_prints(
         f"materializing up to {end.isoformat()} into the {settings.online_store} online store"
     ):
         materialize(StoreConfig.from_settings(settings), end=end)
