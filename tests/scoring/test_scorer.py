@@ -94,6 +94,38 @@ def test_feature_read_is_given_the_request_deadline(tmp_path: Path, model: Loade
     assert deadline is not None and before < deadline <= before + 0.050 + (time.perf_counter() - before)
 
 
+class _SlowResolver(FakeResolver):
+    """Identity resolution that takes ``delay_s``: a worker stalled before the reads."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def resolve(self, record: Any) -> Any:
+        time.sleep(self.delay_s)
+        return super().resolve(record)
+
+
+def test_the_feature_deadline_counts_from_the_reads_not_from_the_request(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    scorer = _scorer(tmp_path, model=model, feature_deadline_ms=50)
+    scorer.resolver = _SlowResolver(0.08)
+    resp = scorer.score(_req())
+    # Quick reads after a slow step before them: the model answers.
+    assert resp.fallback is None and resp.degraded is False and resp.model_version == "7"
+    scorer.close()
+
+
+def test_a_request_stalled_past_its_whole_deadline_answers_from_the_rules(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    scorer = _scorer(tmp_path, model=model, feature_deadline_ms=50, request_deadline_ms=60)
+    scorer.resolver = _SlowResolver(0.08)
+    resp = scorer.score(_req())
+    assert resp.fallback == "rules" and resp.model_version is None
+    scorer.close()
+
+
 def test_closing_the_scorer_closes_its_dependencies(tmp_path: Path) -> None:
     online, velocity = FakeOnline(SHARED_DEVICE), FakeVelocity()
     scorer = _scorer(tmp_path, online=online, velocity=velocity)
