@@ -136,10 +136,20 @@ def test_closing_the_scorer_closes_its_dependencies(tmp_path: Path) -> None:
         scorer.records.lookup("r1", "x")
 
 
-def test_velocity_read_past_the_deadline_gives_a_rules_answer(tmp_path: Path, model: LoadedModel) -> None:
+def test_velocity_read_past_the_deadline_gives_a_rules_answer(
+    tmp_path: Path, model: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
     scorer = _scorer(tmp_path, velocity=FakeVelocity(read_delay_s=0.1), model=model, feature_deadline_ms=20)
-    resp = scorer.score(_req())
+    with caplog.at_level("WARNING", logger="scoring.scorer"):
+        resp = scorer.score(_req())
     assert resp.degraded is True and resp.fallback == "rules"
+    # The operator's log tells the slow read (its own 100 ms) from the reads that only came after it.
+    messages = [r.getMessage() for r in caplog.records if "deadline" in r.getMessage()]
+    late = {m.split(" read ")[0]: m for m in messages}
+    assert set(late) == {"velocity", "graph"}
+    own_ms = float(late["velocity"].split("after ")[1].split(" ms")[0])
+    assert own_ms >= 100.0
+    assert float(late["graph"].split("after ")[1].split(" ms")[0]) < own_ms
     scorer.close()
 
 
