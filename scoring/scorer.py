@@ -801,8 +801,8 @@ class Scorer:
         row, now = ctx.row, ctx.now
         # The deadline bounds the reads from when they start. Counted from the request's start, a
         # worker stalled before them (identity resolution, a GC or a descheduled process under load)
-        # turned quick reads into a rules fallback: 2 of 4,291 answers at 80% of saturation. The whole
-        # request stays bounded by ``request_deadline_ms`` from its start.
+        # turned quick reads into a rules answer. The whole request stays bounded by
+        # ``request_deadline_ms`` from its start.
         deadline = time.perf_counter() + self.config.feature_deadline_ms / 1000.0
         failed = ctx.failed
         # Both reads run in the request's thread, one after the other, each bounded on its own: the
