@@ -405,7 +405,10 @@ class DecisionRecord(BaseModel):
     identity: dict[str, Any] = Field(
         description="Hashed identity keys and request-time flags (never raw email, phone, address or IP)."
     )
-    timings_ms: dict[str, float] = Field(description="Milliseconds per step of the request path.")
+    timings_ms: dict[str, float] = Field(
+        description="Milliseconds per step of the request path, the whole (`total`) and the request "
+        "thread's own CPU time (`cpu`; far below `total`, the request waited rather than worked)."
+    )
     outcomes: list[RecordedOutcome] = Field(description="Outcomes received since.")
     feedback: list[RecordedFeedback] = Field(description="Labels received since.")
     counterfactual: Counterfactual | None = Field(

@@ -676,6 +676,8 @@ class RequestContext:
     rule_inputs: dict[str, Any] = field(default_factory=dict)
     #: Milliseconds per step, for the decision record.
     timings: dict[str, float] = field(default_factory=dict)
+    #: The request thread's CPU clock (``time.thread_time``) when scoring began.
+    cpu_started: float = 0.0
     #: The operator's campaign control and the list entry that applied (None: none), for the log.
     control: CampaignControl | None = None
     listed: ListMatch | None = None
@@ -845,7 +847,7 @@ class Scorer:
 
     def score(self, req: ScoreRequest) -> ScoreResponse:
         """Score one request (idempotent on ``request_id``); never raises for a dependency failure."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         digest = body_sha256(req)
         try:
             stored, log_failed = self.records.lookup(req.request_id, digest), False
@@ -860,6 +862,7 @@ class Scorer:
             return ScoreResponse.model_validate(stored)
         ctx = self._resolve(req, digest, started)
         ctx.record_failed = log_failed
+        ctx.cpu_started = cpu_started
         mark = ctx.lap("resolve", started)
         self._read_all(ctx)
         mark = ctx.lap("features", mark)
@@ -1050,6 +1053,9 @@ class Scorer:
         )
         logged = response.model_dump(mode="json")
         ctx.timings["total"] = response.latency_ms
+        # The thread's own CPU time: far below ``total``, the request waited (a lock, the disk, the GIL
+        # or a CPU the worker did not get) rather than worked.
+        ctx.timings["cpu"] = round((time.thread_time() - ctx.cpu_started) * 1000.0, 3)
         context = {
             "rule_inputs": ctx.rule_inputs,
             "deciding_rule": verdict.deciding_rule,

@@ -116,6 +116,17 @@ def test_the_feature_deadline_counts_from_the_reads_not_from_the_request(
     scorer.close()
 
 
+def test_the_log_tells_a_request_that_waited_from_one_that_worked(tmp_path: Path, model: LoadedModel) -> None:
+    scorer = _scorer(tmp_path, model=model)
+    scorer.resolver = _SlowResolver(0.08)
+    scorer.score(_req())
+    timings = json.loads(scorer.records.scored("r1")["timings_json"])
+    # 80 ms asleep in the request: wall time, not the thread's CPU time.
+    assert timings["total"] >= 80.0
+    assert 0.0 < timings["cpu"] < timings["total"] - 60.0
+    scorer.close()
+
+
 def test_a_request_stalled_past_its_whole_deadline_answers_from_the_rules(
     tmp_path: Path, model: LoadedModel
 ) -> None:
