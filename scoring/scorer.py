@@ -654,6 +654,8 @@ class RequestContext:
     req: ScoreRequest
     digest: str
     started: float
+    #: The request thread's CPU clock (``time.thread_time``) when scoring began.
+    cpu_started: float
     now: float
     keys: dict[str, Any]
     identity_ok: bool
@@ -676,8 +678,6 @@ class RequestContext:
     rule_inputs: dict[str, Any] = field(default_factory=dict)
     #: Milliseconds per step, for the decision record.
     timings: dict[str, float] = field(default_factory=dict)
-    #: The request thread's CPU clock (``time.thread_time``) when scoring began.
-    cpu_started: float = 0.0
     #: The operator's campaign control and the list entry that applied (None: none), for the log.
     control: CampaignControl | None = None
     listed: ListMatch | None = None
@@ -860,9 +860,8 @@ class Scorer:
             stored, log_failed = None, True
         if stored is not None:
             return ScoreResponse.model_validate(stored)
-        ctx = self._resolve(req, digest, started)
+        ctx = self._resolve(req, digest, started, cpu_started)
         ctx.record_failed = log_failed
-        ctx.cpu_started = cpu_started
         mark = ctx.lap("resolve", started)
         self._read_all(ctx)
         mark = ctx.lap("features", mark)
@@ -889,7 +888,7 @@ class Scorer:
         except Exception as exc:
             logger.warning("on_scored hook failed: %s", type(exc).__name__)
 
-    def _resolve(self, req: ScoreRequest, digest: str, started: float) -> RequestContext:
+    def _resolve(self, req: ScoreRequest, digest: str, started: float, cpu_started: float) -> RequestContext:
         """Step 2: identity keys and flags; a resolver failure degrades the answer, never fails it."""
         try:
             keys: dict[str, Any] = self.resolver.resolve(to_event_record(req)).as_dict()
@@ -904,7 +903,7 @@ class Scorer:
             promo_type=req.promotion.type,
             promo_valid=req.promotion.valid,
         )
-        return RequestContext(req, digest, started, self.clock(), keys, identity_ok, row)
+        return RequestContext(req, digest, started, cpu_started, self.clock(), keys, identity_ok, row)
 
     def _model_answer(self, ctx: RequestContext) -> ModelAnswer | None:
         """Steps 5-6: booster + calibrator -> score, TreeSHAP -> signals; None when unavailable or late."""
