@@ -9,8 +9,11 @@ serving p99 was made of (hundreds of milliseconds at 200 requests/s).
 
 :class:`WriteLock` replaces the sleeps with two cheaper waits. Threads of one process queue on a
 :class:`threading.Lock`, which hands over the moment it is released. The one thread that holds it then
-asks SQLite for the file lock with the busy handler off and polls every ``poll_s`` (0.2 ms) while
-another process writes. Both waits are bounded by the same timeout, after which the caller gets the
+asks SQLite for the file lock with the busy handler off and polls while another process writes: first
+after ``poll_s`` (0.2 ms), each wait then twice the last, up to ``max_poll_s`` (1 ms). A lost race
+usually ends within the first polls; the doubling keeps a long wait (a checkpoint's sync, a host
+short of CPU) from costing a failed ``BEGIN`` every 0.2 ms, CPU the writer holding the lock needs to
+finish. Both waits are bounded by the same timeout, after which the caller gets the
 ``sqlite3.OperationalError`` ("database is locked") it would have got from SQLite.
 
 :func:`transaction` is the same commit-or-roll-back block for reads, which need no lock.
@@ -24,8 +27,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: Seconds between two attempts at a file lock held by another process.
+#: Seconds before the second attempt at a file lock held by another process.
 DEFAULT_POLL_S = 0.0002
+#: The longest wait between two attempts: the doubling stops there.
+DEFAULT_MAX_POLL_S = 0.001
 
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -62,14 +67,20 @@ class WriteLock:
     queue fairly; connections with an instance of their own poll each other like other processes.
     """
 
-    def __init__(self, timeout_s: float, poll_s: float = DEFAULT_POLL_S) -> None:
-        """Wait at most ``timeout_s`` for the lock, polling other processes every ``poll_s``."""
+    def __init__(
+        self, timeout_s: float, poll_s: float = DEFAULT_POLL_S, max_poll_s: float = DEFAULT_MAX_POLL_S
+    ) -> None:
+        """Wait at most ``timeout_s`` for the lock, polling other processes from every ``poll_s`` to
+        every ``max_poll_s``."""
         if timeout_s < 0:
             raise ValueError(f"timeout_s must be >= 0, got {timeout_s}")
         if poll_s <= 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s}")
+        if max_poll_s < poll_s:
+            raise ValueError(f"max_poll_s must be >= poll_s ({poll_s}), got {max_poll_s}")
         self.timeout_s = float(timeout_s)
         self.poll_s = float(poll_s)
+        self.max_poll_s = float(max_poll_s)
         self._threads = threading.Lock()
 
     @contextmanager
@@ -85,6 +96,7 @@ class WriteLock:
             raise sqlite3.OperationalError("database is locked (by a thread of this process)")
         try:
             conn.execute("PRAGMA busy_timeout = 0")
+            wait = self.poll_s
             try:
                 while True:
                     try:
@@ -95,7 +107,8 @@ class WriteLock:
                         if not is_busy(exc) or remaining <= 0:
                             raise
                     # The last sleep is cut to the deadline: the writer waits its whole timeout, no less.
-                    time.sleep(min(self.poll_s, remaining))
+                    time.sleep(min(wait, remaining))
+                    wait = min(2 * wait, self.max_poll_s)
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             with _committed(conn):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sqlitekit import sqlitewrite
 from sqlitekit.sqlitewrite import WriteLock
 
 
@@ -35,6 +36,31 @@ def test_write_waits_for_another_connection_to_release_the_lock(tmp_path: Path) 
         conn.execute("INSERT INTO t VALUES (2)")
     assert sorted(r[0] for r in conn.execute("SELECT x FROM t")) == [1, 2]
     assert _busy_timeout(conn) == 1000
+    holder.close()
+    conn.close()
+
+
+def test_waits_between_attempts_double_up_to_the_longest_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.db"
+    holder, conn = _open(path), _open(path)
+    holder.execute("BEGIN IMMEDIATE")
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def recorded_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlitewrite.time, "sleep", recorded_sleep)
+    threading.Timer(0.05, lambda: holder.execute("COMMIT")).start()
+    with WriteLock(timeout_s=5, poll_s=0.0002, max_poll_s=0.001).transaction(conn, 1000):
+        conn.execute("INSERT INTO t VALUES (2)")
+    # A 50 ms hold is met by a few quick polls, then one attempt a millisecond: not 250 attempts.
+    assert waits[:4] == pytest.approx([0.0002, 0.0004, 0.0008, 0.001])
+    assert set(waits[3:]) == {0.001}
+    assert len(waits) <= 50
     holder.close()
     conn.close()
 
@@ -106,3 +132,5 @@ def test_write_lock_rejects_bad_settings() -> None:
         WriteLock(timeout_s=-1)
     with pytest.raises(ValueError, match="poll_s"):
         WriteLock(timeout_s=1, poll_s=0)
+    with pytest.raises(ValueError, match="max_poll_s"):
+        WriteLock(timeout_s=1, poll_s=0.001, max_poll_s=0.0005)
