@@ -504,7 +504,14 @@ def with_framework_settings(service: Any) -> None:
     server, so the service's class is swapped for one whose ``inject_config`` first applies the settings.
     Settings that do not parse leave the defaults (both off): the start is refused with a message
     naming the variable by :meth:`PromoGuard.refuse_unusable_settings` and by each worker.
+
+    It then copies the merged ``threads`` (an operator's ``BENTOML_CONFIG`` over the decorator's) back
+    into the service's own configuration: BentoML merges that file into the configuration its server
+    reads ``workers`` from, but sizes each worker's thread pool from the service's own, where the
+    decorator's value would otherwise always win.
     """
+    from bentoml._internal.container import BentoMLContainer
+
     base = type(service)
 
     def inject_config(self: Any) -> None:
@@ -517,6 +524,9 @@ def with_framework_settings(service: Any) -> None:
             config.update(framework_config(settings))
             self.config = config
         base.inject_config(self)
+        threads = BentoMLContainer.config.services[self.name].get().get("threads")
+        if threads and threads != self.config.get("threads"):
+            self.config = {**self.config, "threads": threads}
 
     members = {"__slots__": (), "inject_config": inject_config}
     service.__class__ = type(f"Configured{base.__name__}", (base,), members)

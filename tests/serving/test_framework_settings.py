@@ -1,4 +1,5 @@
-"""BentoML's tracing and access log follow PROMOGUARD_TRACING / PROMOGUARD_ACCESS_LOG, read at serve time."""
+"""BentoML's tracing and access log follow PROMOGUARD_TRACING / PROMOGUARD_ACCESS_LOG, read at serve time;
+an operator's BENTOML_CONFIG sets the workers and the threads of each."""
 
 from __future__ import annotations
 
@@ -48,6 +49,39 @@ def test_the_service_applies_the_settings_when_bentoml_configures_its_server(
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PROMOGUARD_")}
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+# What BentoML sizes the server from: the worker count from its merged configuration, each worker's
+# thread pool from the service's own (``ServiceAppFactory._to_thread``).
+SIZE_PROBE = """
+import json
+from serving.service import PromoGuard
+from bentoml._internal.container import BentoMLContainer
+PromoGuard.inject_config()
+workers = BentoMLContainer.config.services["promoguard"].workers.get()
+print(json.dumps([workers, PromoGuard.config["threads"]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("file", "expected"),
+    [
+        (None, ["cpu_count", 8]),
+        ("services:\n  promoguard:\n    workers: 3\n    threads: 2\n", [3, 2]),
+        ("services:\n  promoguard:\n    threads: 16\n", ["cpu_count", 16]),
+    ],
+)
+def test_an_operators_bentoml_config_sets_workers_and_threads(
+    tmp_path: Path, file: str | None, expected: list[object]
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PROMOGUARD_", "BENTOML_CONFIG"))}
+    if file is not None:
+        (tmp_path / "serving.yaml").write_text(file)
+        clean["BENTOML_CONFIG"] = str(tmp_path / "serving.yaml")
+    done = subprocess.run([sys.executable, "-c", SIZE_PROBE], cwd=REPO, env=clean,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
