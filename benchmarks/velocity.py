@@ -4,6 +4,10 @@ Prints one table: p50 and p99 in milliseconds per call, SQLite (WAL, one file in
 vs Redis (the server at PROMOGUARD_REDIS_URL, default 127.0.0.1:6379, under a throwaway key prefix).
 A request touches about a dozen counters, so this is the velocity share of one /score call.
 
+The "contended" row records while another thread of the process runs Python, as the other request
+threads of a serving worker do: a thread that leaves the interpreter for SQLite or a socket may wait a
+switch interval (5 ms) to come back, so the number of such trips a call makes decides its time there.
+
 The last row per backend reads one crowded counter (a promotion attempted twice a second for a day,
 172,800 members) over 1 and 24 hours: what a popular code's own counters cost each request.
 """
@@ -15,6 +19,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -96,6 +101,19 @@ def _bench(store: VelocityStore) -> dict[str, tuple[float, float]]:
 
     _time(record, WARMUP)
     rec = _time(record, CALLS)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        contended = _time(record, CALLS // 10)
+    finally:
+        stop.set()
+        spinner.join()
     _time(read, WARMUP)
     rd = _time(read, CALLS)
     now = base + CALLS
@@ -110,6 +128,7 @@ def _bench(store: VelocityStore) -> dict[str, tuple[float, float]]:
     crowded = _time(read_crowded, CALLS // 10)
     return {
         "record (12 updates)": _percentiles(rec),
+        "record (12 updates), contended": _percentiles(contended),
         "read (12 queries)": _percentiles(rd),
         f"read crowded counter ({int(CROWDED_RATE * 86_400):,} members; 1 h + 24 h)": _percentiles(crowded),
     }

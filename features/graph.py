@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 import redis
 
-from sqlitekit.sqlitewrite import WriteLock
+from sqlitekit.sqlitewrite import WriteLock, insert_rows
 from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_wal
 
 if TYPE_CHECKING:
@@ -718,8 +718,8 @@ class SqliteGraph:
                 view = _BufferedView(lambda keys: self._fetch(conn, keys))
                 resolution = resolve_attempt(view, attempt, self.config)
                 if view.writes:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO graph (k, v, t) VALUES (?, ?, ?)",
+                    insert_rows(
+                        conn, "INSERT OR REPLACE INTO graph (k, v, t)",
                         [(k, _dumps(v), _last_seen(k, v)) for k, v in view.writes.items()],
                     )
             return resolution

@@ -37,7 +37,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sqlitekit.sqlitewrite import WriteLock, transaction
+from sqlitekit.sqlitewrite import WriteLock, insert_rows, transaction
 from sqlitekit.walcheckpoint import Checkpointer, ThreadConnections, open_scratch, open_wal, rewind_log
 
 DEFAULT_RETENTION_S = 31 * 86_400
@@ -463,11 +463,9 @@ class SqliteVelocity:
 
     @staticmethod
     def _add(conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]], ts: float, cutoff: float) -> None:
-        conn.executemany(
-            "INSERT INTO vset (counter, member, ts) VALUES (?, ?, ?) "
-            "ON CONFLICT (counter, member) DO UPDATE SET ts = max(ts, excluded.ts)",
-            [(counter, member, ts) for counter, member in pairs],
-        )
+        rows = [(counter, member, ts) for counter, member in pairs]
+        insert_rows(conn, "INSERT INTO vset (counter, member, ts)", rows,
+                    "ON CONFLICT (counter, member) DO UPDATE SET ts = max(ts, excluded.ts)")
         # Pruning the touched counters keeps storage bounded without a background job; one statement
         # for all of them, because a request touches ~25 and each statement costs a trip through sqlite3.
         counters = list(dict.fromkeys(counter for counter, _ in pairs))
@@ -570,8 +568,8 @@ class SqliteVelocity:
                  None if blocked else expires_at, now),
             )
             if blocked is None:
-                conn.executemany(
-                    "INSERT INTO cap_use (scope, identity, request_id, expires_at) VALUES (?, ?, ?, ?)",
+                insert_rows(
+                    conn, "INSERT INTO cap_use (scope, identity, request_id, expires_at)",
                     [(scope, ident, request_id, expires_at) for ident in idents],
                 )
             if _one_in(64):

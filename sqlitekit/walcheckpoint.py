@@ -78,6 +78,9 @@ def _connect(path: str, busy_timeout_ms: int, *, journal: str, synchronous: str)
         conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         _set_journal_mode(conn, journal, busy_timeout_ms)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # A statement that writes many rows (sqlitewrite.insert_rows) keeps a statement journal to undo
+        # itself; in a temporary file, that doubled a velocity record (0.25 -> 0.49 ms), in memory not.
+        conn.execute("PRAGMA temp_store = MEMORY")
     except BaseException:
         conn.close()
         raise

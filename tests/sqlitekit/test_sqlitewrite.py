@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sqlitekit import sqlitewrite
-from sqlitekit.sqlitewrite import WriteLock
+from sqlitekit.sqlitewrite import MAX_VARIABLES, WriteLock, insert_rows
 
 
 def _open(path: Path, busy_timeout_ms: int = 1000) -> sqlite3.Connection:
@@ -134,3 +134,37 @@ def test_write_lock_rejects_bad_settings() -> None:
         WriteLock(timeout_s=1, poll_s=0)
     with pytest.raises(ValueError, match="max_poll_s"):
         WriteLock(timeout_s=1, poll_s=0.001, max_poll_s=0.0005)
+
+
+def test_insert_rows_writes_many_rows_in_one_statement(tmp_path: Path) -> None:
+    conn = _open(tmp_path / "w.db")
+    conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, n INTEGER)")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    insert_rows(conn, "INSERT INTO kv (k, n)", [(f"k{i}", i) for i in range(25)])
+    # One trip through SQLite, where executemany would make 25, each a chance to lose the interpreter.
+    assert len(statements) == 1
+    assert conn.execute("SELECT count(*), sum(n) FROM kv").fetchone() == (25, sum(range(25)))
+    conn.close()
+
+
+def test_insert_rows_splits_at_the_variable_limit_and_applies_rows_in_order(tmp_path: Path) -> None:
+    conn = _open(tmp_path / "w.db")
+    conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, n INTEGER)")
+    per_statement = MAX_VARIABLES // 2
+    rows = [(f"k{i}", 1) for i in range(per_statement + 10)] + [("k0", 5)]
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    insert_rows(conn, "INSERT INTO kv (k, n)", rows, "ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
+    assert len(statements) == 2
+    assert conn.execute("SELECT count(*) FROM kv").fetchone()[0] == per_statement + 10
+    # The last row's conflict clause saw the first row, written by an earlier statement.
+    assert conn.execute("SELECT n FROM kv WHERE k = 'k0'").fetchone()[0] == 6
+    # Within one statement too: a repeated key updates the row its earlier occurrence inserted.
+    replace = "ON CONFLICT (k) DO UPDATE SET n = excluded.n"
+    insert_rows(conn, "INSERT INTO kv (k, n)", [("z", 1), ("z", 2)], replace)
+    assert conn.execute("SELECT n FROM kv WHERE k = 'z'").fetchone()[0] == 2
+    statements.clear()
+    insert_rows(conn, "INSERT INTO kv (k, n)", [])
+    assert statements == []
+    conn.close()
