@@ -38,8 +38,6 @@ from typing import Any
 DEFAULT_POLL_S = 0.0002
 #: The longest wait between two attempts: the doubling stops there.
 DEFAULT_MAX_POLL_S = 0.001
-
-
 #: Bound variables per statement in :func:`insert_rows`: SQLite's limit before 3.32 (32766 since).
 MAX_VARIABLES = 999
 
