@@ -1,10 +1,10 @@
 """One /score request, in the architecture's order, with every dependency injected.
 
-validate (done by the schema) -> identity keys -> request-time signals -> online features, velocity
-counts and the identity graph's person under a deadline -> booster + calibrator -> TreeSHAP signals ->
-hard rules (and the
-rules score when the model path is unavailable) -> decision and the atomic reservation of capped
-promotions -> velocity counters and the hashed scoring log -> response.
+validate (done by the schema) -> identity keys and the identity graph's person -> request-time
+signals -> online features and velocity counts under the feature deadline -> booster + calibrator ->
+TreeSHAP signals -> hard rules (and the rules score when the model path is unavailable) -> decision
+and the atomic reservation of capped promotions -> velocity counters and the hashed scoring log ->
+response.
 
 A dependency that fails or runs past its deadline never becomes an error for checkout: the answer
 comes from the rules with ``degraded: true, fallback: "rules"``. Only a reused ``request_id`` with a
@@ -778,10 +778,14 @@ class Scorer:
         # Customers that tried this code from this home network in the hour, before this attempt.
         return values, shared, None if home is None else int(counts[-1])
 
-    def _bounded(self, name: str, read: Callable[[], _T], deadline: float, failed: list[str]) -> _T | None:
+    def _bounded(
+        self, name: str, read: Callable[[], _T], deadline: float, failed: list[str],
+        bound: Literal["feature", "request"] = "feature",
+    ) -> _T | None:
         """``read()``, or None when it raised; a read that raised or ended past ``deadline`` joins ``failed``.
 
         A late answer is still returned: the rules, which answer once anything failed, may use it.
+        ``bound`` names the deadline (``feature`` or ``request``) in the operator's log.
         """
         began = time.perf_counter()
         try:
@@ -794,15 +798,33 @@ class Scorer:
         if ended > deadline:
             failed.append(name)
             # The reads share one deadline: its own time says whether this read was slow or only last.
-            logger.warning("%s read ended past the %.0f ms feature deadline, after %.1f ms of its own",
-                           name, self.config.feature_deadline_ms, (ended - began) * 1000.0)
+            config = self.config
+            limit_ms = config.feature_deadline_ms if bound == "feature" else config.request_deadline_ms
+            logger.warning("%s read ended past the %.0f ms %s deadline, after %.1f ms of its own",
+                           name, limit_ms, bound, (ended - began) * 1000.0)
         return value
+
+    def _link(self, ctx: RequestContext) -> None:
+        """Step 2's graph: the attempt joins the identity graph and resolves to a person and household.
+
+        Bounded by the whole request's deadline, not the feature reads': resolution is a write
+        transaction that queues behind the other requests' under load, and a resolution that ends in
+        time leaves the model its answer. Its failure or lateness degrades the answer to the rules.
+        """
+        graph = self.graph
+        if graph is None:
+            return
+        attempt = Attempt.from_keys(ctx.req.request_id, ctx.now, ctx.row)
+        deadline = ctx.started + self.config.request_deadline_ms / 1000.0
+        ctx.resolution = self._bounded(
+            "graph", lambda: graph.resolve(attempt), deadline, ctx.failed, bound="request"
+        )
 
     def _read_all(self, ctx: RequestContext) -> None:
         """Step 4: online features and velocity counts, each bounded by the feature deadline."""
         row, now = ctx.row, ctx.now
         # The deadline bounds the reads from when they start. Counted from the request's start, a
-        # worker stalled before them (identity resolution, a GC or a descheduled process under load)
+        # worker stalled before them (identity or graph resolution, a GC or a descheduled process)
         # turned quick reads into a rules answer. The whole request stays bounded by
         # ``request_deadline_ms`` from its start.
         deadline = time.perf_counter() + self.config.feature_deadline_ms / 1000.0
@@ -828,10 +850,6 @@ class Scorer:
             counts = self._bounded("velocity", lambda: self._read_velocity(row, now), deadline, failed)
             if counts is not None:
                 live, shared, ctx.home_network_accounts = counts
-        graph = self.graph
-        if graph is not None:
-            attempt = Attempt.from_keys(ctx.req.request_id, now, row)
-            ctx.resolution = self._bounded("graph", lambda: graph.resolve(attempt), deadline, failed)
         merged = dict(feast)
         for name, value in live.items():
             old = merged.get(name)
@@ -863,6 +881,8 @@ class Scorer:
         ctx = self._resolve(req, digest, started, cpu_started)
         ctx.record_failed = log_failed
         mark = ctx.lap("resolve", started)
+        self._link(ctx)
+        mark = ctx.lap("graph", mark)
         self._read_all(ctx)
         mark = ctx.lap("features", mark)
         ctx.model = self._model_answer(ctx)
