@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from features.graph import SqliteGraph
+from features.graph import Attempt, SqliteGraph
 from scoring.artifact import LoadedModel
 from scoring.records import IdempotencyConflict, Records
 from scoring.rules import default_rules
@@ -207,9 +207,8 @@ def test_a_graph_resolution_slower_than_the_feature_deadline_leaves_the_model_it
     scorer.close()
 
 
-def _attempt_of(scorer: Scorer, request_id: str) -> Any:
-    from features.graph import Attempt
-
+def _attempt_of(scorer: Scorer, request_id: str) -> Attempt:
+    """The attempt the scorer would put in the graph for ``_req(request_id)``."""
     keys = scorer.resolver.resolve(to_event_record(_req(request_id))).as_dict()
     row = {k: v for k, v in keys.items() if k.endswith("_key")}
     return Attempt.from_keys(request_id, time.time(), row)
