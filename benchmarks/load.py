@@ -1,6 +1,11 @@
-"""/score under wrk: promoguard against a bare BentoML floor, side by side in one run.
+"""/score under wrk: promoguard against two floors, side by side in one run.
 
-Prints one table (figure | promoguard | bare | ratio):
+The floors: a bare BentoML endpoint (``benchmarks/bare_service.py``) and promoguard's own service with
+scoring answering a constant (``benchmarks/framework_service.py``: the guard, validation, metrics and
+response, no state and no model). The gap between the two floors is what the service adds around
+scoring; the gap from the second floor to promoguard is scoring itself.
+
+Prints one table (figure | promoguard | scoring off | bare | promoguard / bare | scoring off / bare):
 
 * sequential latency: one connection, one request at a time (``wrk -t1 -c1``), p50 and p99;
 * saturation throughput: 16 connections kept busy (``wrk -t1 -c16``), requests per second, with the
@@ -14,7 +19,7 @@ CPU time is the user + system time of the service's process tree (``bentoml serv
 arbiter and its workers, each worker in a process group of its own), read from ``/proc/<pid>/stat``
 before and after a step.
 
-Both services run with ``bentoml serve`` and the real service's default workers (one per CPU) and
+The three services run with ``bentoml serve`` and the real service's default workers (one per CPU) and
 threads. The world is built as ``benchmarks/serve.py`` builds it (40,000 simulated events over 60
 days, features materialised, a model trained and promoted as champion: about 75 MB), or reused from
 ``--root`` / ``PROMOGUARD_BENCH_ROOT``; the service runs on a private copy. wrk's Lua script sends the
@@ -23,7 +28,7 @@ card fingerprint, device id and local IP, public IP, cart and promotion), one af
 under a request id of its own. The load generator shares the host's CPUs with the service.
 
 Usage: ``python benchmarks/load.py [--root WORLD] [--seconds 20] [--env PROMOGUARD_X=value ...]``.
-``--env`` sets a variable for both services (``PROMOGUARD_LOG_QUEUE=false`` measures without the
+``--env`` sets a variable for every service (``PROMOGUARD_LOG_QUEUE=false`` measures without the
 queue). Without ``wrk`` on the PATH (``make wrk`` installs it) the script says so and exits 0.
 """
 
@@ -276,50 +281,55 @@ def measure(url: str, pid: int, script: Path, bodies_file: Path, bodies: list[st
 # --- the table -----------------------------------------------------------------------------------------
 
 
-def print_table(pg: dict[str, Step], bare: dict[str, Step], seconds: float, env: Mapping[str, str]) -> None:
+#: What each step of :func:`measure` reports, in the table's order: (label, step, Step field, format).
+FIGURES: tuple[tuple[str, str, str, str], ...] = (
+    ("sequential p50 ms (1 connection)", "sequential", "p50_ms", "{:.2f}"),
+    ("sequential p99 ms (1 connection)", "sequential", "p99_ms", "{:.2f}"),
+    (f"saturation req/s ({SATURATION_CONNECTIONS} connections)", "saturation", "rate", "{:.0f}"),
+    ("saturation CPU ms/request", "saturation", "cpu_ms_per_request", "{:.2f}"),
+    ("saturation errors", "saturation", "errors", "{:.0f}"),
+    # A rules-only answer is far cheaper than a scored one: a saturation rate made of them is not
+    # the scorer's throughput.
+    ("saturation fallback answers", "saturation", "fallback", "{:.0f}"),
+    (f"paced req/s ({PACED_SHARE:.0%} of promoguard saturation)", "paced", "rate", "{:.0f}"),
+    ("paced p50 ms (from scheduled send)", "paced", "p50_ms", "{:.2f}"),
+    ("paced p99 ms (from scheduled send)", "paced", "p99_ms", "{:.2f}"),
+    ("paced CPU ms/request", "paced", "cpu_ms_per_request", "{:.2f}"),
+    ("paced errors", "paced", "errors", "{:.0f}"),
+    ("paced fallback answers", "paced", "fallback", "{:.0f}"),
+    ("paced degraded answers", "paced", "degraded", "{:.0f}"),
+)
+#: The figures whose ratio to the bare floor the table shows.
+RATIO_FIGURES = ("sequential", "saturation req", "saturation CPU", "paced p", "paced CPU")
+
+
+def print_table(pg: dict[str, Step], framework: dict[str, Step], bare: dict[str, Step], seconds: float,
+                env: Mapping[str, str]) -> None:
     """The one table this script prints."""
-    seq, sat, paced = "sequential", "saturation", "paced"
 
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if b else "-"
 
-    rows = [
-        ("sequential p50 ms (1 connection)", pg[seq].p50_ms, bare[seq].p50_ms, "{:.2f}"),
-        ("sequential p99 ms (1 connection)", pg[seq].p99_ms, bare[seq].p99_ms, "{:.2f}"),
-        (f"saturation req/s ({SATURATION_CONNECTIONS} connections)", pg[sat].rate, bare[sat].rate, "{:.0f}"),
-        ("saturation CPU ms/request", pg[sat].cpu_ms_per_request, bare[sat].cpu_ms_per_request, "{:.2f}"),
-        ("saturation errors", pg[sat].errors, bare[sat].errors, "{:.0f}"),
-        # A rules-only answer is far cheaper than a scored one: a saturation rate made of them is not
-        # the scorer's throughput.
-        ("saturation fallback answers", pg[sat].fallback, bare[sat].fallback, "{:.0f}"),
-        (f"paced req/s ({PACED_SHARE:.0%} of promoguard saturation)", pg[paced].rate, bare[paced].rate,
-         "{:.0f}"),
-        ("paced p50 ms (from scheduled send)", pg[paced].p50_ms, bare[paced].p50_ms, "{:.2f}"),
-        ("paced p99 ms (from scheduled send)", pg[paced].p99_ms, bare[paced].p99_ms, "{:.2f}"),
-        ("paced CPU ms/request", pg[paced].cpu_ms_per_request, bare[paced].cpu_ms_per_request, "{:.2f}"),
-        ("paced errors", pg[paced].errors, bare[paced].errors, "{:.0f}"),
-        ("paced fallback answers", pg[paced].fallback, bare[paced].fallback, "{:.0f}"),
-        ("paced degraded answers", pg[paced].degraded, bare[paced].degraded, "{:.0f}"),
-    ]
     load = os.getloadavg()
     settings = " ".join(f"{k}={v}" for k, v in sorted(env.items())) or "defaults"
     print(f"/score under wrk, {seconds:g} s per step, settings: {settings}; host load average "
           f"{load[0]:.2f} on {os.cpu_count()} CPUs (wrk, the pacer and the services share them)")
-    lines = [("figure", "promoguard", "bare", "ratio")]
-    for name, a, b, fmt in rows:
-        show_ratio = name.startswith(("sequential", "saturation req", "saturation CPU", "paced p",
-                                      "paced CPU"))
-        lines.append((name, fmt.format(a), fmt.format(b), ratio(a, b) if show_ratio else ""))
-    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    lines = [("figure", "promoguard", "scoring off", "bare", "promoguard / bare", "scoring off / bare")]
+    for name, step, field, fmt in FIGURES:
+        a, f, b = (float(getattr(run[step], field)) for run in (pg, framework, bare))
+        shown = name.startswith(RATIO_FIGURES)
+        lines.append((name, fmt.format(a), fmt.format(f), fmt.format(b),
+                      ratio(a, b) if shown else "", ratio(f, b) if shown else ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
-        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
-                                                                                              strict=True))))
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(line, widths, strict=True))))
         if n == 0:
             print("-|-".join("-" * w for w in widths))
 
 
 def main() -> None:
-    """Build or reuse a world, measure promoguard then the floor, and print the table."""
+    """Build or reuse a world, measure promoguard then its two floors, and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=os.environ.get("PROMOGUARD_BENCH_ROOT"),
                         help="an existing built world to reuse (default: build one in a temporary folder)")
@@ -327,7 +337,7 @@ def main() -> None:
     parser.add_argument("--bodies", type=int, default=BODIES,
                         help="distinct request bodies drawn from the world")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="a variable for both services (repeatable)")
+                        help="a variable for every service (repeatable)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (make wrk, or apt-get install -y wrk): no load benchmark")
@@ -354,10 +364,13 @@ def main() -> None:
         print("measuring promoguard", file=sys.stderr)
         with service(pg_root, "promoguard", None, env) as (url, pid):
             pg = measure(url, pid, script, bodies_file, bodies, args.seconds, None)
+        print("measuring promoguard with scoring off", file=sys.stderr)
+        with service(pg_root, "framework", "benchmarks.framework_service:PromoGuard", env) as (url, pid):
+            framework = measure(url, pid, script, bodies_file, bodies, args.seconds, pg["paced"].rate)
         print("measuring the bare floor", file=sys.stderr)
         with service(pg_root, "bare", "benchmarks.bare_service:Bare", env) as (url, pid):
             bare = measure(url, pid, script, bodies_file, bodies, args.seconds, pg["paced"].rate)
-        print_table(pg, bare, args.seconds, env)
+        print_table(pg, framework, bare, args.seconds, env)
 
 
 if __name__ == "__main__":
