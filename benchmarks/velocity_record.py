@@ -3,7 +3,7 @@
 ``benchmarks/velocity.py`` times the store on synthetic counters. This one fills a private copy of a
 world's velocity store the way serving does (the service's ``Scorer`` scores ``--fill`` bodies in
 process), works out the updates that ``--records`` further requests would record (their identity
-keys through the scorer's own step, then the same update lists ``_record_attempt`` sends), and
+keys through the scorer's own step, then :func:`scoring.scorer.attempt_updates`), and
 replays them through :class:`features.velocity.SqliteVelocity` on copies of the filled file:
 
 * one store: every record on one connection, as a lone thread of one worker would;
@@ -53,9 +53,8 @@ def filled_store(root: str | None, scratch: Path, fill: int, records: int) -> tu
 
     Returns its velocity file, the updates of ``records`` more requests and the store's retention.
     """
-    from features.definitions import velocity_updates
     from scoring.schemas import ScoreRequest
-    from scoring.scorer import home_network_updates, referral_updates
+    from scoring.scorer import attempt_updates
     from serving.service import build_scorer
 
     world, bodies = private_world(root, scratch, "velocity-record")
@@ -69,8 +68,7 @@ def filled_store(root: str | None, scratch: Path, fill: int, records: int) -> tu
             req = ScoreRequest.model_validate({**bodies[i % len(bodies)], "request_id": f"record-{i}"})
             # The scorer's own identity step, so that the rows carry exactly the keys serving records.
             row = scorer._resolve(req, "", time.perf_counter(), time.thread_time()).row  # noqa: SLF001
-            updates.append((req.request_id, velocity_updates(row) + referral_updates(row)
-                            + home_network_updates(row)))
+            updates.append((req.request_id, attempt_updates(row)))
     finally:
         scorer.close()
     path = settings.serving_dir / "velocity.db"

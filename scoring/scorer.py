@@ -247,6 +247,12 @@ def referral_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def attempt_updates(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every ``(counter, member)`` add step 9 records for one scored attempt: the real-time features'
+    counters, the referral cross-references and the home network's customers."""
+    return velocity_updates(row) + referral_updates(row) + home_network_updates(row)
+
+
 def referral_queries(keys: Mapping[str, Any], now: float) -> list[tuple[str, str, float]]:
     """``(hard kind, counter, since)`` asking whether the referrer was seen with each hard key."""
     referrer = keys.get("referrer_key")
@@ -1047,8 +1053,7 @@ class Scorer:
         if self.velocity is None:
             return
         try:
-            updates = velocity_updates(ctx.row) + referral_updates(ctx.row) + home_network_updates(ctx.row)
-            self.velocity.record(ctx.req.request_id, ctx.now, updates)
+            self.velocity.record(ctx.req.request_id, ctx.now, attempt_updates(ctx.row))
         except Exception as exc:
             ctx.record_failed = True
             logger.warning("velocity record failed: %s", type(exc).__name__)

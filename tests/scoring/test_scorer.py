@@ -18,7 +18,7 @@ from scoring.artifact import LoadedModel
 from scoring.records import IdempotencyConflict, Records
 from scoring.rules import default_rules
 from scoring.schemas import OutcomeRequest, ScoreRequest, to_event_record
-from scoring.scorer import Scorer, ScorerConfig, body_sha256
+from scoring.scorer import Scorer, ScorerConfig, attempt_updates, body_sha256
 from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 SHARED_DEVICE = {"device_stats__distinct_accounts_24h": 6.0, "household_stats__distinct_accounts_30d": 2.0,
@@ -602,3 +602,17 @@ def test_the_promotion_chooses_what_its_cap_gets_during_an_outage(
         assert resp.decision == "verify" and codes[0] == "CAP_STORE_UNAVAILABLE"
     else:
         assert resp.decision in ("allow", "watch") and "CAP_STORE_UNAVAILABLE" not in codes
+
+
+def test_an_attempt_records_its_feature_counters_referral_links_and_home_network_customer() -> None:
+    row = {"request_id": "r1", "device_key": "d1", "account_key": "a1", "local_ip_key": "n1",
+           "promo_code": "WELCOME10", "promo_type": "welcome", "promo_valid": True}
+    updates = attempt_updates(row)
+    assert ("device_stats|d1|attempts", "r1") in updates
+    assert ("code_stats|WELCOME10|devices", "d1") in updates
+    assert ("xref:a1:device:d1", "seen") in updates
+    assert ("homenet:n1:WELCOME10", "a1") in updates
+    # Without an account there is nothing to link referrals to, and the attempt stands for its customer.
+    anonymous = attempt_updates({**row, "request_id": "r2", "account_key": None})
+    assert not [counter for counter, _ in anonymous if counter.startswith("xref:")]
+    assert ("homenet:n1:WELCOME10", "rq:r2") in anonymous
