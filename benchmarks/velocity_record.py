@@ -46,6 +46,8 @@ from promoguard.settings import Settings  # noqa: E402
 NO_CHECKPOINTS_S = 86_400.0
 
 Updates = list[tuple[str, list[tuple[str, str]]]]
+#: A change to a copy of the velocity file, made before or after the stores open it.
+Change = Callable[[Path], None]
 
 
 def filled_store(root: str | None, scratch: Path, fill: int, records: int) -> tuple[Path, Updates, float]:
@@ -88,7 +90,7 @@ def _rebuild(path: Path, page_size: int) -> None:
         conn.close()
 
 
-def _drop(*statements: str) -> Callable[[Path], None]:
+def _drop(*statements: str) -> Change:
     def change(path: Path) -> None:
         with sqlite3.connect(path) as conn:
             for statement in statements:
@@ -98,7 +100,7 @@ def _drop(*statements: str) -> Callable[[Path], None]:
 
 def replay(
     source: Path, work: Path, updates: Updates, retention_s: float, stores: int,
-    prepare: Callable[[Path], None] | None, after_open: str | None,
+    prepare: Change | None, after_open: Change | None,
 ) -> tuple[float, float, float, float]:
     """Record ``updates`` on a copy of ``source`` through ``stores`` stores in turn: p50, p99, CPU, log KB."""
     from features.velocity import SqliteVelocity
@@ -114,7 +116,7 @@ def replay(
     try:
         if after_open is not None:
             # The store creates its index when it opens; the share of it is measured without.
-            _drop(after_open)(path)
+            after_open(path)
         base = time.time()
         wall: list[float] = []
         cpu = time.process_time()
@@ -141,14 +143,14 @@ def main() -> None:
     args = parser.parse_args()
     no_telemetry()
 
-    variants: list[tuple[str, int, Callable[[Path], None] | None, str | None]] = [
+    variants: list[tuple[str, int, Change | None, Change | None]] = [
         ("one connection", 1, None, None),
         ("two connections taking turns", 2, None, None),
         ("2 KiB pages, one connection", 1, lambda p: _rebuild(p, 2048), None),
         ("1 KiB pages, one connection", 1, lambda p: _rebuild(p, 1024), None),
         ("share: without the per-minute counts' triggers", 1,
          _drop("DROP TRIGGER vset_counted", "DROP TRIGGER vset_moved"), None),
-        ("share: without the members' time index", 1, None, "DROP INDEX vset_by_time"),
+        ("share: without the members' time index", 1, None, _drop("DROP INDEX vset_by_time")),
     ]
     rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="pg-velocity-record-") as tmp:
