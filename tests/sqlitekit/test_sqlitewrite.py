@@ -48,9 +48,13 @@ def test_waits_between_attempts_double_up_to_the_longest_poll(
     holder.execute("BEGIN IMMEDIATE")
     waits: list[float] = []
     real_sleep = time.sleep
+    writer = threading.get_ident()
 
     def recorded_sleep(seconds: float) -> None:
-        waits.append(seconds)
+        # The patch reaches every thread of the process, and background threads left by other tests
+        # (a checkpointer sleeping 1 s, say) must not count as the writer's waits.
+        if threading.get_ident() == writer:
+            waits.append(seconds)
         real_sleep(seconds)
 
     monkeypatch.setattr(sqlitewrite.time, "sleep", recorded_sleep)
