@@ -98,7 +98,10 @@ def test_training_headline_and_promotion_gate_come_from_the_replay(world: Settin
     from training.registry import version_run
 
     settings = copy_world(world, tmp_path / "world")
-    output = run_cli("train", "--root", str(settings.root), "--test-days", "10", "--gap-days", "7")
+    # One warm day, as in the backtest test above: this test is about where the figures come from, and
+    # the default week of warm-up replays 17 days per version instead of 11.
+    output = run_cli("train", "--root", str(settings.root), "--test-days", "10", "--gap-days", "7",
+                     "--replay-warm-days", "1")
     assert "headline: the test window replayed through the service's decision path" in output
     _, params, metrics = version_run(settings.mlflow_tracking_uri, settings.model_name, "2")
     # The new version and the champion it would replace, on the same attempts.
