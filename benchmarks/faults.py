@@ -49,6 +49,7 @@ from benchmarks.serve import (  # noqa: E402 - the repository must be importable
     _open_loop,
     build_world,
     copy_world,
+    print_aligned,
     promoguard_service,
     request_bodies,
 )
@@ -229,12 +230,7 @@ def print_table(rows: list[tuple[str, str, dict[str, Any], str]], args: argparse
          str(r["over_1s"]), str(r["errors"]), f"{100 * r['fallback']:.1f}%", opened)
         for name, phase, r, opened in rows
     ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for n, line in enumerate(lines):
-        print("  ".join(c.ljust(w) if i in (0, 1, 9) else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(line, widths, strict=True))))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(lines, left=(0, 1, 9))
 
 
 def main() -> None:

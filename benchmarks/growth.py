@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve import no_telemetry, private_world  # noqa: E402
+from serve import no_telemetry, print_aligned, private_world  # noqa: E402
 
 from promoguard.settings import Settings  # noqa: E402
 
@@ -74,11 +74,9 @@ def main() -> None:
 
     header = ("requests", "seconds", "CPU ms per request, last block", "velocity members",
               "most crowded counter")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"in-process Scorer on the embedded profile, {args.requests:,} requests back to back on the real "
           f"clock; CPU per request over each block of {args.every:,}")
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+    print_aligned([header, *rows], left=())
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from serve import _Connections as Connections  # noqa: E402
-from serve import build_world, copy_world, no_telemetry, request_bodies  # noqa: E402
+from serve import build_world, copy_world, no_telemetry, print_aligned, request_bodies  # noqa: E402
 
 from promoguard.demo import free_port  # noqa: E402
 
@@ -320,12 +320,7 @@ def print_table(pg: dict[str, Step], framework: dict[str, Step], bare: dict[str,
         shown = name.startswith(RATIO_FIGURES)
         lines.append((name, fmt.format(a), fmt.format(f), fmt.format(b),
                       ratio(a, b) if shown else "", ratio(f, b) if shown else ""))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for n, line in enumerate(lines):
-        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(line, widths, strict=True))))
-        if n == 0:
-            print("-|-".join("-" * w for w in widths))
+    print_aligned(lines, sep=" | ", rule_sep="-|-")
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -318,6 +318,23 @@ def speed_probe_s() -> float:
     return time.perf_counter() - started
 
 
+def print_aligned(
+    lines: Sequence[Sequence[str]], left: Collection[int] = (0,), sep: str = "  ", rule_sep: str | None = None
+) -> None:
+    """Print ``lines`` as columns, the first a header underlined with dashes.
+
+    The columns numbered in ``left`` are aligned left, the others right; ``sep`` joins the cells and
+    ``rule_sep`` (default ``sep``) the dashes under the header.
+    """
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    rule = (sep if rule_sep is None else rule_sep).join("-" * w for w in widths)
+    for n, line in enumerate(lines):
+        print(sep.join(c.ljust(w) if i in left else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(line, widths, strict=True))))
+        if n == 0:
+            print(rule)
+
+
 def print_table(rows: list[tuple[str, dict[str, Any]]], seconds: float, probes: tuple[float, float]) -> None:
     """The one table this script prints."""
     load = os.getloadavg()
@@ -331,12 +348,7 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], seconds: float, probes: 
          f"{r['p999']:.1f}", str(r["errors"]), f"{100 * r['fallback']:.1f}%", f"{r['cpu_ms']:.2f}")
         for name, r in rows
     ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for n, line in enumerate(lines):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
-                                                                                                strict=True))))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(lines)
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from faults import _pct as percentile  # noqa: E402
 from faults import private_redis  # noqa: E402
-from serve import _open_loop, no_telemetry, private_world, promoguard_service  # noqa: E402
+from serve import _open_loop, no_telemetry, print_aligned, private_world, promoguard_service  # noqa: E402
 
 from promoguard.settings import Settings  # noqa: E402
 
@@ -178,11 +178,7 @@ def print_table(rows: list[dict[str, str]], args: argparse.Namespace) -> None:
           f"open loop; {schedule}; decisions and graph entries kept {args.retention_minutes:g} min, velocity "
           f"31 days; host load average {load[0]:.2f} on {os.cpu_count()} CPUs")
     header = list(rows[0])
-    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in header]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(row[h].rjust(w) for h, w in zip(header, widths, strict=True)))
+    print_aligned([header, *([row[h] for h in header] for row in rows)], left=())
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve import no_telemetry, private_world  # noqa: E402
+from serve import no_telemetry, print_aligned, private_world  # noqa: E402
 
 from promoguard.settings import Settings  # noqa: E402
 
@@ -162,12 +162,9 @@ def main() -> None:
                                               prepare, after_open)
             rows.append((name, f"{p50:.3f}", f"{p99:.3f}", f"{cpu_ms:.3f}", f"{log_kb:.0f}"))
     header = ("variant", "p50 ms", "p99 ms", "CPU ms/record", "log KB/record")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"velocity record on a world's counters: {args.records:,} records of {counters:.1f} updates "
           f"each after {args.fill:,} scored requests; load average {os.getloadavg()[0]:.2f}")
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
-                                                                                           strict=True))))
+    print_aligned([header, *rows])
 
 
 if __name__ == "__main__":
