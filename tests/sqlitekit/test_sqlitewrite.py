@@ -51,8 +51,8 @@ def test_waits_between_attempts_double_up_to_the_longest_poll(
     writer = threading.get_ident()
 
     def recorded_sleep(seconds: float) -> None:
-        # The patch reaches every thread of the process, and background threads left by other tests
-        # (a checkpointer sleeping 1 s, say) must not count as the writer's waits.
+        # The patch reaches every thread of the process: a thread another test left running slept 1 s
+        # here once, and no other thread's sleep is one of the writer's waits.
         if threading.get_ident() == writer:
             waits.append(seconds)
         real_sleep(seconds)
