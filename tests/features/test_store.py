@@ -415,7 +415,7 @@ def test_packed_entity_keys_from_arrow_equal_feasts_serialization() -> None:
 
 def test_packed_rows_decode_to_floats_with_nan_for_each_missing_value() -> None:
     import pyarrow as pa
-    from feast import Entity, FeatureView, Field, FileSource
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, Int64
 
     from features.online_store import PackedLayout
@@ -424,7 +424,7 @@ def test_packed_rows_decode_to_floats_with_nan_for_each_missing_value() -> None:
     names = [f"f{i}" for i in range(10)]
     view = FeatureView(
         name="v",
-        entities=[Entity(name="k", join_keys=["k"])],
+        entities=[Entity(name="k", join_keys=["k"], value_type=ValueType.STRING)],
         schema=[Field(name=n, dtype=Int64 if i % 2 else Float64) for i, n in enumerate(names)],
         source=FileSource(path="unused.parquet", timestamp_field="ts"),
     )
@@ -444,14 +444,14 @@ def test_packed_rows_decode_to_floats_with_nan_for_each_missing_value() -> None:
 
 def test_packed_values_round_trip_from_arrow_and_from_feast_values() -> None:
     import pyarrow as pa
-    from feast import Entity, FeatureView, Field, FileSource
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Bool, Float64, Int64
 
     from features.online_store import PackedLayout
 
     view = FeatureView(
         name="v",
-        entities=[Entity(name="k", join_keys=["k"])],
+        entities=[Entity(name="k", join_keys=["k"], value_type=ValueType.STRING)],
         schema=[Field(name="n", dtype=Int64), Field(name="x", dtype=Float64), Field(name="b", dtype=Bool)],
         source=FileSource(path="unused.parquet", timestamp_field="ts"),
     )
