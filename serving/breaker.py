@@ -17,8 +17,9 @@ The wrappers (:class:`BreakerOnline`, :class:`BreakerVelocity`, :class:`BreakerG
 scorer's protocols (:mod:`scoring.scorer`) and route every call of the request path through their
 dependency's breaker; ``close`` (and the graph's ``view``/``prune``, which serve analysts and maintenance,
 not checkout) pass straight through. ``failures=0`` turns a breaker off: every call goes through and is
-never counted. :func:`health_app` serves the breakers' states at ``GET /health/detail`` (``/readyz``
-carries no body in BentoML 1.x), open without an API key like ``/readyz`` itself.
+never counted. :func:`health_detail` is the breakers' states as JSON: :func:`health_app` serves it at
+``GET /health/detail``, and the service's guard adds it to BentoML's bodiless ``/readyz`` answer; both
+are open without an API key.
 """
 
 from __future__ import annotations

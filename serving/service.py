@@ -61,6 +61,7 @@ from serving.breaker import (
     CircuitBreaker,
     breakers_of,
     health_app,
+    health_detail,
 )
 from serving.decisions import MOUNT as DECISIONS_MOUNT
 from serving.decisions import decisions_app
@@ -80,6 +81,8 @@ PROTECTED_PATHS = frozenset({"/score", "/outcome", "/feedback"})
 PROTECTED_PREFIXES = (DECISIONS_MOUNT + "/", IDENTITY_MOUNT + "/", LISTS_MOUNT + "/")
 #: The one body type the endpoints accept.
 JSON_TYPE = "application/json"
+#: BentoML's readiness route; the guard adds the breakers' states to its answer.
+READYZ = "/readyz"
 #: How long a request waits for the SQLite velocity store's write lock before failing open.
 SQLITE_BUSY_MS = 1000
 
@@ -211,6 +214,20 @@ class RequestGuard:
             self._openapi = json.dumps(doc).encode()
         await self._answer(send, 200, self._openapi)
 
+    async def _readiness(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """BentoML's readiness answer, with this worker's breakers as its body once it is ready.
+
+        The status stays BentoML's (200 once a model or the rules are loaded), so a probe reading only
+        the status sees no change; an operator reading the body sees how the service is answering.
+        """
+        status, body = await self._capture(scope, receive)
+        if status != 200:
+            reason = body.decode("utf-8", "replace").strip() or "not ready"
+            await self._reject(send, status, reason)
+            return
+        detail = {"ready": True, **health_detail(_scorer_breakers(_worker_scorer()))}
+        await self._answer(send, 200, json.dumps(detail).encode())
+
     async def _capture(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         status = 500
         chunks: list[bytes] = []
@@ -279,6 +296,9 @@ class RequestGuard:
             scope = {**scope, "path": path, "raw_path": path.encode()}
         if path == "/docs.json" and scope.get("method") == "GET":
             await self._openapi_document(scope, receive, send)
+            return
+        if path == READYZ and scope.get("method") == "GET":
+            await self._readiness(scope, receive, send)
             return
         if path not in PROTECTED_PATHS and not path.startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
@@ -544,7 +564,7 @@ SERVER_CONFIG: dict[str, Any] = {
     "workers": "cpu_count",
     "threads": 8,
     "traffic": {"timeout": 5},
-    "endpoints": {"livez": "/livez", "readyz": "/readyz"},
+    "endpoints": {"livez": "/livez", "readyz": READYZ},
     # Off until the settings say otherwise (with_framework_settings, below, reads them at serve time).
     "logging": {"access": {"enabled": False}},
     "tracing": {"excluded_urls": ALL_URLS},

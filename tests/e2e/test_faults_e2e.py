@@ -142,6 +142,9 @@ def test_frozen_redis_opens_the_breakers_answers_fast_from_the_rules_and_recover
             assert metric(page, "promoguard_breaker_state", "online_features") == 0
             detail = http.get("/health/detail")
             assert detail.status_code == 200 and detail.json()["degraded"] is True, detail.text
+            # Still ready (the rules answer), and the readiness answer says how.
+            ready = http.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["degraded"] is True, ready.text
 
             # A single-use code cannot be checked now: it asks for verification instead of failing open.
             once = {"code": f"ONCE-{new_request_id('x')[-8:]}", "type": "sitewide", "single_use": True}

@@ -183,6 +183,20 @@ def test_outcome_feedback_metrics_and_openapi(server: tuple[str, Path]) -> None:
     assert RAW_EMAIL not in text and RAW_IP not in text
 
 
+def test_readiness_answers_with_the_state_of_each_dependency_without_a_key(server: tuple[str, Path]) -> None:
+    url, _ = server
+    ready = httpx.get(f"{url}/readyz", timeout=5)
+    assert ready.status_code == 200
+    assert ready.headers["content-type"] == "application/json"
+    body = ready.json()
+    assert body["ready"] is True and body["degraded"] is False
+    # This service has no feature store to read (no world was built), so no online-store breaker.
+    assert set(body["breakers"]) == {"velocity", "identity_graph"}
+    assert {b["state"] for b in body["breakers"].values()} == {"closed"}
+    # The same states as the detail route, which stays for callers that already read it.
+    assert httpx.get(f"{url}/health/detail", timeout=5).json()["breakers"].keys() == body["breakers"].keys()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("content", "media"), [
     ({"data": {"request_id": "x"}}, "application/x-www-form-urlencoded"),
