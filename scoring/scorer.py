@@ -210,6 +210,14 @@ class IdentityGraphLike(Protocol):
         ...
 
 
+class CallGuardLike(Protocol):
+    """serving.breaker.CircuitBreaker: runs a call, or refuses it at once while its dependency is failing."""
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, counted; raises instead of calling while the guard is open."""
+        ...
+
+
 # --- velocity counters: which ones a request reads and writes ---------------------------------------
 
 #: Window of the home-network check: several new accounts on one limited code within the hour.
@@ -729,13 +737,19 @@ class Scorer:
         config: ScorerConfig | None = None,
         clock: Callable[[], float] = time.time,
         graph: IdentityGraphLike | None = None,
+        model_guard: CallGuardLike | None = None,
     ) -> None:
-        """Keep the dependencies (``graph``: online identity resolution; None runs without persons)."""
+        """Keep the dependencies (``graph``: online identity resolution; None runs without persons).
+
+        ``model_guard`` runs each live prediction (a circuit breaker: a model that keeps raising is not
+        asked again for a cool-down, and the rules answer); None calls the model directly.
+        """
         self.resolver = resolver
         self.graph = graph
         self.online = online
         self.velocity = velocity
         self.model = model
+        self.model_guard = model_guard
         self.rules = rules
         self.records = records
         self.config = config or ScorerConfig()
@@ -936,8 +950,11 @@ class Scorer:
         model = self.model
         if model is None or ctx.failed or not ctx.identity_ok:
             return None
+        def predict() -> ModelAnswer:
+            return model_answer_for(model, ctx.inputs, ctx.keys, self.config.top_k_signals)
+
         try:
-            answer = model_answer_for(model, ctx.inputs, ctx.keys, self.config.top_k_signals)
+            answer = predict() if self.model_guard is None else self.model_guard.call(predict)
         except Exception as exc:
             logger.warning("model prediction failed: %s", type(exc).__name__)
             ctx.model_failed = True

@@ -1,4 +1,4 @@
-"""Circuit breakers in front of the scorer's network dependencies: fail fast while one is down.
+"""Circuit breakers in front of the scorer's dependencies: fail fast while one is down.
 
 Without them a frozen Redis costs every request its socket timeouts (velocity read, graph, reservation,
 record: one after the other), the workers' threads fill up and checkout waits seconds for a rules answer
@@ -17,7 +17,9 @@ The wrappers (:class:`BreakerOnline`, :class:`BreakerVelocity`, :class:`BreakerG
 scorer's protocols (:mod:`scoring.scorer`) and route every call of the request path through their
 dependency's breaker; ``close`` (and the graph's ``view``/``prune``, which serve analysts and maintenance,
 not checkout) pass straight through. ``failures=0`` turns a breaker off: every call goes through and is
-never counted. :func:`health_detail` is the breakers' states as JSON: :func:`health_app` serves it at
+never counted. The model needs no wrapper: the scorer runs each prediction through its breaker
+(``model_guard``), which counts only errors, since a slow model in the worker means a slow host.
+:func:`health_detail` is the breakers' states as JSON: :func:`health_app` serves it at
 ``GET /health/detail``, and the service's guard adds it to BentoML's bodiless ``/readyz`` answer; both
 are open without an API key.
 """
@@ -313,8 +315,12 @@ class BreakerGraph:
 
 
 def breakers_of(*deps: object) -> list[CircuitBreaker]:
-    """The breakers of the given dependencies that are wrapped (None and bare ones are skipped)."""
-    return [b for b in (getattr(d, "breaker", None) for d in deps) if isinstance(b, CircuitBreaker)]
+    """The breakers among ``deps``: breakers themselves, and those of wrapped dependencies.
+
+    None and bare dependencies are skipped.
+    """
+    found = (d if isinstance(d, CircuitBreaker) else getattr(d, "breaker", None) for d in deps)
+    return [b for b in found if isinstance(b, CircuitBreaker)]
 
 
 def health_detail(breakers: Sequence[CircuitBreaker]) -> dict[str, Any]:

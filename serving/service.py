@@ -448,7 +448,13 @@ def build_scorer(settings: Settings) -> Scorer:
         settings, build_online(settings), velocity_store,
         build_graph(settings, getattr(velocity_store, "client", None)),
     )
-    return Scorer(resolver, online, velocity, model, rules, records, config, graph=graph)
+    # Only errors count: the model runs in this process, so its being slow means the host is.
+    model_guard = None if model is None else CircuitBreaker(
+        "model", failures=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s,
+    )
+    return Scorer(
+        resolver, online, velocity, model, rules, records, config, graph=graph, model_guard=model_guard,
+    )
 
 
 def build_breakers(
@@ -713,7 +719,7 @@ def _worker_service() -> PromoGuard:
 
 
 def _scorer_breakers(scorer: Scorer) -> list[CircuitBreaker]:
-    return breakers_of(scorer.online, scorer.velocity, scorer.graph)
+    return breakers_of(scorer.online, scorer.velocity, scorer.graph, scorer.model_guard)
 
 
 with_framework_settings(PromoGuard)

@@ -23,7 +23,7 @@ from serving.breaker import (
     health_detail,
 )
 from serving.metrics import ServiceMetrics
-from tests.scoring.conftest import FakeOnline, FakeVelocity
+from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 
 class FakeClock:
@@ -364,3 +364,55 @@ def test_health_detail_names_every_breaker_and_whether_any_is_not_closed() -> No
         "enabled": True,
     }
     assert body["breakers"]["identity_graph"]["state"] == "closed"
+
+
+def test_a_model_that_keeps_raising_is_not_asked_again_until_its_cool_down_ends(
+    tmp_path: Path, artifact_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scoring.scorer as scorer_module
+    from features.graph import SqliteGraph
+    from scoring.artifact import LoadedModel
+    from scoring.records import Records
+    from scoring.rules import default_rules
+    from scoring.schemas import ScoreRequest
+    from scoring.scorer import Scorer, ScorerConfig
+
+    clock = FakeClock()
+    guard = CircuitBreaker("model", failures=2, cooldown_s=2.0, clock=clock)
+    real = scorer_module.model_answer_for
+    state = {"broken": True, "calls": 0}
+
+    def predict(*args: Any, **kwargs: Any) -> Any:
+        state["calls"] += 1
+        if state["broken"]:
+            raise ValueError("the artifact's features do not match the frame")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scorer_module, "model_answer_for", predict)
+    scorer = Scorer(
+        FakeResolver(), FakeOnline({}), FakeVelocity(), LoadedModel.from_dir(artifact_dir), default_rules(),
+        Records(tmp_path / "scores.db"),
+        ScorerConfig(feature_deadline_ms=5000.0, request_deadline_ms=10000.0),
+        graph=SqliteGraph(tmp_path / "graph.db"), model_guard=guard,
+    )
+
+    def attempt(request_id: str) -> Any:
+        return scorer.score(ScoreRequest.model_validate({
+            "request_id": request_id, "promotion": {"code": "SAVE10", "type": "sitewide"},
+            "account": {"account_id": f"acct-{request_id}"},
+            "device": {"device_id": f"dev-{request_id}-0001"},
+        }))
+
+    answers = [attempt(f"r{i}") for i in range(5)]
+    # Two failures open the breaker; the next three attempts never reach the model.
+    assert state["calls"] == 2
+    assert all(a.fallback == "rules" and a.degraded and a.model_version is None for a in answers)
+    assert guard.snapshot().state == "open"
+
+    state["broken"] = False
+    clock.advance(2.0)
+    probe = attempt("probe")
+    assert state["calls"] == 3
+    assert probe.fallback is None and probe.degraded is False and probe.model_version == "7"
+    assert guard.snapshot().state == "closed"
+    scorer.close()

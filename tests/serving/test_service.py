@@ -191,7 +191,7 @@ def test_readiness_answers_with_the_state_of_each_dependency_without_a_key(serve
     body = ready.json()
     assert body["ready"] is True and body["degraded"] is False
     # This service has no feature store to read (no world was built), so no online-store breaker.
-    assert set(body["breakers"]) == {"velocity", "identity_graph"}
+    assert set(body["breakers"]) == {"velocity", "identity_graph", "model"}
     assert {b["state"] for b in body["breakers"].values()} == {"closed"}
     # The same states as the detail route, which stays for callers that already read it.
     assert httpx.get(f"{url}/health/detail", timeout=5).json()["breakers"].keys() == body["breakers"].keys()
