@@ -950,6 +950,7 @@ class Scorer:
         model = self.model
         if model is None or ctx.failed or not ctx.identity_ok:
             return None
+
         def predict() -> ModelAnswer:
             return model_answer_for(model, ctx.inputs, ctx.keys, self.config.top_k_signals)
 
