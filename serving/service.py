@@ -72,6 +72,7 @@ from serving.lists import lists_app
 from serving.metrics import service_metrics
 from serving.model_cache import fetch_champion
 from serving.openapi import complete_openapi, package_version
+from serving.private_logs import redact_framework_errors
 from serving.shadow import start_shadow
 
 logger = logging.getLogger("promoguard.serving")
@@ -584,6 +585,7 @@ class PromoGuard:
     def __init__(self) -> None:
         """Build settings, dependencies and metric series once per worker."""
         quiet_third_party_warnings()
+        redact_framework_errors()
         self.settings = Settings.from_env()
         check_api_keys(self.settings)
         self.scorer = build_scorer(self.settings)

@@ -149,6 +149,25 @@ def test_unknown_field_is_rejected_naming_it(server: tuple[str, Path]) -> None:
                                        "message": "unknown field: not part of the contract"}]}
 
 
+def test_a_rejected_body_leaves_its_field_names_in_the_log_and_none_of_its_values(
+    server: tuple[str, Path],
+) -> None:
+    url, log = server
+    email, phone, street, ip = "log.canary@example.org", "+1 415 555 0199", "9911 Canary Road", "73.77.31.999"
+    missing_id = {k: v for k, v in _body("unused", email=email, phone=phone).items() if k != "request_id"}
+    assert _post(url, "/score", missing_id).status_code == 400
+    bad_ip = _body("e2e-log-1", ip=ip, shipping_address={"line1": street, "postal_code": "97403"})
+    assert _post(url, "/score", bad_ip).status_code == 400
+    deadline = time.monotonic() + 5
+    while "invalid field(s): ip" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log.read_text(errors="replace")
+    assert "rejected (400), invalid field(s): request_id" in text
+    assert "rejected (400), invalid field(s): ip" in text
+    for raw in (email, phone, street, ip):
+        assert raw not in text, raw
+
+
 @pytest.mark.slow
 def test_api_key_is_required(server: tuple[str, Path]) -> None:
     url, _ = server
