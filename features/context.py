@@ -51,6 +51,22 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value) or value is pd.NA
 
 
+def _folded(values: np.ndarray) -> pd.Series:
+    """Segments as :func:`segment_matches` compares them: stripped, case-folded, NA when missing."""
+    return pd.Series(values, dtype="string").str.strip().str.casefold()
+
+
+def segment_matches(account_segment: Any, eligible_segment: Any) -> bool:
+    """Whether an account's segment is the one a code is reserved for, whatever the case or spacing.
+
+    Stores spell their customer tags as their staff typed them ("Wholesale", "wholesale "): a trade
+    customer must not be refused over a capital letter.
+    """
+    if _blank(account_segment) or _blank(eligible_segment):
+        return False
+    return str(account_segment).strip().casefold() == str(eligible_segment).strip().casefold()
+
+
 def promotion_context(
     *,
     promo_type: str | None,
@@ -71,7 +87,7 @@ def promotion_context(
     limit_one = not _blank(per_customer_limit) and int(per_customer_limit or 0) == 1
     out["one_per_customer"] = float(bool(single_use) or limit_one)
     ineligible = not _blank(eligible_segment) and (
-        bool(is_guest) or _blank(account_segment) or account_segment != eligible_segment
+        bool(is_guest) or not segment_matches(account_segment, eligible_segment)
     )
     out["segment_ineligible"] = float(ineligible)
     return out
@@ -134,7 +150,8 @@ def context_frame(keys: pd.DataFrame, promotions: pd.DataFrame | None) -> pd.Dat
         acct = keys["account_segment"].astype(object).to_numpy()
     else:
         acct = np.full(len(keys), None, dtype=object)
-    other = pd.isna(acct) | (acct != seg)
+    acct_f, seg_f = _folded(acct), _folded(seg)
+    other = acct_f.isna().to_numpy() | (acct_f != seg_f).fillna(True).to_numpy(dtype=bool)
     out["segment_ineligible"] = (named & (guest | other)).astype(np.float64)
     return pd.DataFrame(out, index=keys.index)
 

@@ -175,9 +175,28 @@ def _validate(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
         raise ContractError(f"{len(cases)} contract violation(s):\n" + "\n".join(lines)) from None
 
 
+def canonical_code(code: str) -> str:
+    """A promo code as it is matched, capped and counted: stripped and upper-cased.
+
+    Stores take codes whatever their case: a cap or a counter keyed on the code as typed would let
+    "oneuse-x" past a spent "ONEUSE-X".
+    """
+    return code.strip().upper()
+
+
+def _canonical_codes(frame: pd.DataFrame) -> pd.DataFrame:
+    if "promo_code" not in frame.columns:
+        return frame
+    codes = frame["promo_code"].map(lambda v: canonical_code(v) if isinstance(v, str) else v)
+    return frame.assign(promo_code=codes)
+
+
 def validate_events(frame: pd.DataFrame) -> pd.DataFrame:
-    """Validate an events frame against the contract; raise ContractError naming every bad field."""
-    return _validate(EVENT_SCHEMA, frame)
+    """Validate an events frame against the contract; raise ContractError naming every bad field.
+
+    Codes come back canonical (:func:`canonical_code`), as the service sees them.
+    """
+    return _validate(EVENT_SCHEMA, _canonical_codes(frame))
 
 
 def validate_labels(frame: pd.DataFrame) -> pd.DataFrame:
@@ -186,8 +205,11 @@ def validate_labels(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_promotions(frame: pd.DataFrame) -> pd.DataFrame:
-    """Validate a promotions frame against the contract; raise ContractError naming every bad field."""
-    return _validate(PROMOTION_SCHEMA, frame)
+    """Validate a promotions frame against the contract; raise ContractError naming every bad field.
+
+    Codes come back canonical, so two rows of one code spelled in two cases are a duplicate.
+    """
+    return _validate(PROMOTION_SCHEMA, _canonical_codes(frame))
 
 
 class _Strict(BaseModel):

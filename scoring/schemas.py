@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from features.events import canonical_code
 from features.ipintel import parse_ip
 from scoring.reasons import ReasonCode
 
@@ -56,7 +57,11 @@ CapScope = Literal["person", "household", "account"]
 class Promotion(_Body):
     """The code being applied and the store's policy for it."""
 
-    code: str = Field(min_length=1, max_length=_SHORT, description="The promo code as entered.")
+    code: str = Field(
+        min_length=1, max_length=_SHORT,
+        description="The promo code as entered; matched, capped and counted whatever its case.",
+    )
+    _code_canonical = field_validator("code")(canonical_code)
     type: PromoTypeName = Field(
         default="sitewide", description="Kind of promotion; each has its own decision thresholds."
     )

@@ -63,7 +63,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from features.context import request_context
+from features.context import request_context, segment_matches
 from features.definitions import HARD_IDENTITIES, redemption_updates, velocity_queries, velocity_updates
 from features.graph import Attempt, Resolution
 from scoring.artifact import LoadedModel
@@ -432,7 +432,7 @@ def rule_inputs(
         account_segment=("guest" if is_guest else segment) or "none",
         account_is_guest=is_guest,
         segment_mismatch=promo.eligible_segment is not None
-        and (is_guest or segment != promo.eligible_segment),
+        and (is_guest or not segment_matches(segment, promo.eligible_segment)),
         referral_shares_hard_identity=shared_kind is not None,
         referral_shared_kind=shared_kind,
         single_use_spent=promo.single_use and (spent_before or blocked),

@@ -6,7 +6,12 @@ import os
 import socket
 import sys
 
+import prometheus_client  # noqa: F401  (imported before Feast, see below)
 import pytest
+
+# Importing Feast points prometheus_client at a multiprocess folder, unless prometheus_client was
+# imported first. Multiprocess values live in per-process files shared by every registry, so a unit
+# test's fresh CollectorRegistry would start from the counts of earlier tests in the same worker.
 
 # pytest-xdist workers run with a bare __main__ (no __file__, no __spec__). pyspark's Connect package
 # takes that for a doctest run and calls sys.exit(0) when great-expectations imports it; give the

@@ -45,6 +45,16 @@ def test_wholesale_code_in_guest_checkout_is_ineligible_and_the_trade_buyer_is_n
     assert buyer["segment_ineligible"] == 0.0 and buyer["guest_checkout"] == 0.0
 
 
+def test_a_segment_spelled_in_another_case_is_still_the_codes_segment() -> None:
+    def ineligible(account_segment: str | None) -> float:
+        return promotion_context(
+            promo_type="wholesale", is_guest=False, single_use=False, per_customer_limit=None,
+            eligible_segment="wholesale", account_segment=account_segment,
+        )["segment_ineligible"]
+
+    assert [ineligible(s) for s in ("Wholesale", " WHOLESALE ", "consumer", None)] == [0.0, 0.0, 1.0, 1.0]
+
+
 def test_one_per_customer_means_single_use_or_a_limit_of_one() -> None:
     def one(single: bool, limit: int | None) -> float:
         return promotion_context(
@@ -59,7 +69,7 @@ def test_frame_and_request_agree_on_every_combination() -> None:
     combos = list(itertools.product(
         ["WELCOME10", "ONCE", "WHOLESALE20", "SAVE10", "NOPE"],
         [True, False],
-        ["wholesale", "consumer", None],
+        ["wholesale", " Wholesale", "consumer", None],
     ))
     ptype = {"WELCOME10": "welcome", "ONCE": "sitewide", "WHOLESALE20": "wholesale"}
     keys = pd.DataFrame(

@@ -16,6 +16,7 @@ from features.events import (
     parse_record,
     validate_events,
     validate_labels,
+    validate_promotions,
 )
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -58,6 +59,25 @@ def test_bad_frame_rows_are_reported_by_field_and_row_not_dropped() -> None:
     assert "events.cart_total" in message
     assert "rows [2]" in message and "rows [3]" in message
     assert len(frame) == 4  # validation never drops what it was given
+
+
+def test_codes_come_back_in_one_case_and_the_frame_given_is_left_as_it_was() -> None:
+    frame = events_from_records([_event(1, promo_code="welcome10 "), _event(2, promo_code="Welcome10")])
+    checked = validate_events(frame)
+    assert checked["promo_code"].tolist() == ["WELCOME10", "WELCOME10"]
+    assert frame["promo_code"].tolist() == ["welcome10", "Welcome10"]
+
+
+def test_one_code_listed_twice_in_two_cases_is_a_duplicate_promotion() -> None:
+    catalog = pd.DataFrame({
+        "promo_code": ["Save10", "SAVE10"], "promo_type": ["sitewide", "sitewide"], "campaign": ["c", "c"],
+        "discount_value": [10.0, 10.0], "single_use": [False, False],
+        "per_customer_limit": pd.array([None, None], dtype="Int64"), "eligible_segment": [None, None],
+        "referrer_account_id": [None, None],
+        "starts_at": pd.to_datetime([T0, T0], utc=True), "ends_at": pd.to_datetime([None, None], utc=True),
+    })
+    with pytest.raises(ContractError, match=r"promotions\.promo_code"):
+        validate_promotions(catalog)
 
 
 def test_duplicate_request_ids_break_the_contract() -> None:

@@ -319,6 +319,28 @@ def test_single_use_code_is_reserved_once_then_refused(tmp_path: Path) -> None:
     assert any(s.name == "single_use_code_spent" for s in second.signals)
 
 
+def test_a_spent_single_use_code_stays_spent_whatever_case_it_is_typed_in(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    first = scorer.score(_req("a", promotion={"code": "ONEUSE-X", "type": "sitewide", "single_use": True}))
+    assert first.decision in ("allow", "watch")
+    stranger = scorer.score(_req("b", promotion={"code": " oneuse-x", "type": "sitewide", "single_use": True},
+                                 account={"account_id": "acct-9"}, device={"device_id": "dev-other99"}))
+    assert stranger.decision == "refuse"
+    assert stranger.signals[0].code == "SINGLE_USE_SPENT"
+
+
+def test_a_trade_account_whose_segment_differs_only_in_case_keeps_its_wholesale_code(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    promo = {"code": "WHOLESALE20", "type": "wholesale", "eligible_segment": "wholesale"}
+    trade = scorer.score(_req("trade", promotion=promo,
+                              account={"account_id": "acct-t", "segment": "Wholesale "}))
+    assert all(s.code != "SEGMENT_INELIGIBLE" for s in trade.signals), trade.signals
+    consumer = scorer.score(_req("consumer", promotion=promo,
+                                 account={"account_id": "acct-c", "segment": "consumer"},
+                                 device={"device_id": "dev-cons0001"}))
+    assert consumer.decision == "refuse" and consumer.signals[0].code == "SEGMENT_INELIGIBLE"
+
+
 def test_per_customer_cap_blocks_the_same_household_under_a_new_account(tmp_path: Path) -> None:
     scorer = _scorer(tmp_path, online=FakeOnline({}))
     promo = {"code": "SAMPLE", "type": "free_sample", "per_customer_limit": 1}
