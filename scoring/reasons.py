@@ -157,21 +157,23 @@ WINDOW_WORDS = {
 
 @dataclass(frozen=True)
 class Entity:
-    """How an identity reads: its noun, and what its absence from a request means."""
+    """How an identity reads: its noun, what its absence from a request means, and that absence's code."""
 
     noun: str
     absent: str
+    #: The reason code its counts are reported under when the request did not carry it (None: their own).
+    missing_code: str | None = None
 
 
 ENTITIES: dict[str, Entity] = {
-    "device": Entity("device", "no valid device id was sent"),
-    "household": Entity("shipping household", "no shipping address was given"),
+    "device": Entity("device", "no valid device id was sent", "DEVICE_MISSING"),
+    "household": Entity("shipping household", "no shipping address was given", "ADDRESS_MISSING"),
     "payment": Entity("payment method", "no payment fingerprint was given"),
-    "phone": Entity("phone number", "no phone number was given"),
-    "email": Entity("email address", "no email address was given"),
-    "network": Entity("network", "no public IP address was given"),
+    "phone": Entity("phone number", "no phone number was given", "PHONE_MISSING"),
+    "email": Entity("email address", "no email address was given", "EMAIL_MISSING"),
+    "network": Entity("network", "no public IP address was given", "IP_MISSING"),
     "local_ip": Entity("home network", "no local network address was sent"),
-    "account": Entity("account", "guest checkout, so no account history"),
+    "account": Entity("account", "guest checkout, so no account history", "GUEST_CHECKOUT"),
 }
 
 #: Nouns of the targets of distinct counts: (singular, plural).
@@ -873,20 +875,31 @@ class Grouping:
 
 
 @cache
-def grouping(feature_names: tuple[str, ...]) -> Grouping:
-    """Group a model's features by reason code (first appearance order)."""
+def grouping(feature_names: tuple[str, ...], absent: frozenset[str] = frozenset()) -> Grouping:
+    """Group a model's features by reason code (first appearance order).
+
+    The counts of an identity in ``absent`` join that identity's missing code (the household's under
+    ``ADDRESS_MISSING``): what moved the score there is that the request did not carry it, and a code
+    keeps one meaning, so ``HOUSEHOLD_PAST_ABUSE`` is never shown for a request without an address.
+    """
     codes: list[str] = []
     members: dict[str, list[int]] = {}
     reasons = tuple(feature_reason(f) for f in feature_names)
+    code_of: list[str | None] = []
     for i, reason in enumerate(reasons):
         if reason is None:
+            code_of.append(None)
             continue
-        if reason.code not in members:
-            codes.append(reason.code)
-            members[reason.code] = []
-        members[reason.code].append(i)
+        code = reason.code
+        if reason.entity is not None and reason.entity in absent:
+            code = ENTITIES[reason.entity].missing_code or code
+        code_of.append(code)
+        if code not in members:
+            codes.append(code)
+            members[code] = []
+        members[code].append(i)
     index = {c: k for k, c in enumerate(codes)}
-    group_of = tuple(index[r.code] if r is not None else len(codes) for r in reasons)
+    group_of = tuple(len(codes) if c is None else index[c] for c in code_of)
     return Grouping(tuple(codes), tuple(tuple(members[c]) for c in codes), group_of, reasons)
 
 
@@ -917,6 +930,12 @@ def describe_group(
             if all(_clean(values[i]) == 0.0 for i in idx)
             else "promotion type not given"
         )
+    for member in idx:
+        # A missing code that took an absent identity's counts (see grouping) reads as that absence.
+        owner = group.reasons[member]
+        held = None if owner is None or owner.entity not in absent else owner.entity
+        if held is not None and ENTITIES[held].missing_code == code:
+            return ENTITIES[held].absent
     entity = group.reasons[idx[0]].entity if group.reasons[idx[0]] is not None else None  # type: ignore[union-attr]
     if entity is not None and entity in absent:
         return ENTITIES[entity].absent

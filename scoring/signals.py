@@ -79,7 +79,7 @@ def model_signals(
     kept for callers that pass it. Features no catalog knows count toward ``other factors``.
     """
     del specs
-    plan = grouping(tuple(feature_names))
+    plan = grouping(tuple(feature_names), frozenset(absent))
     contrib = np.asarray(contributions, dtype=np.float64)[: len(feature_names)]
     sums = np.bincount(np.asarray(plan.group_of, dtype=np.int64), weights=contrib,
                        minlength=len(plan.codes) + 1)

@@ -138,6 +138,27 @@ def test_grouped_model_signals_sum_points_and_describe_the_most_telling_member()
     assert sigs[-1].code == "OTHER_FACTORS"  # the unknown feature's points
 
 
+def test_the_counts_of_an_identity_the_request_lacked_are_reported_under_its_missing_code() -> None:
+    names = [
+        "household_stats__abuse_labels",
+        "household_stats__attempts_24h",
+        "address_missing",
+        "device_stats__distinct_accounts_24h",
+    ]
+    contrib = np.array([3.0, 1.0, 1.0, 2.0, -1.0])
+    values = np.array([np.nan, np.nan, 1.0, 6.0])
+    sigs = model_signals(contrib, names, values, score=60, baseline_points=5, absent={"household"})
+    codes = [s.code for s in sigs]
+    assert not [c for c in codes if c.startswith("HOUSEHOLD_")], codes
+    missing = next(s for s in sigs if s.code == "ADDRESS_MISSING")
+    assert missing.description == "no shipping address was given"
+    assert codes.count("ADDRESS_MISSING") == 1
+    assert sum(s.points for s in sigs) == 60
+    # With the address given, the same counts keep their own codes.
+    given = model_signals(contrib, names, np.array([2.0, 4.0, 0.0, 6.0]), score=60, baseline_points=5)
+    assert {"HOUSEHOLD_PAST_ABUSE", "HOUSEHOLD_ATTEMPTS"} <= {s.code for s in given}
+
+
 def test_an_artifact_written_before_codes_gets_codes_from_its_feature_names(artifact_dir: Path) -> None:
     from scoring.artifact import LoadedModel
 
