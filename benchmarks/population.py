@@ -2,12 +2,13 @@
 
 The simulator's own traffic cannot judge a policy tuned on it. These shoppers are built here from the
 seeds: new customers on a welcome offer, family members at one address with identities of their own,
-repeat customers, VPN users, guests and trade buyers; and abusers who keep two strong identities (a
-welcome cycler's device and card, an intro resetter's card and phone), stack free samples at one door
-however it is spelled, redeem their own referral (through a shared device and card, or the card
-alone), use a trade code from a consumer account, or open account after account from one home
-network (the first two of each five are not counted either way). Every
-home sits behind the same private router address, as millions of real homes do. Prints, per group,
+repeat customers, VPN users, guests, trade buyers, and neighbours in one apartment building (a free
+sample each, a referral between them); and abusers who keep two strong identities (a welcome cycler's
+device and card, an intro resetter's card and phone), stack free samples at one door however it is
+spelled, redeem their own referral (through a shared device and card, or the card alone), use a trade
+code from a consumer account, spend a leaked single-use code again (typed in lower case), or open
+account after account from one home network (the first two of each five are not counted either way).
+Every home sits behind the same private router address, as millions of real homes do. Prints, per group,
 the attempts and their decisions, then the honest refusal and verification rates and the recall.
 
 Usage: ``python benchmarks/population.py [--root EXISTING_WORLD]``. Without ``--root`` (or
@@ -115,6 +116,19 @@ def _honest(pop: Population) -> None:
         guest = pop.person()
         guest["account"] = {"is_guest": True}
         pop.send(True, "guest, sitewide code", guest, PROMOS["sitewide"])
+    for i in range(15):
+        # Strangers in one apartment building: the same street line, each behind their own door.
+        first, neighbour, friend = pop.person(), pop.person(), pop.person()
+        building = first["shipping_address"]
+        first["shipping_address"] = dict(building, line2=f"Apt {i + 2}B")
+        neighbour["shipping_address"] = dict(building, line2=f"Apt {i + 3}C")
+        pop.send(True, "neighbours in one building, free sample", first, PROMOS["sample"])
+        pop.send(True, "neighbours in one building, free sample", neighbour, PROMOS["sample"])
+        referrer = first["account"]["account_id"]
+        code = {"code": f"REF-{referrer[-6:]}", "type": "referral", "discount_value": 15.0,
+                "per_customer_limit": 1, "referrer_account_id": referrer}
+        friend["shipping_address"] = dict(building, line2=f"Apt {i + 4}D")
+        pop.send(True, "friend in the building, referral", friend, code)
 
 
 def _abusers(pop: Population) -> None:
@@ -140,6 +154,12 @@ def _abusers(pop: Population) -> None:
         pop.send(False, "intro reset (same card and phone)", again, PROMOS["intro"])
     for _ in range(15):
         pop.send(False, "trade code from a consumer account", pop.person(), PROMOS["wholesale"])
+    for _ in range(10):
+        # A single-use code leaks: a stranger types it in another case after its owner spent it.
+        once = {"code": f"VIP-{pop.token()[:8].upper()}", "type": "sitewide", "single_use": True}
+        pop.send(None, "first redemption", pop.person(), once)
+        pop.send(False, "leaked single-use code, typed in lower case", pop.person(),
+                 dict(once, code=once["code"].lower()))
     for _ in range(15):
         sharer = pop.person()
         pop.send(None, "referrer's own order", sharer, PROMOS["sitewide"])

@@ -14,8 +14,8 @@ Stages, each a pure function returning a frozen result that never raises on garb
 * :func:`normalize_phone` - E.164 via ``phonenumbers`` (cached); fallback on the last ten digits.
 * :func:`normalize_address` - a token scan for plain street lines and ``usaddress`` tagging for the
   rest (both cached); USPS directionals, unit designators and street suffixes are recognised (the suffix
-  is left out of the keys); a household text (no unit) and an address text (with unit). Non-US
-  addresses use a normalised-text key.
+  is left out of the keys); the household is the door, its unit included. Non-US addresses use a
+  normalised-text key.
 * :func:`normalize_device`, :func:`normalize_ip` - device id validation, IP /24 or /64 network.
 
 :class:`KeyHasher` turns canonical values into ``HMAC-SHA256(pepper, kind:value)`` hex[:32];
@@ -342,10 +342,12 @@ _ZIP5 = re.compile(r"^\s*(\d{5})(?:[-\s]?\d{4})?\s*$")
 
 @dataclass(frozen=True, slots=True)
 class AddressResult:
-    """A normalised address: ``household`` drops the unit, ``address`` keeps it; None when missing.
+    """A normalised address: one door, its unit included; None when missing.
 
-    ``unparsed`` means the US parser could not find a house number and street, so both texts fall back
-    to the normalised line text (they still join identical spellings).
+    ``household`` and ``address`` are the same text, the door: "Apt 4B", "#4b" and "Unit 4-B" agree, and
+    two flats of one building are two households, since neighbours are strangers. ``unparsed`` means
+    the US parser could not find a house number and street, so the texts fall back to the normalised
+    line text (they still join identical spellings).
     """
 
     household: str | None
@@ -489,16 +491,18 @@ def _normalize_address_cached(
         # Outside the US we have no parser: normalised text still joins identical spellings.
         base = f"{_norm_text(line1)}|{_norm_text(postal_code) or _norm_text(city)}|{country_text}".upper()
         unit = _norm_unit(line2)
-        return AddressResult(household=base, address=f"{base}|{unit}" if unit else base)
+        door = f"{base}|{unit}" if unit else base
+        return AddressResult(household=door, address=door)
     locality = _locality(postal_code, city, region)
     parsed = _parse_us_line(line1)
     if parsed is None:
         text = _norm_text(line1).upper()
         unit = _norm_unit(line2)
-        household = f"{text}|{locality}"
+        building = f"{text}|{locality}"
+        door = f"{building}|{unit}" if unit else building
         return AddressResult(
-            household=household,
-            address=f"{household}|{unit}" if unit else household,
+            household=door,
+            address=door,
             unparsed=True,
             error="no house number and street found",
         )
@@ -508,8 +512,9 @@ def _normalize_address_cached(
         unit = _norm_unit(line2) or unit
     # The suffix is left out of both keys: shoppers drop or misspell it ("123 Main" for "123 Main St")
     # far more often than two streets differing only by suffix share a house number and a ZIP code.
-    household = f"{street_text}|{locality}"
-    return AddressResult(household=household, address=f"{household}|{unit}" if unit else household)
+    building = f"{street_text}|{locality}"
+    door = f"{building}|{unit}" if unit else building
+    return AddressResult(household=door, address=door)
 
 
 def normalize_address(
@@ -522,9 +527,10 @@ def normalize_address(
 ) -> AddressResult:
     """Canonicalise an address into household and address texts; never raises.
 
-    The household text is house number + directionals + street name + ZIP5 (street suffix and unit
-    dropped; city/state replace a missing ZIP). The address text appends the unit identifier with its
-    designator removed, so "Apt 4B", "#4b", "Unit 4-B" agree. Results are cached by the raw tuple.
+    The household text is house number + directionals + street name + ZIP5 (street suffix dropped;
+    city/state replace a missing ZIP), then the unit identifier with its designator removed, so
+    "Apt 4B", "#4b", "Unit 4-B" agree and "Apt 5C" is another household. Results are cached by the raw
+    tuple.
     """
     parts = tuple(_text(v) for v in (line1, line2, city, region, postal_code, country))
     if any(p is not None and len(p) > 256 for p in parts):

@@ -172,10 +172,12 @@ def test_three_spellings_of_one_flat_are_one_household_and_one_address() -> None
     assert len(variants) == 1
 
 
-def test_other_flat_same_household_different_address() -> None:
+def test_another_flat_of_the_building_is_another_household() -> None:
+    # Neighbours are strangers: a cap or a referral check on the building would refuse them.
     h1, a1 = _addr("123 Main St Apt 4B")
     h2, a2 = _addr("123 Main St Apt 5C")
-    assert h1 == h2 and a1 != a2
+    assert h1 != h2 and a1 != a2
+    assert _addr("123 Main St", line2="Apt 4B")[0] == h1
 
 
 def test_different_house_number_or_zip_is_a_different_household() -> None:

@@ -351,6 +351,50 @@ def test_shared_lan_strangers_keep_a_welcome_offer_a_family_member_is_watched_a_
     assert cycler["signals"][0]["code"] == "CUSTOMER_CAP_REACHED", cycler
 
 
+def test_neighbours_in_other_flats_keep_a_household_sample_and_a_referral_one_flat_spelled_anew_does_not(
+    server: tuple[str, Path],
+) -> None:
+    url, _ = server
+    sample = {"code": "FLATSAMPLE", "type": "free_sample", "per_customer_limit": 1}
+
+    def resident(n: int, line1: str, line2: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = _body(f"flat-{n}", promotion=sample, account={"account_id": f"acct-flat-{n}"},
+                     email=f"resident.{n}@example.com", phone=f"+1 503 555 02{n:02d}",
+                     shipping_address={"line1": line1, "line2": line2, "postal_code": "97205",
+                                       "country": "US"},
+                     device={"device_id": f"7a1d2c3b-0e4f-4a5b-9c6d-1e2f3a4b5c{n:02d}"},
+                     payment={"fingerprint": f"fp_flat_{n}"}, ip=f"98.{n}.40.50")
+        body.update(extra)
+        return body
+
+    def decide(body: dict[str, Any]) -> dict[str, Any]:
+        resp = _post(url, "/score", body)
+        assert resp.status_code == 200, resp.text
+        answer: dict[str, Any] = resp.json()
+        if answer["decision"] != "refuse":
+            redeemed = {"request_id": body["request_id"], "outcome": "redeemed"}
+            assert _post(url, "/outcome", redeemed).status_code == 200
+        return answer
+
+    first = decide(resident(1, "410 Alder Street Apt 4B"))
+    assert first["decision"] in ("allow", "watch"), first
+    # A neighbour two floors up: the same building, another door, nothing else in common.
+    neighbour = decide(resident(2, "410 Alder St", "Apt 5C"))
+    assert neighbour["decision"] in ("allow", "watch"), neighbour
+    assert "CUSTOMER_CAP_REACHED" not in [s["code"] for s in neighbour["signals"]], neighbour
+    # Someone else at the first door, written another way: the household has had its sample.
+    same_door = decide(resident(3, "410 alder st #4b"))
+    assert same_door["decision"] == "refuse", same_door
+    assert same_door["signals"][0]["code"] == "CUSTOMER_CAP_REACHED", same_door
+
+    # The first resident refers the neighbour: a friend in the building, not a referral to oneself.
+    referral = {"code": "REF-FLAT-1", "type": "referral", "per_customer_limit": 1,
+                "referrer_account_id": "acct-flat-1"}
+    friend = decide(resident(4, "410 Alder St Apt 7F", promotion=referral))
+    assert "REFERRAL_SELF_REDEMPTION" not in [s["code"] for s in friend["signals"]], friend
+    assert friend["decision"] != "refuse", friend
+
+
 @pytest.mark.slow
 def test_the_identity_view_needs_a_key_and_names_the_person_an_attempt_resolved_to(
     server: tuple[str, Path],
