@@ -155,11 +155,14 @@ def check_invariants(scorer: Scorer, req: ScoreRequest, resp: ScoreResponse) -> 
     if resp.decision == "allow":
         assert resp.score < own["verify"], resp
     rules = {r.id: r for r in scorer.rules.rules}
+    # A model concept is named by its code, which may also be a rule's id (device_missing): only a
+    # signal the rules produced can be the deciding rule.
+    by_rule = [s for s in resp.signals if s.name in rules and s.source != "model"]
     first = resp.signals[0] if resp.signals else None
-    deciding = first is not None and first.name in rules and rules[first.name].action == resp.decision
+    deciding = first is not None and first in by_rule and rules[first.name].action == resp.decision
     rest = resp.signals[1:] if deciding else resp.signals
     assert [s.points for s in rest] == sorted((s.points for s in rest), reverse=True), resp.signals
-    if any(rules[s.name].action == resp.decision for s in resp.signals if s.name in rules):
+    if any(rules[s.name].action == resp.decision for s in by_rule):
         assert deciding, f"the deciding rule is not first: {resp.signals}"
     codes = [s.code for s in resp.signals]
     assert set(codes) <= set(REASON_CODES)
