@@ -4,12 +4,13 @@ The simulator's own traffic cannot judge a policy tuned on it. These shoppers ar
 seeds: new customers on a welcome offer, family members at one address with identities of their own,
 repeat customers, VPN users, guests, trade buyers, and neighbours in one apartment building (a free
 sample each, a referral between them); and abusers who keep two strong identities (a welcome cycler's
-device and card, an intro resetter's card and phone), stack free samples at one door however it is
-spelled, redeem their own referral (through a shared device and card, or the card alone), use a trade
-code from a consumer account, spend a leaked single-use code again (typed in lower case), or open
-account after account from one home network (the first two of each five are not counted either way).
-Every home sits behind the same private router address, as millions of real homes do. Prints, per group,
-the attempts and their decisions, then the honest refusal and verification rates and the recall.
+device and card, under the same welcome code or another one; an intro resetter's card and phone),
+stack free samples at one door however it is spelled, redeem their own referral (through a shared
+device and card, or the card alone), use a trade code from a consumer account, spend a leaked
+single-use code again (typed in lower case), or open account after account from one home network (the
+first two of each five are not counted either way). Every home sits behind the same private router
+address, as millions of real homes do. Prints, per group, the attempts and their decisions, then the
+honest refusal and verification rates and the recall.
 
 Usage: ``python benchmarks/population.py [--root EXISTING_WORLD]``. Without ``--root`` (or
 ``PROMOGUARD_BENCH_ROOT``) a small world is built in a temporary folder with the command line. The
@@ -139,6 +140,13 @@ def _abusers(pop: Population) -> None:
             again = pop.person()
             again["device"], again["payment"] = first["device"], first["payment"]
             pop.send(False, "welcome cycling (same device and card)", again, PROMOS["welcome"])
+    for _ in range(10):
+        first = pop.person()
+        pop.send(None, "first redemption", first, PROMOS["welcome"])
+        again = pop.person()
+        again["device"], again["payment"] = first["device"], first["payment"]
+        later = dict(PROMOS["welcome"], code="WELCOME15", discount_value=15.0)
+        pop.send(False, "welcome cycling under another welcome code", again, later)
     for _ in range(15):
         first = pop.person()
         pop.send(None, "first redemption", first, PROMOS["sample"])

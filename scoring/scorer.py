@@ -377,6 +377,22 @@ def cap_plan(promo: Promotion, keys: Mapping[str, Any], person_id: str | None = 
     return CapPlan(tuple(idents), limit, 2, tuple(decisive))
 
 
+#: Promotion types whose per-customer limit counts every code of the type together: a welcome offer is
+#: a first-order offer, so a customer who redeemed WELCOME10 has had it, whatever WELCOME15 says.
+#: Intro offers stay per code: the seed gates them per product, and two products may each have one.
+OFFER_WIDE_TYPES: frozenset[str] = frozenset({"welcome"})
+
+
+def cap_key(promo: Promotion) -> str:
+    """The reservation store's scope of a capped promotion: its code, or its type (:data:`OFFER_WIDE_TYPES`).
+
+    A single-use code is always its own scope: its one use is global, not per customer.
+    """
+    if not promo.single_use and promo.type in OFFER_WIDE_TYPES:
+        return f"type:{promo.type}"
+    return f"promo:{promo.code}"
+
+
 NO_RESERVATION = ReservationOutcome("not_needed")
 
 
@@ -417,8 +433,11 @@ def rule_inputs(
         # Name the evidence, not the graph's node: the identities that joined this person.
         evidence = () if resolution is None else resolution.evidence
         cap_kinds = tuple(dict.fromkeys([*(k for k in cap_kinds if k != "person"), *evidence])) or ("person",)
+    offer_wide = cap_key(promo).startswith("type:")
     earlier_ago = None
-    if blocked and resolution is not None and resolution.person_code_last_ts is not None and now is not None:
+    # Across a type's codes the earlier use may have been another code: "at this code" would not hold.
+    if (blocked and not offer_wide and resolution is not None and resolution.person_code_last_ts is not None
+            and now is not None):
         earlier_ago = duration_hours(max(0.0, now - resolution.person_code_last_ts) / 3600.0) + " ago"
     # One strong identity of an earlier redeemer, not enough to be the same customer: a warning.
     one_match = reservation.status == "reserved" and len(reservation.matched) == 1
@@ -440,6 +459,7 @@ def rule_inputs(
         # The cap could not be checked (reservation store down) and the promotion asks to verify then.
         cap_unverifiable=reservation.status == "unavailable" and cap_outage_action(promo) == "verify",
         cap_blocked_kind=cap_kind,
+        cap_offer_wide=f"across every {promo.type} code" if blocked and offer_wide else None,
         earlier_redeemer_one_signal=one_match,
         earlier_redeemer_identity=(
             IDENTITY_WORDS.get(reservation.matched[0], reservation.matched[0]) if one_match else None
@@ -983,7 +1003,7 @@ class Scorer:
             return NO_RESERVATION
         try:
             res = self.velocity.reserve(
-                ctx.req.request_id, f"promo:{promo.code}", list(plan.identities), plan.limit,
+                ctx.req.request_id, cap_key(promo), list(plan.identities), plan.limit,
                 self.config.reservation_ttl_s, ctx.now, quorum=plan.quorum, decisive=list(plan.decisive),
             )
         except Exception as exc:

@@ -183,11 +183,13 @@ def test_an_allow_entry_allows_a_risky_attempt_but_not_past_a_reached_cap(
     again = _req("a2", account={"account_id": "acct-a1"}, email="a1@example.com",
                  device={"device_id": "dev-a1-0001"}, payment={"fingerprint": "fp-a1"})
     scorer.controls = _controls(entries=[ListEntry("allow", "account", _keys(first)["account_key"], "staff")])
-    third = _req("a3", account={"account_id": "acct-a1"}, promotion={"code": "OTHER", "type": "welcome",
+    # Another product's intro offer: a cap of its own, which this account has not used yet.
+    third = _req("a3", account={"account_id": "acct-a1"}, promotion={"code": "OTHER", "type": "intro_offer",
                                                                      "per_customer_limit": 1})
     resp = scorer.score(third)
     assert resp.decision == "allow" and resp.signals[0].code == "ALLOW_LISTED" and resp.signals[0].points < 0
-    assert resp.score < 25  # under the welcome watch threshold: the score agrees with the decision
+    # Under the type's watch threshold: the score agrees with the decision.
+    assert resp.score < scorer.policy().for_promotion("intro_offer")["watch"]
     _agrees(resp)
     # The same shopper's second welcome claim: the cap is the store's own promise, the list cannot lift it.
     capped = scorer.score(again)

@@ -553,6 +553,33 @@ def test_a_welcome_cycler_keeping_two_strong_signals_is_refused(tmp_path: Path) 
     assert "device and payment method" in again.signals[0].description
 
 
+def test_a_welcome_offer_is_one_per_customer_across_every_welcome_code(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    scorer.score(_shopper("first", 1, promotion=WELCOME))
+    scorer.outcome(OutcomeRequest(request_id="first", outcome="redeemed"))
+    other_code = {"code": "WELCOME15", "type": "welcome", "per_customer_limit": 1}
+    again = scorer.score(_shopper("again", 2, promotion=other_code, device={"device_id": "dev-0001abcd"},
+                                  payment={"fingerprint": "fp-1"}))
+    assert again.decision == "refuse" and again.signals[0].code == "CUSTOMER_CAP_REACHED"
+    assert "across every welcome code" in again.signals[0].description
+    # A stranger is new to both codes; an intro offer of another product stays a code of its own.
+    assert scorer.score(_shopper("stranger", 3, promotion=other_code)).decision in ("allow", "watch")
+    scorer.score(_shopper("trial-a", 4, promotion={"code": "TRIAL-TEA", "type": "intro_offer",
+                                                   "per_customer_limit": 1}))
+    scorer.outcome(OutcomeRequest(request_id="trial-a", outcome="redeemed"))
+    coffee = scorer.score(_shopper("trial-b", 4, promotion={"code": "TRIAL-COFFEE", "type": "intro_offer",
+                                                            "per_customer_limit": 1}))
+    assert coffee.decision in ("allow", "watch"), coffee.signals
+
+
+def test_an_abandoned_welcome_claim_leaves_the_offer_to_the_next_welcome_code(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    scorer.score(_shopper("first", 1, promotion=WELCOME))
+    scorer.outcome(OutcomeRequest(request_id="first", outcome="abandoned"))
+    later = {"code": "WELCOME15", "type": "welcome", "per_customer_limit": 1}
+    assert scorer.score(_shopper("later", 1, promotion=later)).decision in ("allow", "watch")
+
+
 def test_a_second_free_sample_to_one_household_is_refused(tmp_path: Path) -> None:
     scorer = _scorer(tmp_path, online=FakeOnline({}))
     sample = {"code": "FREESAMPLE", "type": "free_sample", "per_customer_limit": 1}
