@@ -161,8 +161,8 @@ class VelocityStore(Protocol):
         """Turn a held reservation into a use; False when there was nothing to confirm."""
         ...
 
-    def release(self, request_id: str) -> bool:
-        """Free a held reservation; False when there was nothing held."""
+    def release(self, request_id: str, *, confirmed: bool = False) -> bool:
+        """Free a held reservation (``confirmed``: a confirmed use too); False when there was none."""
         ...
 
     def close(self) -> None:
@@ -582,10 +582,13 @@ class SqliteVelocity:
         return Reservation(request_id, "reserved", expires_at=expires_at, matched=tuple(matched))
 
     @staticmethod
-    def _held(conn: sqlite3.Connection, request_id: str) -> tuple[str, list[str]] | None:
-        """The scope and identities of a reservation still held (not confirmed, released or unknown)."""
+    def _held(
+        conn: sqlite3.Connection, request_id: str, *, confirmed: bool = False
+    ) -> tuple[str, list[str]] | None:
+        """The scope and identities of a reservation still held (``confirmed``: or confirmed)."""
+        states = "('held', 'confirmed')" if confirmed else "('held')"
         row = conn.execute(
-            "SELECT scope, identities FROM reservation WHERE request_id = ? AND state = 'held'",
+            f"SELECT scope, identities FROM reservation WHERE request_id = ? AND state IN {states}",
             (request_id,),
         ).fetchone()
         return None if row is None else (row[0], row[1].split(_SEP))
@@ -609,11 +612,14 @@ class SqliteVelocity:
             conn.execute("UPDATE reservation SET state = 'confirmed' WHERE request_id = ?", (request_id,))
         return True
 
-    def release(self, request_id: str) -> bool:
-        """Free a held reservation so another request can use it."""
+    def release(self, request_id: str, *, confirmed: bool = False) -> bool:
+        """Free a held reservation so another request can use it.
+
+        ``confirmed`` frees a confirmed use too: the order was reversed, so the use never happened.
+        """
         _check_text("request_id", request_id)
         with self._tx(immediate=True) as conn:
-            held = self._held(conn, request_id)
+            held = self._held(conn, request_id, confirmed=confirmed)
             if held is None:
                 return False
             scope, idents = held
@@ -783,7 +789,8 @@ return {'held', who, ARGV[3], 0}
 
 # KEYS[1] = reservation hash, KEYS[2..] = cap sets; ARGV[1] = request id, ARGV[2] = new state.
 _SETTLE_LUA = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'held' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'held' and not (state == 'confirmed' and ARGV[3] == '1') then return 0 end
 for i = 2, #KEYS do
   if ARGV[2] == 'confirmed' then
     redis.call('ZADD', KEYS[i], '+inf', ARGV[1])
@@ -938,7 +945,7 @@ class RedisVelocity:
         expires = float(exp) if exp else None
         return Reservation(request_id, "reserved", expires_at=expires, duplicate=duplicate, matched=matched)
 
-    def _settle_state(self, request_id: str, new_state: str) -> bool:
+    def _settle_state(self, request_id: str, new_state: str, *, confirmed: bool = False) -> bool:
         _check_text("request_id", request_id)
         rkey = self._reskey(request_id)
         scope_idents = self._call(self.client.hmget, rkey, ["scope", "identities"])
@@ -946,15 +953,16 @@ class RedisVelocity:
             return False
         scope, idents = _text(scope_idents[0]), _text(scope_idents[1]).split(_SEP)
         keys = [rkey] + [self._capkey(scope, i) for i in idents]
-        return bool(self._call(self._settle, keys=keys, args=[request_id, new_state]))
+        args = [request_id, new_state, "1" if confirmed else "0"]
+        return bool(self._call(self._settle, keys=keys, args=args))
 
     def confirm(self, request_id: str) -> bool:
         """Turn a held reservation into a permanent use (also after its hold expired)."""
         return self._settle_state(request_id, "confirmed")
 
-    def release(self, request_id: str) -> bool:
-        """Free a held reservation so another request can use it."""
-        return self._settle_state(request_id, "released")
+    def release(self, request_id: str, *, confirmed: bool = False) -> bool:
+        """Free a held reservation (``confirmed``: a confirmed use too) so another request can use it."""
+        return self._settle_state(request_id, "released", confirmed=confirmed)
 
     def prune(
         self,

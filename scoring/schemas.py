@@ -257,7 +257,8 @@ class OutcomeRequest(_Body):
 
     request_id: str = Field(min_length=1, max_length=_ID, description="The scored request's id.")
     outcome: Literal["redeemed", "abandoned", "reversed"] = Field(
-        description="redeemed confirms a held use of a capped code; abandoned and reversed release it."
+        description="redeemed confirms a held use of a capped code; abandoned releases a held use; "
+                    "reversed releases it even once confirmed (the order was undone)."
     )
 
 

@@ -189,8 +189,8 @@ class VelocityLike(Protocol):
         """Turn a hold into a use."""
         ...
 
-    def release(self, request_id: str) -> bool:
-        """Free a hold."""
+    def release(self, request_id: str, *, confirmed: bool = False) -> bool:
+        """Free a hold (``confirmed``: a confirmed use too)."""
         ...
 
     def close(self) -> None:
@@ -1179,7 +1179,10 @@ class Scorer:
                     )
                     self.velocity.record(f"{req.request_id}#redeemed", self.clock(), redemption_updates(row))
             else:
-                state = "released" if self.velocity.release(req.request_id) else "none"
+                # A reversed order gives its use back even once confirmed: the discount was not kept.
+                # An abandon after a redemption is a checkout's mistake and frees nothing.
+                freed = self.velocity.release(req.request_id, confirmed=req.outcome == "reversed")
+                state = "released" if freed else "none"
         when = datetime.fromtimestamp(self.clock(), UTC)
         self.records.add_outcome(req.request_id, req.outcome, state, when)
         return OutcomeResponse(request_id=req.request_id, outcome=req.outcome, reservation=state)  # type: ignore[arg-type]

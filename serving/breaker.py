@@ -279,9 +279,9 @@ class BreakerVelocity:
         """The inner ``confirm`` through the breaker."""
         return self.breaker.call(lambda: self.inner.confirm(request_id))
 
-    def release(self, request_id: str) -> bool:
+    def release(self, request_id: str, *, confirmed: bool = False) -> bool:
         """The inner ``release`` through the breaker."""
-        return self.breaker.call(lambda: self.inner.release(request_id))
+        return self.breaker.call(lambda: self.inner.release(request_id, confirmed=confirmed))
 
     def close(self) -> None:
         """Close the inner store."""

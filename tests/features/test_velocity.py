@@ -249,6 +249,16 @@ def test_confirmed_use_outlives_the_hold_ttl(store: VelocityStore) -> None:
     assert store.release("r1") is False  # a confirmed use is not freed by an abandon
 
 
+def test_a_reversed_order_gives_its_confirmed_use_back(store: VelocityStore) -> None:
+    assert store.reserve("r1", "ONCE", ["*"], 1, 60, NOW).reserved
+    assert store.confirm("r1") is True
+    assert store.release("r1") is False  # an abandon after the redemption frees nothing
+    assert store.release("r1", confirmed=True) is True
+    assert store.release("r1", confirmed=True) is False
+    assert store.confirm("r1") is False
+    assert store.reserve("r2", "ONCE", ["*"], 1, 60, NOW + 86_400).reserved
+
+
 def test_released_reservation_frees_the_use(store: VelocityStore) -> None:
     assert store.reserve("r1", "ONCE", ["*"], 1, 600, NOW).reserved
     assert store.release("r1") is True

@@ -180,6 +180,7 @@ class FakeVelocity:
         self.recorded: set[str] = set()
         self.uses: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.held: dict[str, tuple[str, list[str]]] = {}
+        self.confirmed: dict[str, tuple[str, list[str]]] = {}
         self.closed = False
 
     def _check(self) -> None:
@@ -222,12 +223,18 @@ class FakeVelocity:
     def confirm(self, request_id: str) -> bool:
         """Keep the use."""
         self._check()
-        return self.held.pop(request_id, None) is not None
+        held = self.held.pop(request_id, None)
+        if held is None:
+            return False
+        self.confirmed[request_id] = held
+        return True
 
-    def release(self, request_id: str) -> bool:
-        """Drop the use."""
+    def release(self, request_id: str, *, confirmed: bool = False) -> bool:
+        """Drop the use (``confirmed``: a confirmed one too)."""
         self._check()
         held = self.held.pop(request_id, None)
+        if held is None and confirmed:
+            held = self.confirmed.pop(request_id, None)
         if held is None:
             return False
         scope, idents = held

@@ -364,6 +364,16 @@ def test_abandoned_outcome_releases_the_hold_and_redeemed_confirms_and_counts(tm
     assert any(c.startswith("code_stats|ONCE-2|redeemed") for c in velocity.sets)
 
 
+def test_a_reversed_redemption_gives_the_customer_the_offer_back(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    scorer.score(_shopper("first", 1, promotion=WELCOME))
+    assert scorer.outcome(OutcomeRequest(request_id="first", outcome="redeemed")).reservation == "confirmed"
+    assert scorer.outcome(OutcomeRequest(request_id="first", outcome="abandoned")).reservation == "none"
+    assert scorer.score(_shopper("second", 1, promotion=WELCOME)).decision == "refuse"
+    assert scorer.outcome(OutcomeRequest(request_id="first", outcome="reversed")).reservation == "released"
+    assert scorer.score(_shopper("third", 1, promotion=WELCOME)).decision in ("allow", "watch")
+
+
 def test_referral_from_a_referrer_seen_on_the_same_device_is_refused(tmp_path: Path) -> None:
     scorer = _scorer(tmp_path, online=FakeOnline({}))
     # The referrer shopped from this device earlier.

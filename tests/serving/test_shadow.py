@@ -66,9 +66,9 @@ class CallLog(FakeVelocity):
         self.calls.append(("reserve", request_id))
         return super().reserve(request_id, *args, **kwargs)
 
-    def release(self, request_id: str) -> bool:
+    def release(self, request_id: str, *, confirmed: bool = False) -> bool:
         self.calls.append(("release", request_id))
-        return super().release(request_id)
+        return super().release(request_id, confirmed=confirmed)
 
 
 class GatedModel:
