@@ -283,6 +283,53 @@ def _identity_path() -> dict[str, Any]:
     )
 
 
+def _health_paths() -> dict[str, Any]:
+    """``/readyz`` and ``/health/detail``: open routes with each dependency's circuit breaker."""
+    breaker = {
+        "type": "object",
+        "properties": {
+            "dependency": {"type": "string"},
+            "state": {"type": "string", "enum": ["closed", "half_open", "open"]},
+            "consecutive_failures": {"type": "integer"},
+            "opened_total": {"type": "integer"},
+            "enabled": {"type": "boolean", "description": "False when turned off (no failures counted)."},
+        },
+    }
+    detail: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "degraded": {"type": "boolean", "description": "Some breaker of this worker is not closed."},
+            "breakers": {
+                "type": "object",
+                "description": "By dependency: online_features, velocity, identity_graph, model.",
+                "additionalProperties": breaker,
+            },
+        },
+    }
+    ready = copy.deepcopy(detail)
+    ready["properties"]["ready"] = {"type": "boolean"}
+
+    def route(summary: str, text: str, schema: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        ok = {"description": "This worker's breakers.", "content": {"application/json": {"schema": schema}}}
+        return {"get": {"summary": summary, "description": text, "responses": {"200": ok, **extra}}}
+
+    return {
+        "/readyz": route(
+            "Readiness, with each dependency's circuit breaker",
+            "200 once a model or the rules are loaded, degraded or not: a degraded service still "
+            "answers, from the rules. No API key.",
+            ready,
+            {"503": _error("Not ready yet: nothing is loaded.", "not ready")},
+        ),
+        "/health/detail": route(
+            "Each dependency's circuit breaker",
+            "The breakers of the worker that answers; always 200. No API key.",
+            detail,
+            {},
+        ),
+    }
+
+
 def _decisions_path() -> dict[str, Any]:
     return _analyst_path(
         "The decision record of one scored request (analysts only)",
@@ -422,6 +469,7 @@ def complete_openapi(doc: dict[str, Any], max_body_bytes: int | None = None) -> 
             )
     paths["/decisions/{request_id}"] = _decisions_path()
     paths["/identity/{request_id}"] = _identity_path()
+    paths.update(_health_paths())
     paths.update(_lists_paths())
     used = str(paths)
     for stale in ("InvalidArgument", "NotFound", "InternalServerError"):

@@ -214,6 +214,13 @@ def test_readiness_answers_with_the_state_of_each_dependency_without_a_key(serve
     assert {b["state"] for b in body["breakers"].values()} == {"closed"}
     # The same states as the detail route, which stays for callers that already read it.
     assert httpx.get(f"{url}/health/detail", timeout=5).json()["breakers"].keys() == body["breakers"].keys()
+    # Both are in the OpenAPI document, with the fields they answer.
+    paths = httpx.get(f"{url}/docs.json", timeout=10).json()["paths"]
+    schema = paths["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == set(body)
+    breaker = schema["properties"]["breakers"]["additionalProperties"]
+    assert set(breaker["properties"]) == set(body["breakers"]["velocity"])
+    assert "/health/detail" in paths
 
 
 @pytest.mark.slow
