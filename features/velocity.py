@@ -787,7 +787,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {'held', who, ARGV[3], 0}
 """
 
-# KEYS[1] = reservation hash, KEYS[2..] = cap sets; ARGV[1] = request id, ARGV[2] = new state.
+# KEYS[1] = reservation hash, KEYS[2..] = cap sets; ARGV[1] = request id, ARGV[2] = new state,
+# ARGV[3] = '1' when a confirmed reservation may be settled too (a reversed order's release).
 _SETTLE_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'held' and not (state == 'confirmed' and ARGV[3] == '1') then return 0 end
