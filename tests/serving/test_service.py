@@ -108,6 +108,17 @@ def _post(url: str, path: str, body: dict[str, Any], key: str | None = API_KEY) 
     return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=10)
 
 
+def _decide_and_redeem(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Score ``body``; report it redeemed unless refused, as checkout would; return the answer."""
+    resp = _post(url, "/score", body)
+    assert resp.status_code == 200, resp.text
+    answer: dict[str, Any] = resp.json()
+    if answer["decision"] != "refuse":
+        redeemed = {"request_id": body["request_id"], "outcome": "redeemed"}
+        assert _post(url, "/outcome", redeemed).status_code == 200
+    return answer
+
+
 @pytest.mark.slow
 def test_score_over_http_follows_the_contract(server: tuple[str, Path]) -> None:
     url, _ = server
@@ -343,13 +354,7 @@ def test_shared_lan_strangers_keep_a_welcome_offer_a_family_member_is_watched_a_
         return body
 
     def decide(body: dict[str, Any]) -> dict[str, Any]:
-        resp = _post(url, "/score", body)
-        assert resp.status_code == 200, resp.text
-        answer: dict[str, Any] = resp.json()
-        if answer["decision"] != "refuse":
-            redeemed = {"request_id": body["request_id"], "outcome": "redeemed"}
-            assert _post(url, "/outcome", redeemed).status_code == 200
-        return answer
+        return _decide_and_redeem(url, body)
 
     # Two strangers in two towns behind the same private router address, nothing else in common.
     first, second = decide(shopper(1)), decide(shopper(2))
@@ -381,13 +386,7 @@ def test_neighbours_in_other_flats_keep_a_household_sample_and_a_referral_one_fl
         return body
 
     def decide(body: dict[str, Any]) -> dict[str, Any]:
-        resp = _post(url, "/score", body)
-        assert resp.status_code == 200, resp.text
-        answer: dict[str, Any] = resp.json()
-        if answer["decision"] != "refuse":
-            redeemed = {"request_id": body["request_id"], "outcome": "redeemed"}
-            assert _post(url, "/outcome", redeemed).status_code == 200
-        return answer
+        return _decide_and_redeem(url, body)
 
     first = decide(resident(1, "410 Alder Street Apt 4B"))
     assert first["decision"] in ("allow", "watch"), first
