@@ -80,7 +80,7 @@ RESPONSE_EXAMPLE: dict[str, Any] = json.loads(
       {
        "name": "customer_cap_reached",
        "code": "CUSTOMER_CAP_REACHED",
-       "description": "per-customer limit of 1 use already reached on this device, payment method, phone number, email address and shipping household",
+       "description": "per-customer limit of 1 use across every welcome code already reached on this device, payment method, phone number, email address and shipping household",
        "points": 69,
        "source": "rule"
       },
