@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from features.events import canonical_code
 from features.ipintel import parse_ip
@@ -68,7 +68,7 @@ class Promotion(_Body):
     discount_value: float | None = Field(
         default=None, ge=0, le=1_000_000, description="Value of the discount in the cart's currency."
     )
-    single_use: bool = Field(default=False, description="The code may be redeemed once, by anybody.")
+    single_use: StrictBool = Field(default=False, description="The code may be redeemed once, by anybody.")
     per_customer_limit: int | None = Field(
         default=None, ge=1, le=1000,
         description="Uses allowed per customer. Who a customer is follows cap_scope: the resolved person "
@@ -87,7 +87,7 @@ class Promotion(_Body):
     eligible_segment: str | None = Field(
         default=None, max_length=_SHORT, description="Segment the code is reserved for (wholesale, vip...)."
     )
-    valid: bool = Field(
+    valid: StrictBool = Field(
         default=True,
         description="False when the store's own promo engine rejected the code: still scored and counted, "
                     "which is how code spraying shows.",
@@ -105,7 +105,7 @@ class Account(_Body):
     """The shopper's account as the store knows it (absent or ``is_guest`` for guest checkout)."""
 
     account_id: str | None = Field(default=None, max_length=_ID, description="The store's account id.")
-    is_guest: bool = Field(default=False, description="Guest checkout, without an account.")
+    is_guest: StrictBool = Field(default=False, description="Guest checkout, without an account.")
     created_at: datetime | None = Field(default=None, description="When the account was created (ISO-8601).")
     segment: str | None = Field(default=None, max_length=_SHORT, description="The account's segment.")
 

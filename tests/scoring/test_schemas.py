@@ -74,6 +74,10 @@ def test_a_timestamp_without_a_utc_form_is_a_validation_error_naming_it() -> Non
     ("ip", {"ip": "203.0.113"}),
     ("device.local_ip", {"device": {"local_ip": "router.local"}}),
     ("cart.currency", {"cart": {"currency": "US$"}}),
+    # A flag is true or false: "yes" or 1 from a caller is a bug to fix, not a guess to make.
+    ("promotion.single_use", {"promotion": {"code": "X", "single_use": "yes"}}),
+    ("promotion.valid", {"promotion": {"code": "X", "valid": 1}}),
+    ("account.is_guest", {"account": {"is_guest": "true"}}),
 ])
 def test_malformed_caller_fields_are_rejected_naming_them(field: str, body: dict[str, object]) -> None:
     with pytest.raises(ValidationError) as info:
