@@ -383,14 +383,17 @@ def cap_plan(promo: Promotion, keys: Mapping[str, Any], person_id: str | None = 
 OFFER_WIDE_TYPES: frozenset[str] = frozenset({"welcome"})
 
 
-def cap_key(promo: Promotion) -> str:
-    """The reservation store's scope of a capped promotion: its code, or its type (:data:`OFFER_WIDE_TYPES`).
+def offer_wide(promo: Promotion) -> bool:
+    """Whether the promotion's cap is kept on its type (:data:`OFFER_WIDE_TYPES`), not on its code.
 
     A single-use code is always its own scope: its one use is global, not per customer.
     """
-    if not promo.single_use and promo.type in OFFER_WIDE_TYPES:
-        return f"type:{promo.type}"
-    return f"promo:{promo.code}"
+    return not promo.single_use and promo.type in OFFER_WIDE_TYPES
+
+
+def cap_key(promo: Promotion) -> str:
+    """The reservation store's scope of a capped promotion: its type if :func:`offer_wide`, else its code."""
+    return f"type:{promo.type}" if offer_wide(promo) else f"promo:{promo.code}"
 
 
 NO_RESERVATION = ReservationOutcome("not_needed")
@@ -433,10 +436,10 @@ def rule_inputs(
         # Name the evidence, not the graph's node: the identities that joined this person.
         evidence = () if resolution is None else resolution.evidence
         cap_kinds = tuple(dict.fromkeys([*(k for k in cap_kinds if k != "person"), *evidence])) or ("person",)
-    offer_wide = cap_key(promo).startswith("type:")
+    across_codes = offer_wide(promo)
     earlier_ago = None
     # Across a type's codes the earlier use may have been another code: "at this code" would not hold.
-    if (blocked and not offer_wide and resolution is not None and resolution.person_code_last_ts is not None
+    if (blocked and not across_codes and resolution is not None and resolution.person_code_last_ts is not None
             and now is not None):
         earlier_ago = duration_hours(max(0.0, now - resolution.person_code_last_ts) / 3600.0) + " ago"
     # One strong identity of an earlier redeemer, not enough to be the same customer: a warning.
@@ -459,7 +462,7 @@ def rule_inputs(
         # The cap could not be checked (reservation store down) and the promotion asks to verify then.
         cap_unverifiable=reservation.status == "unavailable" and cap_outage_action(promo) == "verify",
         cap_blocked_kind=cap_kind,
-        cap_offer_wide=f"across every {promo.type} code" if blocked and offer_wide else None,
+        cap_offer_wide=f"across every {promo.type} code" if blocked and across_codes else None,
         earlier_redeemer_one_signal=one_match,
         earlier_redeemer_identity=(
             IDENTITY_WORDS.get(reservation.matched[0], reservation.matched[0]) if one_match else None
