@@ -42,8 +42,10 @@ class RedactFrameworkErrors(logging.Filter):
             record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         else:
             frames = "".join(traceback.format_tb(exc.__traceback__))
-            record.msg = "%s\nTraceback (most recent call last):\n%s%s (message withheld: %s)"
-            record.args = (head, frames, type(exc).__qualname__, "it may quote the request")
+            record.msg = (
+                "%s\nTraceback (most recent call last):\n%s%s (message withheld: it may quote the request)"
+            )
+            record.args = (head, frames, type(exc).__qualname__)
         record.exc_info = None
         record.exc_text = None
         return True

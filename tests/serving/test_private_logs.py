@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -21,8 +22,6 @@ def _record(exc: BaseException) -> logging.LogRecord:
     try:
         raise exc
     except BaseException:
-        import sys
-
         return logging.LogRecord(FRAMEWORK_ERROR_LOGGER, logging.ERROR, __file__, 1,
                                  "Exception on %s [%s]", ("/score", "POST"), sys.exc_info())
 
@@ -39,8 +38,7 @@ def test_a_validation_error_becomes_a_warning_naming_the_fields_and_no_value() -
 
     assert RedactFrameworkErrors().filter(record) is True
     text = _rendered(record)
-    assert text.startswith("WARNING Exception on /score [POST]: rejected (400), invalid field(s): ")
-    assert "ip" in text and "request_id" in text
+    assert text == "WARNING Exception on /score [POST]: rejected (400), invalid field(s): ip, request_id"
     assert EMAIL not in text and "203.0.113.9" not in text
 
 
