@@ -2,13 +2,16 @@
 
 The simulator's own traffic cannot judge a policy tuned on it. These shoppers are built here from the
 seeds: new customers on a welcome offer, family members at one address with identities of their own,
-repeat customers, VPN users, guests, trade buyers, and neighbours in one apartment building (a free
-sample each, a referral between them); and abusers who keep two strong identities (a welcome cycler's
-device and card, under the same welcome code or another one; an intro resetter's card and phone),
-stack free samples at one door however it is spelled, redeem their own referral (through a shared
-device and card, or the card alone), use a trade code from a consumer account, spend a leaked
-single-use code again (typed in lower case), or open account after account from one home network (the
-first two of each five are not counted either way). Every home sits behind the same private router
+repeat customers, VPN users, guests, trade buyers, neighbours in one apartment building (a free
+sample each, a referral between them), shoppers whose checkout sends less (no address on a digital
+order, no device behind a script blocker, an app's account and device alone) and shoppers who mistype
+a code twice; a bot that guesses codes through proxies until one is valid; and abusers who keep two
+strong identities (a welcome cycler's device and card, under the same welcome code or another one; an
+intro resetter's card and phone), stack free samples at one door however it is spelled, redeem their
+own referral (through a shared device and card, or the card alone), use a trade code from a consumer
+account, spend a leaked single-use code again (typed in lower case), or open account after account
+from one home network (the first two of each five are not counted either way). Every home sits
+behind the same private router
 address, as millions of real homes do. Prints, per group, the attempts and their decisions, then the
 honest refusal and verification rates and the recall.
 
@@ -132,6 +135,31 @@ def _honest(pop: Population) -> None:
         pop.send(True, "friend in the building, referral", friend, code)
 
 
+def _sparse_honest(pop: Population) -> None:
+    # Real checkouts send less than a full profile: a digital order has no address, a script blocker
+    # hides the device, an app sends its account and device and little else.
+    for _ in range(20):
+        digital = pop.person()
+        del digital["shipping_address"]
+        pop.send(True, "digital order, no address, welcome offer", digital, PROMOS["welcome"])
+    for _ in range(20):
+        blocked = pop.person()
+        del blocked["device"]
+        pop.send(True, "script blocker, no device, welcome offer", blocked, PROMOS["welcome"])
+    for _ in range(15):
+        app = pop.person()
+        for field in ("email", "phone", "shipping_address", "payment"):
+            del app[field]
+        pop.send(True, "app: account and device only, intro offer", app, PROMOS["intro"])
+    for _ in range(15):
+        # Two mistyped codes first (not counted either way), then the right one.
+        typo = pop.person()
+        for miss in ("WELCOM10", "WELCOME1O"):
+            mistyped = {"code": miss, "type": "welcome", "valid": False}
+            pop.send(None, "typo before the right code", typo, mistyped)
+        pop.send(True, "welcome offer after two typos", typo, PROMOS["welcome"])
+
+
 def _abusers(pop: Population) -> None:
     for _ in range(20):
         first = pop.person()
@@ -186,6 +214,16 @@ def _abusers(pop: Population) -> None:
         code = {"code": f"REF-{referrer[-6:]}", "type": "referral", "discount_value": 15.0,
                 "per_customer_limit": 1, "referrer_account_id": referrer}
         pop.send(False, "referral to oneself (same card only)", referee, code)
+    for _ in range(10):
+        # A bot guesses codes from one machine through a new proxy each time (the misses are not
+        # counted either way) until it finds an unspent single-use code.
+        bot = pop.person()
+        for _ in range(8):
+            bot["ip"] = f"45.{pop.rng.randint(1, 250)}.{pop.rng.randint(1, 250)}.{pop.rng.randint(1, 250)}"
+            guess = {"code": f"VIP-{pop.token()[:8].upper()}", "type": "sitewide", "valid": False}
+            pop.send(None, "code search through proxies (misses)", bot, guess)
+        found = {"code": f"VIP-{pop.token()[:8].upper()}", "type": "sitewide", "single_use": True}
+        pop.send(False, "code search through proxies, then a found code", bot, found)
     for _ in range(8):
         # One machine at home, a fresh browser profile, email, card and account each time: no two
         # strong identities ever match, only the home network (public IP and local address) repeats.
@@ -221,10 +259,11 @@ def main() -> None:
         ):
             pop = Population(client)
             _honest(pop)
+            _sparse_honest(pop)
             _abusers(pop)
     print(f"{'shopper':<46} {'attempts':>8} {'allow':>6} {'watch':>6} {'verify':>7} {'refuse':>7}")
     for (honest, kind), decisions in sorted(pop.decisions.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        who = {True: "honest", False: "abuse", None: "abuser's first use"}[honest]
+        who = {True: "honest", False: "abuse", None: "not counted"}[honest]
         n = collections.Counter(decisions)
         widths = (("allow", 6), ("watch", 6), ("verify", 7), ("refuse", 7))
         counts = " ".join(f"{n[d]:>{w}}" for d, w in widths)

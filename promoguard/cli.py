@@ -838,7 +838,9 @@ def campaign_verify(
 def campaign_thresholds(
     code: str = typer.Argument(...),
     verify: int | None = typer.Option(None, help="Score from which the code's attempts are verified."),
-    refuse: int | None = typer.Option(None, help="Score from which they are refused."),
+    refuse: int | None = typer.Option(
+        None, help="Score from which they are refused (elsewhere a score alone only asks to verify)."
+    ),
     clear: bool = typer.Option(False, "--clear", help="Back to the promotion type's thresholds."),
     by: str | None = _BY,
     root: Path | None = _ROOT,

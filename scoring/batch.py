@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.artifact import LoadedModel
-from scoring.policy import bands_for, decide_many, normalize_thresholds
+from scoring.policy import bands_for, by_score_many, normalize_thresholds
 from scoring.signals import top_concept_names
 
 
@@ -36,7 +36,8 @@ def score_frame(model: LoadedModel, window: pd.DataFrame, *, top: int = 3) -> pd
     ``window`` needs request_id, ts, promo_type and the model's features (promo_code, label and pattern
     when present). Returns ts, request_id, promo_code, promo_type, campaign, score, band, decision,
     fallback (None), top_signals, label, pattern and every model feature. This path has no rules: it
-    is the model's answer, used where the request-time inputs are not available.
+    is the model's answer, used where the request-time inputs are not available, decided as the
+    request path decides a score (a score alone asks at most for verification).
     """
     names = model.feature_names
     x = feature_matrix(window, names)
@@ -53,7 +54,7 @@ def score_frame(model: LoadedModel, window: pd.DataFrame, *, top: int = 3) -> pd
             "promo_type": window["promo_type"].astype(str).to_numpy(),
             "score": scores,
             "band": bands_for(scores, model.bands),
-            "decision": decide_many(
+            "decision": by_score_many(
                 scores, window["promo_type"].to_numpy(), normalize_thresholds(model.thresholds, model.bands)
             ),
             "fallback": None,

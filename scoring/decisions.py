@@ -29,7 +29,7 @@ from typing import Any
 
 from scoring.artifact import LoadedModel
 from scoring.controls import CONTROL_RULES
-from scoring.policy import DECISIONS, decide, stricter
+from scoring.policy import DECISIONS, by_score, stricter
 from scoring.reasons import BASELINE_CODE, OTHER_CODE, concept, feature_reason
 from scoring.records import RecordsLike
 from scoring.rules import RulesTable, evaluate_rules
@@ -80,14 +80,17 @@ class Rescorer:
         promo_type: str,
         features: Mapping[str, float | None],
         rule_extras: Mapping[str, Any],
+        score_may_refuse: bool = False,
     ) -> None:
-        """``model`` None re-scores the rules path; ``features`` are the logged model inputs."""
+        """``model`` None re-scores the rules path; ``features`` are the logged model inputs;
+        ``score_may_refuse`` as the answer's policy recorded it (:func:`scoring.policy.by_score`)."""
         self.model = model
         self.rules = rules
         self.thresholds = thresholds
         self.promo_type = promo_type
         self.features = dict(features)
         self.rule_extras = dict(rule_extras)
+        self.score_may_refuse = score_may_refuse
 
     def neutral_inputs(self, codes: Collection[str]) -> dict[str, float]:
         """Model input -> neutral value for every logged input whose reason code is in ``codes``."""
@@ -112,9 +115,8 @@ class Rescorer:
             score = self.model.explain(x)[0]
         else:
             score = outcome.score
-        return Rescored(
-            score, stricter(decide(score, self.promo_type, self.thresholds), outcome.hard_decision)
-        )
+        scored = by_score(score, self.promo_type, self.thresholds, may_refuse=self.score_may_refuse)
+        return Rescored(score, stricter(scored, outcome.hard_decision))
 
 
 def _candidates(answer: ScoreResponse, deciding: str | None) -> list[Signal]:
@@ -226,6 +228,8 @@ def counterfactual(
         promo_type,
         json.loads(row["features_json"]),
         context.get("rule_inputs") or {},
+        # Answers logged before the flag was recorded were decided when a score alone could refuse.
+        bool(policy.get("score_may_refuse", True)),
     )
     replay = rescorer.score()
     if replay.decision != answer.decision:

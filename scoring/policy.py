@@ -26,9 +26,11 @@ default            30     60      85      low <= watch <= high; medium <= verify
 
 So every decision is reachable by score for every promotion type, and a decision always agrees with
 its score: refuse means the high band, verify at least the medium band, allow a score below the
-watch (hence the verify) threshold. :func:`normalize_thresholds` enforces the constraints when a
-table is loaded, moving as little as it can (see its docstring); a hard rule that decides more
-strictly than the score lifts the score to its decision's threshold (:func:`lift_to`).
+watch (hence the verify) threshold. In the decision path a score alone asks at most for verification
+(:func:`by_score`): refusal takes a hard rule's evidence, or an operator's refuse threshold, and the
+refuse threshold is then the score a refusal stands at. :func:`normalize_thresholds` enforces the
+constraints when a table is loaded, moving as little as it can (see its docstring); a hard rule that
+decides more strictly than the score lifts the score to its decision's threshold (:func:`lift_to`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,35 @@ def decide_many(
         s >= refuse, "refuse", np.where(s >= verify, "verify", np.where(s >= watch, "watch", "allow"))
     )
     return np.asarray(out, dtype=object)
+
+
+def by_score(
+    score: int,
+    promo_type: str | None,
+    thresholds: Mapping[str, Mapping[str, int]],
+    *,
+    may_refuse: bool = False,
+) -> str:
+    """What a score decides on its own in the decision path: :func:`decide`, with refuse asked as verify.
+
+    The seeds keep refusal for evidence: a per-customer count at its cap, a single-use code spent, two
+    strong identities of an earlier redeemer. Those are hard rules, which refuse whatever the score
+    says. A high score without them "requires verification before honoring": an honest shopper
+    whose request merely looks unusual (no address for a digital order, no device behind a script
+    blocker) is asked to verify, never refused. ``may_refuse``: an operator set a refuse threshold on
+    the campaign (``promoguard campaign thresholds``), a human decision that the score refuses there.
+    """
+    decision = decide(score, promo_type, thresholds)
+    return "verify" if decision == "refuse" and not may_refuse else decision
+
+
+def by_score_many(
+    scores: np.ndarray, promo_types: np.ndarray, thresholds: Mapping[str, Mapping[str, int]]
+) -> np.ndarray:
+    """:func:`by_score` per row, without an operator's refuse threshold (the column form)."""
+    out = decide_many(scores, promo_types, thresholds)
+    out[out == "refuse"] = "verify"
+    return out
 
 
 def stricter(a: str, b: str | None) -> str:

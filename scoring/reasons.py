@@ -51,6 +51,7 @@ ReasonCode = Literal[
     "CODE_ATTEMPTS",
     "CODE_NEW_ACCOUNT_SHARE",
     "CODE_REDEEMED",
+    "CODE_SEARCH",
     "CODE_SHARED_WIDELY",
     "CUSTOMER_CAP_REACHED",
     "CUSTOM_RULE",
@@ -721,6 +722,12 @@ _FIXED_MEANING: dict[str, tuple[str, str | None, str]] = {
         "the promotion's cap could not be checked because the reservation store was unavailable, and the "
         "promotion asks for verification then (by default a single-use code)",
         "the promotion's cap had been checked",
+        "rule",
+    ),
+    "CODE_SEARCH": (
+        "one shopper's device, account or email tried five or more codes the store rejected in 24 hours "
+        "before this limited offer: a code search, held for verification",
+        "the shopper had not been searching for codes",
         "rule",
     ),
     "EARLIER_REDEEMER_ONE_SIGNAL": (

@@ -318,6 +318,12 @@ class DecisionPolicy(BaseModel):
     promo_type: str = Field(description="The promotion type whose thresholds applied.")
     bands: dict[str, int] = Field(description="Band lower bounds.")
     thresholds: dict[str, int] = Field(description="The promotion type's watch, verify, refuse thresholds.")
+    score_may_refuse: bool = Field(
+        default=True,
+        description="Whether the score alone could refuse: only under an operator's refuse threshold on the "
+                    "campaign; otherwise a score at or above refuse asked for verification and only a hard "
+                    "rule refused. Absent from answers logged before it was recorded, when a score could.",
+    )
 
 
 class RecordedOutcome(BaseModel):

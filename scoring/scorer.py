@@ -74,8 +74,8 @@ from scoring.policy import (
     EXPLORABLE,
     MIN_GAP,
     band_for,
+    by_score,
     check_bands,
-    decide,
     exploration_share,
     explores,
     lift_to,
@@ -442,6 +442,7 @@ def rule_inputs(
     if (blocked and not across_codes and resolution is not None and resolution.person_code_last_ts is not None
             and now is not None):
         earlier_ago = duration_hours(max(0.0, now - resolution.person_code_last_ts) / 3600.0) + " ago"
+    searched = invalid_codes(features)
     # One strong identity of an earlier redeemer, not enough to be the same customer: a warning.
     one_match = reservation.status == "reserved" and len(reservation.matched) == 1
     inputs.update(
@@ -450,6 +451,10 @@ def rule_inputs(
         promo_single_use=promo.single_use,
         promo_per_customer_limit=promo.per_customer_limit,
         promo_limited=promo_is_limited(promo),
+        promo_worth_searching=promo_worth_searching(promo),
+        # The most codes the store rejected from one of the shopper's own identities in 24 hours.
+        invalid_codes_24h=None if searched is None else searched[1],
+        invalid_codes_identity=None if searched is None else IDENTITY_WORDS.get(searched[0], searched[0]),
         promo_eligible_segment=promo.eligible_segment,
         account_segment=("guest" if is_guest else segment) or "none",
         account_is_guest=is_guest,
@@ -493,6 +498,34 @@ def _word_list(words: Sequence[str]) -> str:
 def promo_is_limited(promo: Promotion) -> bool:
     """True when the promotion caps its uses (single-use, or a per-customer limit)."""
     return promo.single_use or promo.per_customer_limit is not None
+
+
+#: The shopper's own identities whose rejected codes make a code search; a network is shared by
+#: strangers (an office, a campus, a carrier's NAT), so its misses are not one shopper's.
+SEARCH_IDENTITIES: tuple[str, ...] = ("device", "account", "email")
+
+
+def invalid_codes(features: Mapping[str, float]) -> tuple[str, float] | None:
+    """``(identity kind, count)`` of the :data:`SEARCH_IDENTITIES` with the most rejected codes in 24
+    hours (the first on a tie), or None when none of them was read."""
+    best: tuple[str, float] | None = None
+    for kind in SEARCH_IDENTITIES:
+        value = features.get(f"{kind}_stats__invalid_24h")
+        if value is not None and not math.isnan(value) and (best is None or value > best[1]):
+            best = (kind, float(value))
+    return best
+
+
+#: Promotion types that are one per customer by nature, whether or not the request states a limit.
+ONE_PER_CUSTOMER_TYPES: frozenset[str] = frozenset({"welcome", "referral", "intro_offer", "free_sample"})
+
+
+def promo_worth_searching(promo: Promotion) -> bool:
+    """A valid code worth finding by trying code after code: limited, or one per customer by nature.
+
+    A sitewide sale's public code is not: anyone may have it, so finding it by search takes nothing.
+    """
+    return promo.valid and (promo_is_limited(promo) or promo.type in ONE_PER_CUSTOMER_TYPES)
 
 
 def model_inputs(
@@ -587,6 +620,8 @@ class Verdict:
     thresholds: Mapping[str, int] = field(default_factory=dict)
     #: The policy's decision when the campaign is in monitor-only mode (``decision`` is then allow).
     monitored_from: str | None = None
+    #: Whether the score alone could refuse (an operator's refuse threshold on the campaign).
+    score_may_refuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -633,7 +668,7 @@ def unprotected(inputs: Mapping[str, Any]) -> bool:
     per-customer limit, no segment. Every abuse pattern of the seed catalogue games a limit (welcome,
     intro, referral and sample offers are one per customer by nature), a segment or an invalid code;
     here there is none, so the model's score alone asks for verification only when it is all but
-    certain (:data:`UNPROTECTED_VERIFY`) and refuses only at 100. Hard rules still decide as usual."""
+    certain (:data:`UNPROTECTED_VERIFY`). Hard rules still decide as usual."""
     return (
         inputs.get("promo_type") == "sitewide"
         and inputs.get("promo_valid") is True
@@ -673,15 +708,23 @@ def verdict_for(
         base, model_sigs = answer.score, answer.signals
     else:
         base, model_sigs = outcome.score, []
-    by_score = decide(base, promo_type, thresholds)
-    decision = stricter(by_score, outcome.hard_decision)
+    may_refuse = score_may_refuse(control)
+    scored = by_score(base, promo_type, thresholds, may_refuse=may_refuse)
+    decision = stricter(scored, outcome.hard_decision)
     deciding = None
     if outcome.hard_decision is not None and outcome.hard_decision == decision:
         deciding = next(h.rule_id for h in outcome.signals if h.action == decision)
-    score = lift_to(base, decision, promo_type, thresholds) if decision != by_score else base
+    score = lift_to(base, decision, promo_type, thresholds) if decision != scored else base
     signals = compose_signals(model_sigs, rule_signals(outcome.signals, priced=answer is None), deciding,
                               score - base)
-    return Verdict(score, decision, signals, outcome, deciding, score - base, thresholds=own)
+    return Verdict(score, decision, signals, outcome, deciding, score - base, thresholds=own,
+                   score_may_refuse=may_refuse)
+
+
+def score_may_refuse(control: CampaignControl | None) -> bool:
+    """Whether the score alone may refuse (:func:`scoring.policy.by_score`): only where an operator set
+    the campaign's refuse threshold."""
+    return control is not None and control.refuse_threshold is not None
 
 
 @dataclass
@@ -1126,7 +1169,7 @@ class Scorer:
             "deciding_rule": verdict.deciding_rule,
             "lift": verdict.lift,
             "policy": {"promo_type": req.promotion.type, "bands": bands,
-                       "thresholds": dict(verdict.thresholds)},
+                       "thresholds": dict(verdict.thresholds), "score_may_refuse": verdict.score_may_refuse},
             # The discount at stake, for finance's export of a window (scoring.records.decisions_frame).
             "discount_value": req.promotion.discount_value,
         }

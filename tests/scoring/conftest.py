@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
+
+from scoring.artifact import LoadedModel
 
 FEATURES = [
     "device_stats__distinct_accounts_24h",
@@ -77,6 +80,21 @@ def write_artifact(directory: Path, n_trees: int = 20, seed: int = 3) -> Path:
 def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny artifact for the whole session (training it is the slow part)."""
     return write_artifact(tmp_path_factory.mktemp("artifact") / "model")
+
+
+#: Thresholds low enough for the tiny artifact's scores to reach refuse, for every promotion type.
+STRICT = {"default": {"watch": 30, "verify": 60, "refuse": 70}}
+
+
+@pytest.fixture(scope="session")
+def strict_model(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The tiny artifact under :data:`STRICT` thresholds."""
+    target = tmp_path_factory.mktemp("strict") / "model"
+    shutil.copytree(artifact_dir, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["thresholds"] = STRICT
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return LoadedModel.from_dir(target)
 
 
 @dataclass

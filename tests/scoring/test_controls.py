@@ -28,7 +28,7 @@ from scoring.records import Records
 from scoring.rules import default_rules
 from scoring.schemas import ScoreRequest, to_event_record
 from scoring.scorer import Scorer, ScorerConfig
-from tests.scoring.conftest import FakeOnline, FakeResolver
+from tests.scoring.conftest import STRICT, FakeOnline, FakeResolver
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 RISKY = {"device_stats__distinct_accounts_24h": 6.0, "household_stats__distinct_accounts_30d": 4.0,
@@ -229,6 +229,20 @@ def test_campaign_thresholds_replace_the_promotion_types(tmp_path: Path, model: 
     after = scorer.score(_req("t1"))
     assert before.decision in ("verify", "refuse") and after.decision in ("allow", "watch")
     assert _logged_context(tmp_path, "t1")["policy"]["thresholds"]["verify"] == 95
+
+
+def test_a_score_alone_refuses_only_under_an_operators_refuse_threshold(
+    tmp_path: Path, strict_model: LoadedModel
+) -> None:
+    scorer = _scorer(tmp_path, RISKY, strict_model)
+    asked = scorer.score(_req("s0"))
+    # Over the type's refuse threshold, and no hard rule matched: the score alone asks to verify.
+    assert asked.score >= STRICT["default"]["refuse"] and asked.decision == "verify"
+    assert not _logged_context(tmp_path, "s0")["policy"]["score_may_refuse"]
+    scorer.controls = _controls([CampaignControl("WELCOME10", verify_threshold=10, refuse_threshold=15)])
+    refused = scorer.score(_req("s1"))
+    assert refused.score == asked.score and refused.decision == "refuse"
+    assert _logged_context(tmp_path, "s1")["policy"]["score_may_refuse"]
 
 
 # -- the store --------------------------------------------------------------------------------------

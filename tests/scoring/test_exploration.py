@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -23,19 +21,7 @@ from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 VERIFY_FEATURES = {"device_stats__distinct_accounts_24h": 2.0, "household_stats__distinct_accounts_30d": 2.0,
                    "code_stats__attempts_1h": 1.0}
 REFUSE_FEATURES = {**VERIFY_FEATURES, "device_stats__distinct_accounts_24h": 6.0}
-#: Thresholds under which those scores are verify (62) and refuse (77) for every promotion type.
-STRICT = {"default": {"watch": 30, "verify": 60, "refuse": 70}}
-
-
-@pytest.fixture(scope="module")
-def strict_model(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    """The tiny artifact with thresholds low enough for its scores to reach refuse."""
-    target = tmp_path_factory.mktemp("strict") / "model"
-    shutil.copytree(artifact_dir, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["thresholds"] = STRICT
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return LoadedModel.from_dir(target)
+# Under the strict model's thresholds (conftest) those scores are 62 and 77: verify, and over refuse.
 
 
 class BlockingVelocity(FakeVelocity):
@@ -142,8 +128,9 @@ def test_share_zero_never_explores(tmp_path: Path, strict_model: LoadedModel) ->
         assert exploration_frame(scorer.records.path).empty
 
 
-@pytest.mark.parametrize(("features", "would_be"), [(VERIFY_FEATURES, "verify"), (REFUSE_FEATURES, "refuse")])
-def test_share_one_explores_every_model_verify_and_refuse_keeping_score_and_signals(
+# A score over the refuse threshold still only asks for verification (scoring.policy.by_score).
+@pytest.mark.parametrize(("features", "would_be"), [(VERIFY_FEATURES, "verify"), (REFUSE_FEATURES, "verify")])
+def test_share_one_explores_every_model_verification_keeping_score_and_signals(
     tmp_path: Path, strict_model: LoadedModel, features: dict[str, float], would_be: str
 ) -> None:
     plain = _scorer(tmp_path / "plain.db", strict_model, {}, features)
@@ -166,10 +153,10 @@ def test_explored_rows_are_marked_in_the_log_with_the_would_be_decision(
     frame = exploration_frame(scorer.records.path)
     explored = {rid for rid, a in answers.items() if a.decision == "allow"}
     assert set(frame["request_id"]) == explored and 0 < len(explored) < 40
-    assert set(frame["would_be_decision"]) == {"refuse"} and set(frame["decision"]) == {"allow"}
+    assert set(frame["would_be_decision"]) == {"verify"} and set(frame["decision"]) == {"allow"}
     assert set(frame["campaign"]) == {"SPRING"}
     for rid in set(answers) - explored:
-        assert _logged(scorer.records.path, rid) == ("refuse", None, None)
+        assert _logged(scorer.records.path, rid) == ("verify", None, None)
     # The decision record keeps the answer as checkout got it.
     row = scorer.records.scored(next(iter(explored)))
     assert row is not None and ScoreResponse.model_validate_json(row["response_json"]).decision == "allow"
@@ -213,7 +200,7 @@ def test_an_explored_capped_attempt_keeps_its_hold(tmp_path: Path, strict_model:
     velocity = HoldingVelocity()
     scorer = _scorer(tmp_path / "s.db", strict_model, {"default": 1.0}, REFUSE_FEATURES, velocity=velocity)
     answer = scorer.score(_req("r-1", {"per_customer_limit": 3}))
-    assert answer.decision == "allow" and _logged(scorer.records.path, "r-1") == ("allow", 1, "refuse")
+    assert answer.decision == "allow" and _logged(scorer.records.path, "r-1") == ("allow", 1, "verify")
     # Let through, it is a use of the cap like any allowed attempt: the hold is not given back.
     assert "r-1" in velocity.held
 

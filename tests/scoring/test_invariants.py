@@ -1,7 +1,8 @@
 """Invariants held on every answer, over generated requests, on the model path and the rules path.
 
 The score agrees with the decision (refuse is high, verify at least medium, allow below the verify
-threshold, and the policy table gives back the same decision for the score), the points add up, the
+threshold, and the policy table gives back the same decision for the score, a refusal excepted: a
+score alone never refuses, so every refusal is a hard rule's), the points add up, the
 deciding rule comes first and the rest are sorted, every signal carries an enumerated code and a
 readable description, whatever thresholds the artifact or the configuration brought.
 """
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from scoring.artifact import LoadedModel
-from scoring.policy import band_for, decide, threshold_problems
+from scoring.policy import band_for, by_score, threshold_problems
 from scoring.reasons import REASON_CODES
 from scoring.records import Records
 from scoring.rules import default_rules
@@ -146,10 +147,11 @@ def check_invariants(scorer: Scorer, req: ScoreRequest, resp: ScoreResponse) -> 
     own = thresholds_for(ptype, {"promo_type": ptype, "promo_valid": promo.valid,
                                  "promo_limited": promo_is_limited(promo),
                                  "promo_eligible_segment": promo.eligible_segment}, policy)
-    assert resp.decision == decide(resp.score, ptype, {"default": own}), resp
+    if resp.decision != "refuse":
+        assert resp.decision == by_score(resp.score, ptype, {"default": own}), resp
     # ...and so in its band.
     if resp.decision == "refuse":
-        assert resp.band == "high", resp
+        assert resp.band == "high" and resp.score >= own["refuse"], resp
     if resp.decision == "verify":
         assert resp.band in ("medium", "high"), resp
     if resp.decision == "allow":
@@ -164,6 +166,9 @@ def check_invariants(scorer: Scorer, req: ScoreRequest, resp: ScoreResponse) -> 
     assert [s.points for s in rest] == sorted((s.points for s in rest), reverse=True), resp.signals
     if any(rules[s.name].action == resp.decision for s in by_rule):
         assert deciding, f"the deciding rule is not first: {resp.signals}"
+    # A score alone asks at most for verification: every refusal is a hard rule's, named first.
+    if resp.decision == "refuse":
+        assert deciding, f"refused without a refusing rule: {resp.signals}"
     codes = [s.code for s in resp.signals]
     assert set(codes) <= set(REASON_CODES)
     assert len(codes) == len(set(codes)), codes

@@ -401,6 +401,45 @@ def test_velocity_counts_attempts_seconds_apart(tmp_path: Path) -> None:
     assert "3 accounts" in crowd.description
 
 
+def _spray(scorer: Scorer, n: int, misses: int, **who: Any) -> None:
+    """Shopper ``n`` tries ``misses`` codes the store rejects, each through another proxy address."""
+    for i in range(misses):
+        scorer.score(_shopper(f"guess-{n}-{i}", n, promotion={"code": f"GUESS{n}X{i}", "valid": False},
+                              ip=f"45.77.{n}.{i + 1}", **who))
+
+
+def test_a_code_search_before_a_limited_offer_is_held_for_verification(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    _spray(scorer, 3, 5)
+    resp = scorer.score(_shopper("found", 3, promotion=WELCOME, ip="45.77.3.99"))
+    assert resp.decision == "verify"
+    assert resp.signals[0].name == "code_search" and resp.signals[0].code == "CODE_SEARCH"
+    assert resp.signals[0].description == ("this shopper's device tried 5 invalid codes in the last 24 hours "
+                                           "before this limited offer: a code search")
+    # One search, named once: the device's points-only rule stays out of it.
+    assert not any(s.name == "code_spraying" for s in resp.signals)
+    # A bot that rotates accounts and mailboxes but keeps its machine is held by the device alone.
+    for i in range(5):
+        scorer.score(_shopper(f"rotating-{i}", 10 + i, device={"device_id": "dev-bot0000"},
+                              promotion={"code": f"TRY{i}", "valid": False}))
+    rotated = scorer.score(_shopper("rotated", 20, device={"device_id": "dev-bot0000"},
+                                    promotion={"code": "INTRO5", "type": "intro_offer"}))
+    assert rotated.decision == "verify" and rotated.signals[0].name == "code_search"
+
+
+def test_a_typo_or_a_public_sale_code_is_not_held_as_a_code_search(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path, online=FakeOnline({}))
+    _spray(scorer, 4, 2)
+    typo = scorer.score(_shopper("typo", 4, promotion=WELCOME))
+    assert typo.decision in ("allow", "watch")
+    assert not any(s.name in ("code_search", "code_spraying") for s in typo.signals)
+    _spray(scorer, 5, 6)
+    sale = scorer.score(_shopper("sale", 5, promotion={"code": "SAVE10", "type": "sitewide"}))
+    assert sale.decision in ("allow", "watch")
+    # The search still counts on the rules path: points, no hold.
+    assert [s.name for s in sale.signals if s.name in ("code_search", "code_spraying")] == ["code_spraying"]
+
+
 def test_the_rules_run_once_per_request_with_the_reservation_as_an_input(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
