@@ -98,6 +98,7 @@ ReasonCode = Literal[
     "LOCAL_IP_ATTEMPTS",
     "LOCAL_IP_INVALID_CODES",
     "LOCAL_IP_LINKED_IDENTITIES",
+    "LOCAL_IP_MISSING",
     "LOCAL_IP_NEW",
     "LOCAL_IP_PAST_ABUSE",
     "LOCAL_IP_REDEMPTIONS",
@@ -115,6 +116,7 @@ ReasonCode = Literal[
     "PAYMENT_CODE_REUSE",
     "PAYMENT_INVALID_CODES",
     "PAYMENT_LINKED_IDENTITIES",
+    "PAYMENT_MISSING",
     "PAYMENT_NEW",
     "PAYMENT_PAST_ABUSE",
     "PAYMENT_PROMO_TYPE_REUSE",
@@ -169,13 +171,17 @@ class Entity:
 ENTITIES: dict[str, Entity] = {
     "device": Entity("device", "no valid device id was sent", "DEVICE_MISSING"),
     "household": Entity("shipping household", "no shipping address was given", "ADDRESS_MISSING"),
-    "payment": Entity("payment method", "no payment fingerprint was given"),
+    "payment": Entity("payment method", "no payment fingerprint was given", "PAYMENT_MISSING"),
     "phone": Entity("phone number", "no phone number was given", "PHONE_MISSING"),
     "email": Entity("email address", "no email address was given", "EMAIL_MISSING"),
     "network": Entity("network", "no public IP address was given", "IP_MISSING"),
-    "local_ip": Entity("home network", "no local network address was sent"),
+    "local_ip": Entity("home network", "no local network address was sent", "LOCAL_IP_MISSING"),
     "account": Entity("account", "guest checkout, so no account history", "GUEST_CHECKOUT"),
 }
+
+#: The codes of what a request did not carry: each identity's missing code (its counts join it when
+#: the identity is absent, see :func:`grouping`).
+ABSENCE_CODES: frozenset[str] = frozenset(e.missing_code for e in ENTITIES.values() if e.missing_code)
 
 #: Nouns of the targets of distinct counts: (singular, plural).
 _TARGET_NOUNS: dict[str, tuple[str, str]] = {
@@ -683,6 +689,16 @@ _FAMILY_MEANING: dict[str, tuple[str, str]] = {
 _FIXED_MEANING: dict[str, tuple[str, str | None, str]] = {
     # code -> (meaning, counterfactual clause, emitted by)
     "BASELINE": ("typical risk of an attempt before any signal (model path)", None, "model"),
+    "PAYMENT_MISSING": (
+        "no payment fingerprint was given, so the payment method's history could not be read",
+        "a payment fingerprint had been given",
+        "model",
+    ),
+    "LOCAL_IP_MISSING": (
+        "no local network address was sent, so the home network's history could not be read",
+        "a local network address had been sent",
+        "model",
+    ),
     "OTHER_FACTORS": ("the sum of the smaller model contributions not listed one by one", None, "model"),
     "SINGLE_USE_SPENT": (
         "a single-use code was already claimed by an earlier checkout",
