@@ -601,10 +601,30 @@ class IpResult:
 _MISSING_IP = IpResult(ip=None, network=None)
 
 
+#: Ranges that are never a shopper's public address as a store's server sees it: private networks,
+#: carrier-grade NAT, loopback, link-local, multicast and unspecified. A checkout behind a proxy that
+#: forwards its own address sends one of these for every shopper, and keyed as a network it would make
+#: all of them one crowd. Documentation ranges (198.51.100.0/24 and the like) are kept: examples use them.
+NOT_PUBLIC_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(n) for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/127", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)
+
+
+def is_public_ip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """False for an address in :data:`NOT_PUBLIC_NETWORKS`."""
+    return not any(addr.version == net.version and addr in net for net in NOT_PUBLIC_NETWORKS)
+
+
 def normalize_ip(raw: Any) -> IpResult:
-    """Parse an IP into its canonical text and network (/24 for IPv4, /64 for IPv6); never raises."""
+    """Parse a public IP into its canonical text and network (/24 for IPv4, /64 for IPv6); never raises.
+
+    An address that cannot be a shopper's public one (:func:`is_public_ip`) is no public IP: missing.
+    """
     addr = parse_ip(_text(raw))
-    if addr is None:
+    if addr is None or not is_public_ip(addr):
         return _MISSING_IP
     prefix = 24 if addr.version == 4 else 64
     # Masking the integer is several times cheaper than building an ip_network object.

@@ -265,6 +265,25 @@ def test_ip_networks_are_slash_24_and_slash_64() -> None:
     assert normalize_ip("999.1.1.1").ip is None
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.5", "192.168.1.10", "172.16.4.4", "100.64.12.1", "127.0.0.1", "169.254.9.9", "0.0.0.0",
+     "::1", "fe80::1", "fd12:3456::7", "::ffff:10.0.0.5"],
+)
+def test_an_address_that_is_never_a_shoppers_public_one_is_no_public_ip(
+    address: str, resolver: IdentityResolver
+) -> None:
+    # A proxy forwarding its own private address would otherwise make every shopper one network.
+    assert normalize_ip(address) == normalize_ip(None)
+    keys = resolver.resolve({"ip": address})
+    assert keys.network_key is None and keys.ip_key is None and keys.ip_missing
+
+
+def test_public_and_documentation_addresses_keep_their_network() -> None:
+    for address in ("172.56.1.1", "100.128.0.1", "73.162.10.21", "198.51.100.7", "2001:db8::1"):
+        assert normalize_ip(address).network is not None, address
+
+
 # --- hashing ----------------------------------------------------------------------------------------
 
 
