@@ -206,7 +206,8 @@ class ScoreRequest(_Body):
     device: Device | None = Field(default=None, description="The shopper's device.")
     ip: str | None = Field(
         default=None, max_length=64,
-        description="The shopper's public IP address; a malformed address is a 400.",
+        description="The shopper's public IP address; a malformed address is a 400, and a private, "
+                    "carrier-NAT, loopback or link-local one is taken as no public IP.",
     )
     cart: Cart | None = Field(default=None, description="The cart the code applies to.")
 
