@@ -301,6 +301,8 @@ def gate_figures(report: dict[str, Any]) -> dict[str, float]:
     return {
         "candidate_honest_refused_rate": replay_metrics(cand, "")["honest_refused_rate"],
         "champion_honest_refused_rate": replay_metrics(champ, "")["honest_refused_rate"],
+        "candidate_honest_verified_rate": replay_metrics(cand, "")["honest_verified_rate"],
+        "champion_honest_verified_rate": replay_metrics(champ, "")["honest_verified_rate"],
         "candidate_truth_recall": replay_metrics(cand, "")["truth_recall"],
         "champion_truth_recall": replay_metrics(champ, "")["truth_recall"],
     }
@@ -351,6 +353,8 @@ def stored_gate_figures(settings: Settings, version: str, champion: str) -> dict
         return {
             "candidate_honest_refused_rate": metrics["replay_honest_refused_rate"],
             "champion_honest_refused_rate": metrics["replay_champion_honest_refused_rate"],
+            "candidate_honest_verified_rate": metrics["replay_honest_verified_rate"],
+            "champion_honest_verified_rate": metrics["replay_champion_honest_verified_rate"],
             "candidate_truth_recall": metrics["replay_truth_recall"],
             "champion_truth_recall": metrics["replay_champion_truth_recall"],
         }

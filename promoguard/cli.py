@@ -418,12 +418,16 @@ def promote(
     honest_refusal_tolerance: float = typer.Option(
         0.001, help="Extra share of honest shoppers the candidate may refuse in the replay vs the champion."
     ),
+    honest_verification_tolerance: float = typer.Option(
+        0.005, help="Extra share of honest shoppers the candidate may send to verification in the replay."
+    ),
     root: Path | None = typer.Option(None, help="Project root (default: current folder)."),
 ) -> None:
     """Move the champion alias to a candidate only if it beats the champion on the same test window.
 
     Beside PR-AUC and score shift, both models are replayed on the candidate's test window through the
-    service's decision path: a candidate that refuses more honest shoppers than the champion is refused.
+    service's decision path: a candidate that refuses, or sends to verification, more honest shoppers
+    than the champion is refused.
     """
     from rich.progress import Progress
 
@@ -454,6 +458,7 @@ def promote(
         max_score_shift=max_score_shift,
         replay=figures,
         honest_refusal_tolerance=honest_refusal_tolerance,
+        honest_verification_tolerance=honest_verification_tolerance,
     )
     verdict = "[green]promoted[/green]" if decision.promoted else "[yellow]not promoted[/yellow]"
     console.print(f"{settings.model_name} version {candidate}: {verdict}")

@@ -475,6 +475,7 @@ def promote(
     trap_fpr_tolerance: float = 0.005,
     replay: Mapping[str, float] | None = None,
     honest_refusal_tolerance: float = 0.001,
+    honest_verification_tolerance: float = 0.005,
     dry_run: bool = False,
 ) -> PromotionDecision:
     """Move alias ``champion`` to the candidate only if it beats the champion on the candidate's test window.
@@ -485,7 +486,11 @@ def promote(
     ``replay`` holds both models' figures from a replay of the same attempts through the service's whole
     decision path, caps and hard rules included (``candidate_honest_refused_rate`` and
     ``champion_honest_refused_rate``): a candidate that refuses more honest shoppers than the champion
-    by more than ``honest_refusal_tolerance`` is refused, whatever its PR-AUC.
+    by more than ``honest_refusal_tolerance`` is refused, whatever its PR-AUC. A score alone never
+    refuses (:func:`scoring.policy.by_score`), so a model's friction on honest shoppers is
+    verification: with ``candidate_honest_verified_rate`` and ``champion_honest_verified_rate`` in
+    ``replay``, a candidate that verifies more of them by more than ``honest_verification_tolerance``
+    is refused too.
     ``dry_run``: the same checks and reasons, but neither the alias nor the version's tags change
     (``promoted`` then says whether the candidate would be promoted).
     """
@@ -545,6 +550,7 @@ def promote(
         reasons.append(f"score shift PSI {m['score_psi']:.3f} >= max_score_shift {max_score_shift}")
     if replay is not None:
         ok = _replay_gate(replay, honest_refusal_tolerance, reasons) and ok
+        ok = _verification_gate(replay, honest_verification_tolerance, reasons) and ok
         m.update({f"replay_{k}": float(v) for k, v in replay.items()})
     if dry_run:
         return PromotionDecision(ok, reasons, m)
@@ -564,6 +570,22 @@ def _replay_gate(replay: Mapping[str, float], tolerance: float, reasons: list[st
         )
         return False
     reasons.append(f"replayed honest refusals {cand:.2%} against the champion's {champ:.2%}")
+    return True
+
+
+def _verification_gate(replay: Mapping[str, float], tolerance: float, reasons: list[str]) -> bool:
+    """True when the candidate's replay verifies no more honest shoppers than the champion's (+ tolerance),
+    or when the replay did not count verifications."""
+    cand, champ = replay.get("candidate_honest_verified_rate"), replay.get("champion_honest_verified_rate")
+    if cand is None or champ is None:
+        return True
+    if cand > champ + tolerance:
+        reasons.append(
+            f"replayed through caps and hard rules it sends {cand:.2%} of honest shoppers to verification "
+            f"against the champion's {champ:.2%} on the same attempts (tolerance {tolerance:.2%})"
+        )
+        return False
+    reasons.append(f"replayed honest verifications {cand:.2%} against the champion's {champ:.2%}")
     return True
 
 

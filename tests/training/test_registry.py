@@ -145,6 +145,14 @@ def test_train_log_register_load_and_promote(frame: pd.DataFrame, store: str, tm
     assert any("beats champion" in r for r in gated.reasons)
     kinder = {"candidate_honest_refused_rate": 0.004, "champion_honest_refused_rate": 0.004}
     assert promote(store, name, "2", max_score_shift=10.0, replay=kinder, dry_run=True).promoted
+    # A score alone never refuses, so the model's friction on honest shoppers is verification: gated too.
+    busier = {**kinder, "candidate_honest_verified_rate": 0.031, "champion_honest_verified_rate": 0.020}
+    checked = promote(store, name, "2", max_score_shift=10.0, replay=busier, dry_run=True)
+    assert not checked.promoted
+    assert any("sends 3.10% of honest shoppers to verification against the champion's 2.00%" in r
+               for r in checked.reasons)
+    within = {**busier, "candidate_honest_verified_rate": 0.022}
+    assert promote(store, name, "2", max_score_shift=10.0, replay=within, dry_run=True).promoted
 
     preview = promote(store, name, "2", max_score_shift=10.0, dry_run=True)
     assert preview.promoted, preview.reasons
