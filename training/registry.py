@@ -549,8 +549,8 @@ def promote(
         ok = False
         reasons.append(f"score shift PSI {m['score_psi']:.3f} >= max_score_shift {max_score_shift}")
     if replay is not None:
-        ok = _replay_gate(replay, honest_refusal_tolerance, reasons) and ok
-        ok = _verification_gate(replay, honest_verification_tolerance, reasons) and ok
+        ok = _honest_gate(replay, "refused", honest_refusal_tolerance, reasons) and ok
+        ok = _honest_gate(replay, "verified", honest_verification_tolerance, reasons) and ok
         m.update({f"replay_{k}": float(v) for k, v in replay.items()})
     if dry_run:
         return PromotionDecision(ok, reasons, m)
@@ -560,32 +560,28 @@ def promote(
     return PromotionDecision(ok, reasons, m)
 
 
-def _replay_gate(replay: Mapping[str, float], tolerance: float, reasons: list[str]) -> bool:
-    """True when the candidate's replay refuses no more honest shoppers than the champion's (+ tolerance)."""
-    cand, champ = replay["candidate_honest_refused_rate"], replay["champion_honest_refused_rate"]
-    if cand > champ + tolerance:
-        reasons.append(
-            f"replayed through caps and hard rules it refuses {cand:.2%} of honest shoppers against the "
-            f"champion's {champ:.2%} on the same attempts (tolerance {tolerance:.2%})"
-        )
-        return False
-    reasons.append(f"replayed honest refusals {cand:.2%} against the champion's {champ:.2%}")
-    return True
+#: How a gate's reason names what the replay gave honest shoppers: (verb, after "honest shoppers", noun).
+_GATE_WORDS = {
+    "refused": ("refuses", "", "refusals"),
+    "verified": ("sends", " to verification", "verifications"),
+}
 
 
-def _verification_gate(replay: Mapping[str, float], tolerance: float, reasons: list[str]) -> bool:
-    """True when the candidate's replay verifies no more honest shoppers than the champion's (+ tolerance),
-    or when the replay did not count verifications."""
-    cand, champ = replay.get("candidate_honest_verified_rate"), replay.get("champion_honest_verified_rate")
+def _honest_gate(replay: Mapping[str, float], decision: str, tolerance: float, reasons: list[str]) -> bool:
+    """True when the candidate's replay gives honest shoppers ``decision`` (refused, verified) no more
+    often than the champion's (+ tolerance), or when the replay did not count it."""
+    cand = replay.get(f"candidate_honest_{decision}_rate")
+    champ = replay.get(f"champion_honest_{decision}_rate")
     if cand is None or champ is None:
         return True
+    verb, where, noun = _GATE_WORDS[decision]
     if cand > champ + tolerance:
         reasons.append(
-            f"replayed through caps and hard rules it sends {cand:.2%} of honest shoppers to verification "
-            f"against the champion's {champ:.2%} on the same attempts (tolerance {tolerance:.2%})"
+            f"replayed through caps and hard rules it {verb} {cand:.2%} of honest shoppers{where} against "
+            f"the champion's {champ:.2%} on the same attempts (tolerance {tolerance:.2%})"
         )
         return False
-    reasons.append(f"replayed honest verifications {cand:.2%} against the champion's {champ:.2%}")
+    reasons.append(f"replayed honest {noun} {cand:.2%} against the champion's {champ:.2%}")
     return True
 
 
