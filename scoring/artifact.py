@@ -255,10 +255,6 @@ class LoadedModel:
         """Unrounded score (0-100) the calibrated pipeline gives a raw margin; used to price signals."""
         return 100.0 * self.calibrator(raw, sigmoid(raw))
 
-    def baseline_points(self, contributions: np.ndarray) -> int:
-        """The ``baseline`` signal's points: the score of the expected margin (the contributions' last)."""
-        return int(min(100, max(0, round(self.score_of_margin(float(contributions[-1]))))))
-
     def predict_many(self, x: np.ndarray, *, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``(calibrated probabilities, scores)`` for a float64 matrix in manifest order."""
         prob = np.asarray(self.booster.predict(x, num_threads=num_threads), dtype=np.float64)

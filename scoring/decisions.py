@@ -30,7 +30,7 @@ from typing import Any
 from scoring.artifact import LoadedModel
 from scoring.controls import CONTROL_RULES
 from scoring.policy import DECISIONS, by_score, stricter
-from scoring.reasons import BASELINE_CODE, OTHER_CODE, absent_identities, concept, feature_reason
+from scoring.reasons import BASELINE_CODE, OTHER_CODE, concept, feature_reason
 from scoring.records import RecordsLike
 from scoring.rules import RulesTable, evaluate_rules
 from scoring.schemas import (
@@ -44,7 +44,6 @@ from scoring.schemas import (
     Signal,
 )
 from scoring.scorer import feature_row
-from scoring.signals import absence_points
 
 #: How many of the answer's signals the counterfactual search considers.
 MAX_CANDIDATES = 8
@@ -82,11 +81,9 @@ class Rescorer:
         features: Mapping[str, float | None],
         rule_extras: Mapping[str, Any],
         score_may_refuse: bool = False,
-        absent: Collection[str] = (),
     ) -> None:
         """``model`` None re-scores the rules path; ``features`` are the logged model inputs;
-        ``score_may_refuse`` as the answer's policy recorded it and ``absent`` the identities the request
-        did not carry (both for :func:`scoring.policy.by_score`)."""
+        ``score_may_refuse`` as the answer's policy recorded it (:func:`scoring.policy.by_score`)."""
         self.model = model
         self.rules = rules
         self.thresholds = thresholds
@@ -94,7 +91,6 @@ class Rescorer:
         self.features = dict(features)
         self.rule_extras = dict(rule_extras)
         self.score_may_refuse = score_may_refuse
-        self.absent = frozenset(absent)
 
     def neutral_inputs(self, codes: Collection[str]) -> dict[str, float]:
         """Model input -> neutral value for every logged input whose reason code is in ``codes``."""
@@ -116,13 +112,10 @@ class Rescorer:
                 self.model.feature_names,
                 {k: v for k, v in {**self.features, **neutral}.items() if v is not None},
             )
-            score, contrib = self.model.explain(x)
-            absences = absence_points(contrib, self.model.feature_names, score,
-                                      self.model.baseline_points(contrib), self.absent)
+            score = self.model.explain(x)[0]
         else:
-            score, absences = outcome.score, 0
-        scored = by_score(score, self.promo_type, self.thresholds, may_refuse=self.score_may_refuse,
-                          absence_points=absences)
+            score = outcome.score
+        scored = by_score(score, self.promo_type, self.thresholds, may_refuse=self.score_may_refuse)
         return Rescored(score, stricter(scored, outcome.hard_decision))
 
 
@@ -237,7 +230,6 @@ def counterfactual(
         context.get("rule_inputs") or {},
         # Answers logged before the flag was recorded were decided when a score alone could refuse.
         bool(policy.get("score_may_refuse", True)),
-        absent_identities(json.loads(row["keys_json"])),
     )
     replay = rescorer.score()
     if replay.decision != answer.decision:

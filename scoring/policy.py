@@ -120,30 +120,18 @@ def by_score(
     thresholds: Mapping[str, Mapping[str, int]],
     *,
     may_refuse: bool = False,
-    absence_points: int = 0,
 ) -> str:
-    """What a score decides on its own in the decision path: :func:`decide`, with refuse asked as verify,
-    and verify as watch when only what the request did not carry put the score there.
+    """What a score decides on its own in the decision path: :func:`decide`, with refuse asked as verify.
 
     The seeds keep refusal for evidence: a per-customer count at its cap, a single-use code spent, two
     strong identities of an earlier redeemer. Those are hard rules, which refuse whatever the score
-    says. A high score without them "requires verification before honoring", and is never refused.
-    ``may_refuse``: an operator set a refuse threshold on the campaign (``promoguard campaign
-    thresholds``), a human decision that the score refuses there.
-
-    ``absence_points`` are the score's points from identities the request did not carry (no address on
-    a digital order, no phone, a guest). When the score without them is under the verify threshold,
-    nothing the shopper did asked for verification, only what the checkout left out ("let it through
-    when nothing aligns"): the attempt is watched. A missing device on a limited promotion is still
-    verified, by its hard rule, as the device seed asks.
+    says. A high score without them "requires verification before honoring": an honest shopper
+    whose request merely looks unusual (no address for a digital order, no device behind a script
+    blocker) is asked to verify, never refused. ``may_refuse``: an operator set a refuse threshold on
+    the campaign (``promoguard campaign thresholds``), a human decision that the score refuses there.
     """
     decision = decide(score, promo_type, thresholds)
-    if decision == "refuse" and not may_refuse:
-        decision = "verify"
-    if (decision == "verify" and absence_points > 0
-            and score - absence_points < threshold_for(promo_type, "verify", thresholds)):
-        decision = "watch"
-    return decision
+    return "verify" if decision == "refuse" and not may_refuse else decision
 
 
 def by_score_many(

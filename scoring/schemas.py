@@ -325,11 +325,6 @@ class DecisionPolicy(BaseModel):
                     "campaign; otherwise a score at or above refuse asked for verification and only a hard "
                     "rule refused. Absent from answers logged before it was recorded, when a score could.",
     )
-    absence_points: int = Field(
-        default=0,
-        description="The model score's points from identities the request did not carry. A score that "
-                    "reached verify only through them was watched instead (0 on the rules path).",
-    )
 
 
 class RecordedOutcome(BaseModel):

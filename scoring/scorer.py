@@ -94,7 +94,7 @@ from scoring.schemas import (
     Signal,
     to_event_record,
 )
-from scoring.signals import absence_points, compose_signals, model_signals, rule_signals
+from scoring.signals import compose_signals, model_signals, rule_signals
 from scoring.text import duration_hours
 
 logger = logging.getLogger(__name__)
@@ -600,8 +600,6 @@ class ModelAnswer:
 
     score: int
     signals: list[Signal]
-    #: The score's points from identities the request did not carry (:func:`scoring.signals.absence_points`).
-    absence_points: int = 0
 
 
 @dataclass(frozen=True)
@@ -624,8 +622,6 @@ class Verdict:
     monitored_from: str | None = None
     #: Whether the score alone could refuse (an operator's refuse threshold on the campaign).
     score_may_refuse: bool = False
-    #: The model score's points from identities the request did not carry (0 on the rules path).
-    absence_points: int = 0
 
 
 @dataclass(frozen=True)
@@ -656,11 +652,10 @@ def model_answer_for(
     """Steps 5-6 for any loaded model: booster + calibrator -> score, TreeSHAP -> signals (may raise)."""
     x = feature_row(model.feature_names, inputs)
     model_score, contrib = model.explain(x)
-    baseline = model.baseline_points(contrib)
-    absent = absent_identities(keys)
-    sigs = model_signals(contrib, model.feature_names, x, model_score, baseline, top_k=top_k, absent=absent)
-    return ModelAnswer(model_score, sigs,
-                       absence_points(contrib, model.feature_names, model_score, baseline, absent))
+    baseline = int(min(100, max(0, round(model.score_of_margin(float(contrib[-1]))))))
+    sigs = model_signals(contrib, model.feature_names, x, model_score, baseline,
+                         top_k=top_k, absent=absent_identities(keys))
+    return ModelAnswer(model_score, sigs)
 
 
 #: The model's verify and refuse thresholds on an unprotected promotion (:func:`unprotected`).
@@ -710,11 +705,11 @@ def verdict_for(
         own = control.thresholds(policy.for_promotion(promo_type)) or own
     thresholds = {"default": own}
     if answer is not None:
-        base, model_sigs, absences = answer.score, answer.signals, answer.absence_points
+        base, model_sigs = answer.score, answer.signals
     else:
-        base, model_sigs, absences = outcome.score, [], 0
+        base, model_sigs = outcome.score, []
     may_refuse = score_may_refuse(control)
-    scored = by_score(base, promo_type, thresholds, may_refuse=may_refuse, absence_points=absences)
+    scored = by_score(base, promo_type, thresholds, may_refuse=may_refuse)
     decision = stricter(scored, outcome.hard_decision)
     deciding = None
     if outcome.hard_decision is not None and outcome.hard_decision == decision:
@@ -723,7 +718,7 @@ def verdict_for(
     signals = compose_signals(model_sigs, rule_signals(outcome.signals, priced=answer is None), deciding,
                               score - base)
     return Verdict(score, decision, signals, outcome, deciding, score - base, thresholds=own,
-                   score_may_refuse=may_refuse, absence_points=absences)
+                   score_may_refuse=may_refuse)
 
 
 def score_may_refuse(control: CampaignControl | None) -> bool:
@@ -1174,8 +1169,7 @@ class Scorer:
             "deciding_rule": verdict.deciding_rule,
             "lift": verdict.lift,
             "policy": {"promo_type": req.promotion.type, "bands": bands,
-                       "thresholds": dict(verdict.thresholds), "score_may_refuse": verdict.score_may_refuse,
-                       "absence_points": verdict.absence_points},
+                       "thresholds": dict(verdict.thresholds), "score_may_refuse": verdict.score_may_refuse},
             # The discount at stake, for finance's export of a window (scoring.records.decisions_frame).
             "discount_value": req.promotion.discount_value,
         }

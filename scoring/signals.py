@@ -35,7 +35,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from scoring.reasons import ABSENCE_CODES, BASELINE_CODE, OTHER_CODE, Grouping, describe_group, grouping
+from scoring.reasons import BASELINE_CODE, OTHER_CODE, describe_group, grouping
 from scoring.rules import RuleHit
 from scoring.schemas import Signal
 
@@ -60,38 +60,6 @@ def split_points(total: int, weights: Sequence[float]) -> list[int]:
     return floors
 
 
-def _concept_points(
-    contributions: np.ndarray,
-    feature_names: Sequence[str],
-    score: int,
-    baseline_points: int,
-    absent: Collection[str],
-) -> tuple[Grouping, np.ndarray, list[int]]:
-    """The grouping, the features' contributions and each concept's points (the last: the ungrouped)."""
-    plan = grouping(tuple(feature_names), frozenset(absent))
-    contrib = np.asarray(contributions, dtype=np.float64)[: len(feature_names)]
-    sums = np.bincount(np.asarray(plan.group_of, dtype=np.int64), weights=contrib,
-                       minlength=len(plan.codes) + 1)
-    return plan, contrib, split_points(score - baseline_points, [float(c) for c in sums])
-
-
-def absence_points(
-    contributions: np.ndarray,
-    feature_names: Sequence[str],
-    score: int,
-    baseline_points: int,
-    absent: Collection[str] = (),
-) -> int:
-    """The points of the score that come from what the request did not carry: the positive points of
-    its missing codes (:data:`scoring.reasons.ABSENCE_CODES`), each absent identity's counts included.
-
-    The same split as :func:`model_signals`, so it is the sum of those signals' points when they are
-    named.
-    """
-    plan, _, points = _concept_points(contributions, feature_names, score, baseline_points, absent)
-    return sum(max(0, points[g]) for g, code in enumerate(plan.codes) if code in ABSENCE_CODES)
-
-
 def model_signals(
     contributions: np.ndarray,
     feature_names: Sequence[str],
@@ -111,7 +79,11 @@ def model_signals(
     kept for callers that pass it. Features no catalog knows count toward ``other factors``.
     """
     del specs
-    plan, contrib, points = _concept_points(contributions, feature_names, score, baseline_points, absent)
+    plan = grouping(tuple(feature_names), frozenset(absent))
+    contrib = np.asarray(contributions, dtype=np.float64)[: len(feature_names)]
+    sums = np.bincount(np.asarray(plan.group_of, dtype=np.int64), weights=contrib,
+                       minlength=len(plan.codes) + 1)
+    points = split_points(score - baseline_points, [float(c) for c in sums])
     out = [Signal(name=BASELINE, code=BASELINE_CODE, points=baseline_points, source="model",
                   description="typical risk of an attempt before any signal")]
     assigned = sum(points)

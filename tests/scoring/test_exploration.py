@@ -59,8 +59,6 @@ def _req(request_id: str, promo: dict[str, Any] | None = None, **extra: Any) -> 
         "account": {"account_id": "acct-1"},
         "email": "someone@mailinator.com",
         "device": {"device_id": "dev-1234abcd"},
-        # With an address the household's counts are the shopper's, not an absence (scoring.policy.by_score).
-        "shipping_address": {"line1": "1 Main St", "postal_code": "10001"},
         "ip": "198.51.100.7",
     }
     body.update(extra)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from scoring.artifact import LoadedModel
 from scoring.policy import band_for, by_score, threshold_problems
-from scoring.reasons import ABSENCE_CODES, REASON_CODES
+from scoring.reasons import REASON_CODES
 from scoring.records import Records
 from scoring.rules import default_rules
 from scoring.schemas import ScoreRequest, ScoreResponse
@@ -147,18 +147,8 @@ def check_invariants(scorer: Scorer, req: ScoreRequest, resp: ScoreResponse) -> 
     own = thresholds_for(ptype, {"promo_type": ptype, "promo_valid": promo.valid,
                                  "promo_limited": promo_is_limited(promo),
                                  "promo_eligible_segment": promo.eligible_segment}, policy)
-    rules = {r.id: r for r in scorer.rules.rules}
-    # A model concept is named by its code, which may also be a rule's id (device_missing): only a
-    # signal the rules produced can be the deciding rule.
-    by_rule = [s for s in resp.signals if s.name in rules and s.source != "model"]
-    first = resp.signals[0] if resp.signals else None
-    deciding = first is not None and first in by_rule and rules[first.name].action == resp.decision
-    if not deciding:
-        # The model's points from absent identities (the tiny model's concepts are all named); the rules
-        # path has none.
-        absent = [s for s in resp.signals if s.code in ABSENCE_CODES]
-        absences = 0 if resp.fallback else sum(max(0, s.points) for s in absent)
-        assert resp.decision == by_score(resp.score, ptype, {"default": own}, absence_points=absences), resp
+    if resp.decision != "refuse":
+        assert resp.decision == by_score(resp.score, ptype, {"default": own}), resp
     # ...and so in its band.
     if resp.decision == "refuse":
         assert resp.band == "high" and resp.score >= own["refuse"], resp
@@ -166,6 +156,12 @@ def check_invariants(scorer: Scorer, req: ScoreRequest, resp: ScoreResponse) -> 
         assert resp.band in ("medium", "high"), resp
     if resp.decision == "allow":
         assert resp.score < own["verify"], resp
+    rules = {r.id: r for r in scorer.rules.rules}
+    # A model concept is named by its code, which may also be a rule's id (device_missing): only a
+    # signal the rules produced can be the deciding rule.
+    by_rule = [s for s in resp.signals if s.name in rules and s.source != "model"]
+    first = resp.signals[0] if resp.signals else None
+    deciding = first is not None and first in by_rule and rules[first.name].action == resp.decision
     rest = resp.signals[1:] if deciding else resp.signals
     assert [s.points for s in rest] == sorted((s.points for s in rest), reverse=True), resp.signals
     if any(rules[s.name].action == resp.decision for s in by_rule):

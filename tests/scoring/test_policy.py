@@ -13,7 +13,6 @@ from scoring.policy import (
     MIN_GAP,
     band_for,
     bands_for,
-    by_score,
     check_bands,
     decide,
     decide_many,
@@ -75,17 +74,6 @@ def test_calibrators_agree_one_row_or_a_column(raw: float) -> None:
         one = Calibrator.from_manifest(spec)(raw, prob)
         column = float(apply_calibrator(spec, np.array([prob]))[0])
         assert abs(one - column) < 1e-9
-
-
-def test_a_score_alone_verifies_at_most_and_absences_alone_only_watch() -> None:
-    table = {"default": {"watch": 30, "verify": 60, "refuse": 85}}
-    assert by_score(97, "welcome", table) == "verify"
-    assert by_score(97, "welcome", table, may_refuse=True) == "refuse"
-    # 40 of 72 points are what the request left out: 32 alone would not have asked for verification.
-    assert by_score(72, "welcome", table, absence_points=40) == "watch"
-    assert by_score(72, "welcome", table, absence_points=12) == "verify"
-    assert by_score(45, "welcome", table, absence_points=40) == "watch"
-    assert by_score(10, "welcome", table, absence_points=5) == "allow"
 
 
 def test_stricter_keeps_the_stronger_decision() -> None:

@@ -19,7 +19,7 @@ from scoring.records import IdempotencyConflict, Records
 from scoring.rules import default_rules
 from scoring.schemas import OutcomeRequest, ScoreRequest, to_event_record
 from scoring.scorer import Scorer, ScorerConfig, attempt_updates, body_sha256
-from tests.scoring.conftest import STRICT, FakeOnline, FakeResolver, FakeVelocity
+from tests.scoring.conftest import FakeOnline, FakeResolver, FakeVelocity
 
 SHARED_DEVICE = {"device_stats__distinct_accounts_24h": 6.0, "household_stats__distinct_accounts_30d": 2.0,
                  "code_stats__attempts_1h": 1.0}
@@ -399,25 +399,6 @@ def test_velocity_counts_attempts_seconds_apart(tmp_path: Path) -> None:
     assert "3 invalid codes" in spray.description
     crowd = next(s for s in resp.signals if s.name == "device_many_accounts")
     assert "3 accounts" in crowd.description
-
-
-def test_a_score_over_verify_only_through_what_the_checkout_left_out_is_watched(
-    tmp_path: Path, strict_model: LoadedModel
-) -> None:
-    counts = {"device_stats__distinct_accounts_24h": 2.0, "household_stats__distinct_accounts_30d": 2.0,
-              "code_stats__attempts_1h": 1.0}
-    scorer = _scorer(tmp_path, online=FakeOnline(counts), model=strict_model)
-    shipped = scorer.score(_req("shipped", email="someone@mailinator.com"))
-    digital = scorer.score(_req("digital", email="someone@mailinator.com", shipping_address=None))
-    # One score: the household's points are the shopper's own when an address was given, and the
-    # absence's when none was.
-    assert shipped.score == digital.score >= STRICT["default"]["verify"]
-    absent = next(s for s in digital.signals if s.code == "ADDRESS_MISSING")
-    assert absent.description == "no shipping address was given"
-    assert digital.score - absent.points < STRICT["default"]["verify"]
-    assert (shipped.decision, digital.decision) == ("verify", "watch")
-    context = json.loads(scorer.records.scored("digital")["context_json"])  # type: ignore[index]
-    assert context["policy"]["absence_points"] == absent.points
 
 
 def _spray(scorer: Scorer, n: int, misses: int, **who: Any) -> None:

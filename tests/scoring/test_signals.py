@@ -12,7 +12,6 @@ from scoring.artifact import LoadedModel
 from scoring.rules import RuleHit
 from scoring.schemas import Signal
 from scoring.signals import (
-    absence_points,
     compose_signals,
     merge_signals,
     model_signals,
@@ -42,23 +41,6 @@ def test_model_signals_add_up_to_the_score_for_real_contributions(artifact_dir: 
         sigs = model_signals(contrib, model.feature_names, x, score, base, model.signal_specs, top_k=2)
         assert sum(s.points for s in sigs) == score
         assert all(s.source == "model" for s in sigs)
-
-
-def test_absence_points_are_the_missing_codes_positive_points_of_the_same_split(artifact_dir: Path) -> None:
-    model = LoadedModel.from_dir(artifact_dir)
-    rng = np.random.default_rng(2)
-    seen_absence = False
-    for _ in range(50):
-        x = np.array([rng.integers(0, 8), rng.integers(0, 6), rng.integers(0, 9), rng.integers(0, 2)], float)
-        score, contrib = model.explain(x)
-        base = model.baseline_points(contrib)
-        # The household's counts are the absence of an address when the request carried none.
-        sigs = model_signals(contrib, model.feature_names, x, score, base, absent={"household"})
-        expected = sum(max(0, s.points) for s in sigs if s.code == "ADDRESS_MISSING")
-        assert absence_points(contrib, model.feature_names, score, base, {"household"}) == expected
-        assert absence_points(contrib, model.feature_names, score, base) == 0
-        seen_absence |= expected > 0
-    assert seen_absence
 
 
 def test_descriptions_use_manifest_templates_with_actual_values(artifact_dir: Path) -> None:
