@@ -11,9 +11,8 @@ intro resetter's card and phone), stack free samples at one door however it is s
 own referral (through a shared device and card, or the card alone), use a trade code from a consumer
 account, spend a leaked single-use code again (typed in lower case), or open account after account
 from one home network (the first two of each five are not counted either way). Every home sits
-behind the same private router
-address, as millions of real homes do. Prints, per group, the attempts and their decisions, then the
-honest refusal and verification rates and the recall.
+behind the same private router address, as millions of real homes do. Prints, per group, the attempts
+and their decisions, then the honest refusal and verification rates and the recall.
 
 Usage: ``python benchmarks/population.py [--root EXISTING_WORLD]``. Without ``--root`` (or
 ``PROMOGUARD_BENCH_ROOT``) a small world is built in a temporary folder with the command line. The
