@@ -613,9 +613,19 @@ NOT_PUBLIC_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] =
 )
 
 
+#: :data:`NOT_PUBLIC_NETWORKS` as integer bounds per IP version: comparing integers is several times
+#: cheaper than ``address in network``, and every request's IP goes through it.
+_NOT_PUBLIC_BOUNDS: dict[int, tuple[tuple[int, int], ...]] = {
+    version: tuple((int(n.network_address), int(n.broadcast_address))
+                   for n in NOT_PUBLIC_NETWORKS if n.version == version)
+    for version in (4, 6)
+}
+
+
 def is_public_ip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """False for an address in :data:`NOT_PUBLIC_NETWORKS`."""
-    return not any(addr.version == net.version and addr in net for net in NOT_PUBLIC_NETWORKS)
+    value = int(addr)
+    return not any(low <= value <= high for low, high in _NOT_PUBLIC_BOUNDS[addr.version])
 
 
 def normalize_ip(raw: Any) -> IpResult:
