@@ -24,7 +24,7 @@ default            30     60      85      low <= watch <= high; medium <= verify
                                           verify + 5 <= refuse
 =================  =====  ======  ======  =====================================================
 
-So every decision is reachable by score for every promotion type, and a decision always agrees with
+So every decision has scores of its own for every promotion type, and a decision always agrees with
 its score: refuse means the high band, verify at least the medium band, allow a score below the
 watch (hence the verify) threshold. In the decision path a score alone asks at most for verification
 (:func:`by_score`): refusal takes a hard rule's evidence, or an operator's refuse threshold, and the

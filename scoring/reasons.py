@@ -179,10 +179,6 @@ ENTITIES: dict[str, Entity] = {
     "account": Entity("account", "guest checkout, so no account history", "GUEST_CHECKOUT"),
 }
 
-#: The codes of what a request did not carry: each identity's missing code (its counts join it when
-#: the identity is absent, see :func:`grouping`).
-ABSENCE_CODES: frozenset[str] = frozenset(e.missing_code for e in ENTITIES.values() if e.missing_code)
-
 #: Nouns of the targets of distinct counts: (singular, plural).
 _TARGET_NOUNS: dict[str, tuple[str, str]] = {
     "account": ("account", "accounts"),

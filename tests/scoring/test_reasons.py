@@ -12,7 +12,6 @@ import pytest
 
 from scoring import text
 from scoring.reasons import (
-    ABSENCE_CODES,
     ENTITIES,
     REASON_CODES,
     catalog_features,
@@ -59,7 +58,8 @@ def test_every_rule_and_every_feature_group_has_a_documented_code() -> None:
     # "emitted by" in the table tells the truth both ways.
     assert {c for c in REASON_CODES if "rule" in concept(c).emitted_by} == rule_codes
     # An absent identity's counts are reported under its missing code, which may have no feature of its own.
-    assert {c for c in REASON_CODES if "model" in concept(c).emitted_by} == groups | ABSENCE_CODES | {
+    missing = {e.missing_code for e in ENTITIES.values() if e.missing_code}
+    assert {c for c in REASON_CODES if "model" in concept(c).emitted_by} == groups | missing | {
         "BASELINE",
         "OTHER_FACTORS",
     }
