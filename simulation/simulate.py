@@ -49,6 +49,9 @@ Noise rates of honest traffic (named constants below; abuse attempts get the sam
 ``PHONE_MISSING_RATE``         7%      no phone
 ``DEVICE_MISSING_RATE``        4%      no device id (blocked script, privacy browser)
 ``LOCAL_IP_MISSING_RATE``      6%      no local IP (WebRTC blocked)
+``NO_ADDRESS_RATE``            5%      no shipping or billing address (a digital order)
+``CARD_NOT_YET_RATE``          5%      no card (the code applied in the cart, before payment)
+``APP_ONLY_RATE``              3%      of signed-in attempts: an app sends the account and device alone
 ``VOIP_PHONE_RATE``            4%      personas whose phone is VoIP/prepaid (geographic US numbers)
 ``VIRTUAL_CARD_RATE``          4%      attempts paid with a virtual/prepaid card
 ``PRIVACY_RELAY_RATE``         2.5%    ordinary attempts through a privacy relay / corporate egress
@@ -136,6 +139,9 @@ BILL_MISSING_RATE = 0.02
 PHONE_MISSING_RATE = 0.07
 DEVICE_MISSING_RATE = 0.04
 LOCAL_IP_MISSING_RATE = 0.06
+NO_ADDRESS_RATE = 0.05
+CARD_NOT_YET_RATE = 0.05
+APP_ONLY_RATE = 0.03
 VOIP_PHONE_RATE = 0.04
 VIRTUAL_CARD_RATE = 0.04
 PRIVACY_RELAY_RATE = 0.025
@@ -2660,6 +2666,23 @@ def _render(ctx: _Ctx, plan: Plan, rng: np.random.Generator) -> pd.DataFrame:
     upid = plan["ua_pid"]
     ua = np.where(plan["ua_slot"] == 1, people.ua2[upid], people.ua[upid])
 
+    # What a store's checkout sends depends on the order and the client, not on the shopper's intent,
+    # so abuse leaves fields out as often: without this, only bots ever lacked an email, an address or
+    # a card, and a model learnt that any request sending less is abuse. A bot's client is its own
+    # script: a plausible bot fills every field.
+    store_client = np.asarray(ctx.actors.cols["pattern"], dtype=object)[plan["actor"]] != "bot_spray"
+    no_address = store_client & (rng.random(m) < NO_ADDRESS_RATE)
+    no_card = store_client & (rng.random(m) < CARD_NOT_YET_RATE)
+    app_only = store_client & ~plan["guest"].astype(bool) & (rng.random(m) < APP_ONLY_RATE)
+    ship_country = np.full(m, "US", dtype=object)
+    card, cbin, last4 = card.astype(object), cbin.astype(object), last4.astype(object)
+    for col in (email, phone):
+        col[app_only] = None
+    for col in (line1, line2, city, region, zip5, ship_country, *bill.values()):
+        col[no_address | app_only] = None
+    for col in (card, cbin, last4):
+        col[no_card | app_only] = None
+
     ptype, valid, discount, referrer = _promo_lookup(ctx, plan["code"], ts, plan["ptype"])
     o = rng.random(m)
     drawn = np.where(o < 0.88, "redeemed", np.where(o < 0.97, "abandoned", "rejected")).astype(object)
@@ -2684,7 +2707,7 @@ def _render(ctx: _Ctx, plan: Plan, rng: np.random.Generator) -> pd.DataFrame:
             "ship_city": city,
             "ship_region": region,
             "ship_postal_code": zip5,
-            "ship_country": np.full(m, "US", dtype=object),
+            "ship_country": ship_country,
             "bill_line1": bill["line1"],
             "bill_line2": bill["line2"],
             "bill_city": bill["city"],

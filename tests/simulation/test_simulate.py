@@ -92,6 +92,15 @@ def _with_hard_keys(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _sent_in_full(rows: pd.DataFrame) -> pd.DataFrame:
+    """Attempts whose checkout sent an email, a card and an address.
+
+    A digital order, a code applied before payment or an app leaves them out, for abusers and honest
+    shoppers alike; what was not sent cannot show which identity an abuser kept or changed.
+    """
+    return rows[rows["email"].notna() & rows["payment_fingerprint"].notna() & rows["ship_line1"].notna()]
+
+
 def _one_per_visit(rows: pd.DataFrame) -> pd.DataFrame:
     """Drop retries minutes after an actor's previous attempt (challenges, mistyped codes)."""
     rows = rows.sort_values(["actor_id", "ts"])
@@ -155,7 +164,7 @@ def test_abuse_is_a_realistic_share_of_discounted_orders(joined: pd.DataFrame) -
 
 def test_welcome_cyclers_reuse_a_durable_identity_across_emails(joined: pd.DataFrame) -> None:
     rows = _with_hard_keys(
-        joined[(joined["pattern"] == "welcome_cycling") & (joined["promo_type"] == "welcome")]
+        _sent_in_full(joined[(joined["pattern"] == "welcome_cycling") & (joined["promo_type"] == "welcome")])
     )
     attempts = rows.groupby("actor_id").size()
     emails = rows.groupby("actor_id")["email"].agg(lambda s: s.str.strip().str.lower().nunique())
@@ -206,9 +215,8 @@ def test_leaks_and_campaigns_run_through_the_whole_period(history: SimulatedHist
 
 
 def test_sample_stackers_write_one_door_several_ways(joined: pd.DataFrame) -> None:
-    rows = _with_hard_keys(
-        _one_per_visit(joined[(joined["pattern"] == "sample_stacking") & joined["promo_valid"]])
-    )
+    sent = _sent_in_full(joined[(joined["pattern"] == "sample_stacking") & joined["promo_valid"]])
+    rows = _with_hard_keys(_one_per_visit(sent))
     rows = rows.assign(spelling=rows["ship_line1"] + "|" + rows["ship_line2"].fillna(""))
     spellings = rows.groupby("actor_id").agg(
         spellings=("spelling", "nunique"),
@@ -248,9 +256,8 @@ def test_self_referees_share_a_hard_identity_with_their_referrer(joined: pd.Data
 
 
 def test_intro_resetters_relink_through_something_durable(joined: pd.DataFrame) -> None:
-    rows = _with_hard_keys(
-        _one_per_visit(joined[(joined["pattern"] == "intro_reset") & joined["promo_valid"]])
-    )
+    sent = _sent_in_full(joined[(joined["pattern"] == "intro_reset") & joined["promo_valid"]])
+    rows = _with_hard_keys(_one_per_visit(sent))
     attempts = rows.groupby("actor_id").size()
     multi = rows[rows["actor_id"].isin(attempts[attempts >= 2].index)]
     assert multi["actor_id"].nunique() > 5
