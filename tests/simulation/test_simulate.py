@@ -333,6 +333,20 @@ def test_legit_traffic_carries_real_store_noise(joined: pd.DataFrame) -> None:
     assert set(fresh["promo_type"]) >= {"welcome", "referral"}
 
 
+def test_store_checkouts_leave_fields_out_for_abusers_and_honest_shoppers_alike(joined: pd.DataFrame) -> None:
+    # A request that sends less must not be evidence of abuse in itself, or a model learns that it is.
+    store = joined[joined["pattern"] != "bot_spray"]
+    honest, abusive = store[~store["is_abuse"]], store[store["is_abuse"]]
+    for column in ("email", "phone", "ship_line1", "bill_line1", "payment_fingerprint", "device_id"):
+        honest_missing, abusive_missing = honest[column].isna().mean(), abusive[column].isna().mean()
+        assert honest_missing > 0.01, column
+        assert abusive_missing < 1.5 * honest_missing, column
+    # An app sends the signed-in account and device alone.
+    app = honest[honest["email"].isna()]
+    assert app["account_id"].notna().all() and app["ship_line1"].isna().all()
+    assert app["payment_fingerprint"].isna().all()
+
+
 def test_legit_traps_look_suspicious_but_are_honest(history: SimulatedHistory, joined: pd.DataFrame) -> None:
     legit = joined[~joined["is_abuse"]]
     households = legit[legit["pattern"] == "legit_household"].merge(
