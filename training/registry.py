@@ -550,7 +550,9 @@ def promote(
         reasons.append(f"score shift PSI {m['score_psi']:.3f} >= max_score_shift {max_score_shift}")
     if replay is not None:
         ok = _honest_gate(replay, "refused", honest_refusal_tolerance, reasons) and ok
-        ok = _honest_gate(replay, "verified", honest_verification_tolerance, reasons) and ok
+        # Verification figures are optional: a caller may pass the refusal figures alone.
+        if {"candidate_honest_verified_rate", "champion_honest_verified_rate"} <= replay.keys():
+            ok = _honest_gate(replay, "verified", honest_verification_tolerance, reasons) and ok
         m.update({f"replay_{k}": float(v) for k, v in replay.items()})
     if dry_run:
         return PromotionDecision(ok, reasons, m)
@@ -569,11 +571,8 @@ _GATE_WORDS = {
 
 def _honest_gate(replay: Mapping[str, float], decision: str, tolerance: float, reasons: list[str]) -> bool:
     """True when the candidate's replay gives honest shoppers ``decision`` (refused, verified) no more
-    often than the champion's (+ tolerance), or when the replay did not count it."""
-    cand = replay.get(f"candidate_honest_{decision}_rate")
-    champ = replay.get(f"champion_honest_{decision}_rate")
-    if cand is None or champ is None:
-        return True
+    often than the champion's (+ tolerance)."""
+    cand, champ = replay[f"candidate_honest_{decision}_rate"], replay[f"champion_honest_{decision}_rate"]
     verb, where, noun = _GATE_WORDS[decision]
     if cand > champ + tolerance:
         reasons.append(

@@ -153,6 +153,10 @@ def test_train_log_register_load_and_promote(frame: pd.DataFrame, store: str, tm
                for r in checked.reasons)
     within = {**busier, "candidate_honest_verified_rate": 0.022}
     assert promote(store, name, "2", max_score_shift=10.0, replay=within, dry_run=True).promoted
+    # Verification figures alone are no replay: the refusal gate cannot be skipped.
+    verified_only = {k: v for k, v in within.items() if "verified" in k}
+    with pytest.raises(KeyError, match="candidate_honest_refused_rate"):
+        promote(store, name, "2", max_score_shift=10.0, replay=verified_only, dry_run=True)
 
     preview = promote(store, name, "2", max_score_shift=10.0, dry_run=True)
     assert preview.promoted, preview.reasons
