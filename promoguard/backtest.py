@@ -297,14 +297,11 @@ def replay_metrics(run: dict[str, Any], prefix: str) -> dict[str, float]:
 
 def gate_figures(report: dict[str, Any]) -> dict[str, float]:
     """The promotion gate's inputs from a candidate-vs-champion replay (runs 0 and 1 of ``report``)."""
-    cand, champ = report["runs"][0], report["runs"][1]
+    candidate, champion = (replay_metrics(run, "") for run in report["runs"][:2])
     return {
-        "candidate_honest_refused_rate": replay_metrics(cand, "")["honest_refused_rate"],
-        "champion_honest_refused_rate": replay_metrics(champ, "")["honest_refused_rate"],
-        "candidate_honest_verified_rate": replay_metrics(cand, "")["honest_verified_rate"],
-        "champion_honest_verified_rate": replay_metrics(champ, "")["honest_verified_rate"],
-        "candidate_truth_recall": replay_metrics(cand, "")["truth_recall"],
-        "champion_truth_recall": replay_metrics(champ, "")["truth_recall"],
+        f"{role}_{figure}": metrics[figure]
+        for role, metrics in (("candidate", candidate), ("champion", champion))
+        for figure in ("honest_refused_rate", "honest_verified_rate", "truth_recall")
     }
 
 
